@@ -1,0 +1,85 @@
+//! `sagaflow broker`: the embedded Kafka-compatible broker (tansu, in-memory storage).
+//!
+//! The same code serves `sagaflow dev` in-process and the local broker image of the test
+//! harness (so the broker is compiled once, as part of this binary). It reads the listener
+//! from flags or the Apache Kafka image's variables (`KAFKA_LISTENERS`,
+//! `KAFKA_ADVERTISED_LISTENERS`), so the harness starts either image the same way.
+
+use anyhow::Context;
+use tansu_broker::broker::Broker;
+use tansu_broker::coordinator::group::administrator::Controller;
+use tansu_storage::StorageContainer;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use url::Url;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// Address to listen on (host:port).
+    #[arg(long, env = "SAGAFLOW_BROKER_LISTEN")]
+    pub listen: Option<String>,
+    /// Address clients are told to connect to (host:port).
+    #[arg(long, env = "SAGAFLOW_BROKER_ADVERTISE")]
+    pub advertise: Option<String>,
+}
+
+/// The PLAINTEXT entry of a Kafka listener list like `PLAINTEXT://0.0.0.0:9092,CONTROLLER://…`.
+fn plaintext_entry(list: &str) -> Option<String> {
+    list.split(',')
+        .find_map(|entry| entry.trim().strip_prefix("PLAINTEXT://"))
+        .map(str::to_string)
+}
+
+impl BrokerArgs {
+    pub fn resolve(&self) -> (String, String) {
+        let listen = self
+            .listen
+            .clone()
+            .or_else(|| std::env::var("KAFKA_LISTENERS").ok().and_then(|l| plaintext_entry(&l)))
+            .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+        let advertise = self
+            .advertise
+            .clone()
+            .or_else(|| std::env::var("KAFKA_ADVERTISED_LISTENERS").ok().and_then(|l| plaintext_entry(&l)))
+            .unwrap_or_else(|| listen.replace("0.0.0.0", "127.0.0.1"));
+        (listen, advertise)
+    }
+}
+
+/// Serve a broker until `shutdown` is cancelled.
+pub async fn serve(listen: &str, advertise: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener: Url = format!("tcp://{listen}").parse().context("listen address")?;
+    let advertised: Url = format!("tcp://{advertise}").parse().context("advertised address")?;
+    let mut broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+        .node_id(111)
+        .cluster_id("sagaflow")
+        .incarnation_id(Uuid::now_v7())
+        .advertised_listener(advertised)
+        .storage("memory://tansu/".parse()?)
+        .listener(listener)
+        .build()
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:?}"))?;
+    info!(%listen, %advertise, "kafka-compatible broker (tansu, in-memory) listening");
+    tokio::select! {
+        result = broker.serve(tokio::time::Instant::now()) => {
+            result.map_err(|e| anyhow::anyhow!("embedded broker stopped: {e:?}"))
+        }
+        _ = shutdown.cancelled() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_plaintext_listener_of_a_kafka_list() {
+        assert_eq!(
+            plaintext_entry("CONTROLLER://0.0.0.0:9093,PLAINTEXT://localhost:39092"),
+            Some("localhost:39092".into())
+        );
+        assert_eq!(plaintext_entry("SSL://x:1"), None);
+    }
+}

@@ -1,0 +1,305 @@
+//! The relay loop: claim pending heads, publish, mark after the ack.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sagaflow_common::KafkaConfig;
+use sagaflow_common::kafka;
+use sqlx::postgres::PgListener;
+use sqlx::{FromRow, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Tunables of one relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// A label for metrics and logs: the database this relay drains (e.g. `order`).
+    pub name: String,
+    /// Heads claimed per pass.
+    pub batch_size: i64,
+    /// Fallback poll when no notification arrives.
+    pub poll_interval: Duration,
+    /// Published rows older than this are deleted.
+    pub retention: Duration,
+    /// How long a publish may wait for the broker before the pass gives up (rows stay pending).
+    pub send_timeout: Duration,
+}
+
+impl RelayConfig {
+    pub fn new(name: impl Into<String>) -> Self {
+        RelayConfig {
+            name: name.into(),
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            retention: Duration::from_secs(24 * 3600),
+            send_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Fault injection for tests: runs after the broker acked a pass and before the marks commit.
+/// An error aborts the pass (rows stay pending and are republished).
+#[derive(Clone, Default)]
+pub struct RelayHooks {
+    #[allow(clippy::type_complexity)]
+    pub after_ack: Option<Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>>,
+}
+
+/// One relay over one database.
+pub struct Relay {
+    pool: PgPool,
+    producer: FutureProducer,
+    kafka: KafkaConfig,
+    config: RelayConfig,
+    hooks: RelayHooks,
+}
+
+#[derive(FromRow)]
+struct Pending {
+    id: i64,
+    topic: String,
+    msg_key: String,
+    payload: Vec<u8>,
+    headers: serde_json::Value,
+    created_at: DateTime<Utc>,
+}
+
+/// The heads of keys: pending rows with no earlier pending row of the same key.
+const CLAIM_HEADS: &str = "
+    SELECT id, topic, msg_key, payload, headers, created_at
+      FROM outbox o
+     WHERE published_at IS NULL AND parked_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM outbox e
+                        WHERE e.msg_key = o.msg_key AND e.id < o.id
+                          AND e.published_at IS NULL AND e.parked_at IS NULL)
+     ORDER BY id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED";
+
+impl Relay {
+    pub fn new(pool: PgPool, producer: FutureProducer, kafka: KafkaConfig, config: RelayConfig) -> Self {
+        Relay {
+            pool,
+            producer,
+            kafka,
+            config,
+            hooks: RelayHooks::default(),
+        }
+    }
+
+    pub fn with_hooks(mut self, hooks: RelayHooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// One pass: claim up to `batch_size` heads, publish them, mark the acknowledged ones.
+    /// Returns how many rows were claimed.
+    pub async fn publish_once(&self) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<Pending> = sqlx::query_as(CLAIM_HEADS)
+            .bind(self.config.batch_size)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let topics: Vec<String> = rows.iter().map(|r| self.kafka.topic(&r.topic)).collect();
+        let header_pairs: Vec<Vec<(String, String)>> = rows.iter().map(|r| headers_of(&r.headers)).collect();
+        // join_all polls the sends in order, so they are enqueued in id order.
+        let sends = rows.iter().zip(&topics).zip(&header_pairs).map(|((row, topic), pairs)| {
+            let record = FutureRecord::to(topic)
+                .key(row.msg_key.as_bytes())
+                .payload(row.payload.as_slice())
+                .headers(kafka::to_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+            self.producer.send(record, self.config.send_timeout)
+        });
+        let results = join_all(sends).await;
+        let acked_at = Utc::now();
+
+        let mut published = Vec::with_capacity(rows.len());
+        let mut parked: Vec<(i64, String)> = Vec::new();
+        let mut failed: Vec<(i64, String)> = Vec::new();
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    published.push(row.id);
+                    let latency = (acked_at - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                    metrics::histogram!("outbox_publish_latency_seconds", "database" => self.config.name.clone())
+                        .record(latency.max(0.0));
+                }
+                Err((error, _)) if is_permanent(&error) => parked.push((row.id, error.to_string())),
+                Err((error, _)) => failed.push((row.id, error.to_string())),
+            }
+        }
+        if let Some(hook) = &self.hooks.after_ack {
+            hook()?; // dropping `tx` rolls back: the rows stay pending
+        }
+        sqlx::query("UPDATE outbox SET published_at = $2 WHERE id = ANY($1)")
+            .bind(&published)
+            .bind(acked_at)
+            .execute(&mut *tx)
+            .await?;
+        for (id, reason) in &parked {
+            warn!(relay = %self.config.name, id, %reason, "parking outbox row that can never be published");
+            sqlx::query("UPDATE outbox SET parked_at = now(), parked_reason = $2, attempts = attempts + 1 WHERE id = $1")
+                .bind(id)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (id, error) in &failed {
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+                .bind(id)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let label = self.config.name.clone();
+        metrics::counter!("outbox_published_total", "database" => label.clone()).increment(published.len() as u64);
+        metrics::counter!("outbox_parked_total", "database" => label.clone()).increment(parked.len() as u64);
+        metrics::counter!("outbox_publish_failures_total", "database" => label).increment(failed.len() as u64);
+        if let Some((_, error)) = failed.first() {
+            anyhow::bail!("{} of {} rows not acknowledged: {error}", failed.len(), rows.len());
+        }
+        Ok(rows.len())
+    }
+
+    /// Publish until nothing is pending (tests and tools; the service uses [`Relay::run`]).
+    pub async fn drain(&self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.publish_once().await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    /// Run until `shutdown`: wake on NOTIFY, poll as a fallback, back off on errors, refresh
+    /// backlog metrics and delete published rows past retention.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        info!(relay = %self.config.name, "outbox relay started");
+        let mut listener = self.listen().await;
+        let mut failures = 0u32;
+        let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
+        let mut last_metrics = Instant::now() - Duration::from_secs(3600);
+        while !shutdown.is_cancelled() {
+            if last_metrics.elapsed() >= Duration::from_secs(1) {
+                last_metrics = Instant::now();
+                if let Err(e) = self.record_backlog().await {
+                    debug!(relay = %self.config.name, error = %e, "backlog query failed");
+                }
+            }
+            if last_housekeeping.elapsed() >= Duration::from_secs(60) {
+                last_housekeeping = Instant::now();
+                if let Err(e) = self.delete_expired().await {
+                    debug!(relay = %self.config.name, error = %e, "retention cleanup failed");
+                }
+            }
+            let wait = match self.publish_once().await {
+                Ok(n) if n as i64 >= self.config.batch_size => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(n) => {
+                    failures = 0;
+                    if n > 0 {
+                        continue; // a short pass may have freed new heads of the same keys
+                    }
+                    self.config.poll_interval
+                }
+                Err(error) => {
+                    failures += 1;
+                    warn!(relay = %self.config.name, %error, failures, "relay pass failed; backing off");
+                    Duration::from_millis(100 * 2u64.pow(failures.min(5)))
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                notified = recv(&mut listener) => {
+                    if !notified {
+                        tokio::time::sleep(wait).await;
+                        listener = self.listen().await;
+                    }
+                }
+            }
+        }
+        info!(relay = %self.config.name, "outbox relay stopped");
+        Ok(())
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen("sagaflow_outbox").await.ok()?;
+        Some(listener)
+    }
+
+    async fn record_backlog(&self) -> Result<(), sqlx::Error> {
+        let (count, oldest): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
+               FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        metrics::gauge!("outbox_backlog", "database" => self.config.name.clone()).set(count as f64);
+        metrics::gauge!("outbox_oldest_unpublished_seconds", "database" => self.config.name.clone())
+            .set(oldest.unwrap_or(0.0));
+        Ok(())
+    }
+
+    async fn delete_expired(&self) -> Result<u64, sqlx::Error> {
+        let retention_secs = self.config.retention.as_secs_f64();
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+                SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1) LIMIT 10000)",
+        )
+        .bind(retention_secs)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted)
+    }
+}
+
+/// Wait for a notification; false when there is no (working) listener.
+async fn recv(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => l.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+fn headers_of(value: &serde_json::Value) -> Vec<(String, String)> {
+    value
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Errors no retry can fix: the row is parked.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}

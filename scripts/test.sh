@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command: every unit and integration test of the workspace against real PostgreSQL
+# and a real Kafka-protocol broker.
+#
+# - With SAGAFLOW_TEST_DATABASE_URL + SAGAFLOW_TEST_KAFKA set, tests use that running
+#   infrastructure (fast local loop).
+# - With SAGAFLOW_TEST_OFFICIAL_IMAGES=1, testcontainers uses the official images
+#   (postgres:16-alpine, apache/kafka) or whatever SAGAFLOW_TEST_*_IMAGE name.
+# - Otherwise (machines without a registry), scripts/test-infra.sh builds local images first.
+#
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test outbox`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${SAGAFLOW_TEST_DATABASE_URL:-}" ] || [ -z "${SAGAFLOW_TEST_KAFKA:-}" ]; then
+    if [ "${SAGAFLOW_TEST_OFFICIAL_IMAGES:-0}" != 1 ]; then
+        # The broker image is our own binary (embedded tansu): build it with the same
+        # feature set as the tests so nothing compiles twice.
+        cargo build --workspace --bins
+        bash scripts/test-infra.sh all
+        eval "$(bash scripts/test-infra.sh env)"
+    fi
+fi
+
+status=0
+cargo test --workspace "$@" || status=$?
+if command -v docker >/dev/null 2>&1; then
+    leftovers=$(docker ps -aq --filter label=sagaflow-tests 2>/dev/null || true)
+    [ -z "$leftovers" ] || docker rm -f -v $leftovers >/dev/null 2>&1 || true
+fi
+exit $status

@@ -1,0 +1,358 @@
+//! The at-least-once, effectively-once consumer every service uses.
+//!
+//! Guarantee: a message's effect and its inbox row `(consumer, message_id)` commit in one
+//! PostgreSQL transaction; its offset is stored (and later auto-committed) only after that
+//! commit. A crash before the commit redelivers the message and applies it once; a crash
+//! after it redelivers it and the inbox row makes it a no-op. So every effect is applied
+//! exactly once even though delivery is at-least-once.
+//!
+//! Failures:
+//! - the database unreachable: retried with backoff for as long as it takes (never
+//!   dead-lettered: the message is fine, the infrastructure is not);
+//! - a malformed value, missing envelope or unknown type: dead-lettered at once;
+//! - a handler error: retried `max_attempts` times with exponential backoff and jitter, then
+//!   dead-lettered to `<topic>.dlq` with the reason in headers, and the partition moves on.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sagaflow_schemas::{CodecError, Envelope, Message, header_names, topics};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use crate::KafkaConfig;
+use crate::db::{self, Tx};
+use crate::kafka;
+
+/// A decoded message with where it came from.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub envelope: Envelope,
+    pub message: Message,
+}
+
+/// Why a handler did not apply a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The message can never be applied (e.g. it contradicts the state): dead-lettered
+    /// without retrying.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Retried with backoff; dead-lettered after the last attempt unless the database was
+    /// unreachable.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Retried with backoff, then dead-lettered.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl HandlerError {
+    fn infrastructure_down(&self) -> bool {
+        matches!(self, HandlerError::Database(e) if db::is_unavailable(e))
+    }
+}
+
+/// A component's reaction to messages.
+pub trait Handler: Send + Sync + 'static {
+    /// Whether this consumer cares about a message type; others are skipped without an inbox
+    /// row (they share a topic with types it handles).
+    fn accepts(&self, message_type: &str) -> bool;
+
+    /// Apply the message inside `tx` (which already holds its inbox row). Do not commit.
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        incoming: &'a Incoming,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
+/// Settings of one consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// The consumer's name: its inbox key and (prefixed) consumer group.
+    pub name: String,
+    /// Logical topics it reads.
+    pub topics: Vec<&'static str>,
+    /// Attempts before a failing message is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay (doubles, with jitter, up to 2 s).
+    pub first_backoff: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn new(name: &str, topics: &[&'static str]) -> Self {
+        ConsumerSettings {
+            name: name.to_string(),
+            topics: topics.to_vec(),
+            max_attempts: std::env::var("SAGAFLOW_CONSUMER_MAX_ATTEMPTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5),
+            first_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Applied,
+    Duplicate,
+    Skipped,
+    DeadLettered,
+    /// Shutdown interrupted the retries; the offset is not stored.
+    Interrupted,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Skipped => "skipped",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Run a consumer until `shutdown` is cancelled.
+pub async fn run<H: Handler>(
+    pool: PgPool,
+    kafka_config: KafkaConfig,
+    settings: ConsumerSettings,
+    handler: H,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut dlq_topics: Vec<String> = settings.topics.iter().map(|t| topics::dlq(t)).collect();
+    dlq_topics.extend(settings.topics.iter().map(|t| t.to_string()));
+    let all: Vec<&str> = dlq_topics.iter().map(String::as_str).collect();
+    kafka::ensure_topics(&kafka_config, &all).await?;
+
+    let consumer = kafka::consumer(&kafka_config, &settings.name)?;
+    let subscribed: Vec<String> = settings.topics.iter().map(|t| kafka_config.topic(t)).collect();
+    consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let dead_letters = kafka::producer(&kafka_config)?;
+    let worker = Worker {
+        pool,
+        kafka_config,
+        settings,
+        handler,
+        dead_letters,
+        shutdown,
+    };
+    worker.consume(&consumer).await;
+    Ok(())
+}
+
+struct Worker<H> {
+    pool: PgPool,
+    kafka_config: KafkaConfig,
+    settings: ConsumerSettings,
+    handler: H,
+    dead_letters: FutureProducer,
+    shutdown: CancellationToken,
+}
+
+impl<H: Handler> Worker<H> {
+    async fn consume(&self, consumer: &StreamConsumer) {
+        loop {
+            let received = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                received = consumer.recv() => received,
+            };
+            let raw = match received {
+                Ok(raw) => raw,
+                Err(e) => {
+                    // librdkafka reconnects by itself; errors here are informational.
+                    warn!(consumer = %self.settings.name, error = %e, "kafka consumer error");
+                    continue;
+                }
+            };
+            let span = info_span!(
+                "consume",
+                messaging.system = "kafka",
+                messaging.destination.name = raw.topic(),
+                messaging.kafka.destination.partition = raw.partition(),
+                messaging.kafka.message.offset = raw.offset(),
+                messaging.consumer.group.name = %self.settings.name,
+                messaging.message.id = tracing::field::Empty,
+            );
+            let started = Instant::now();
+            let outcome = self.process(&raw).instrument(span).await;
+            metrics::counter!("consumer_messages_total", "consumer" => self.settings.name.clone(), "outcome" => outcome.label()).increment(1);
+            metrics::histogram!("consumer_handle_seconds", "consumer" => self.settings.name.clone())
+                .record(started.elapsed().as_secs_f64());
+            if outcome == Outcome::Interrupted {
+                return;
+            }
+            if let Err(e) = consumer.store_offset_from_message(&raw) {
+                // The offset is re-stored with the next message of the partition; a
+                // redelivery after a crash is deduplicated by the inbox.
+                warn!(consumer = %self.settings.name, topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), error = %e, "storing offset failed");
+            }
+        }
+    }
+
+    async fn process(&self, raw: &BorrowedMessage<'_>) -> Outcome {
+        let incoming = match parse(raw) {
+            Ok(incoming) => incoming,
+            Err(Unreadable::NotOurs) => return Outcome::Skipped,
+            Err(Unreadable::Poison { kind, reason }) => {
+                return self.dead_letter(raw, kind, &reason, 1).await;
+            }
+        };
+        tracing::Span::current().record("messaging.message.id", tracing::field::display(incoming.envelope.message_id));
+        if !self.handler.accepts(&incoming.envelope.message_type) {
+            return Outcome::Skipped;
+        }
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.settings.first_backoff)
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self.apply(&incoming).await {
+                Ok(outcome) => return outcome,
+                Err(error) => error,
+            };
+            if let HandlerError::Rejected(reason) = &error {
+                return self.dead_letter(raw, "rejected", reason, attempts).await;
+            }
+            if error.infrastructure_down() {
+                // Not the message's fault: wait for the database, do not count the attempt.
+                attempts -= 1;
+                warn!(consumer = %self.settings.name, error = %error, "database unavailable; retrying");
+            } else if attempts >= self.settings.max_attempts {
+                return self.dead_letter(raw, "failed", &error.to_string(), attempts).await;
+            } else {
+                debug!(consumer = %self.settings.name, attempts, error = %error, "handler failed; retrying");
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(2));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Outcome::Interrupted,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One attempt: inbox row + effect in one transaction.
+    async fn apply(&self, incoming: &Incoming) -> Result<Outcome, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (consumer, message_id, message_type, topic, kafka_partition, kafka_offset)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.settings.name)
+        .bind(incoming.envelope.message_id)
+        .bind(&incoming.envelope.message_type)
+        .bind(self.kafka_config.logical(&incoming.topic))
+        .bind(incoming.partition)
+        .bind(incoming.offset)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(Outcome::Duplicate);
+        }
+        self.handler.handle(&mut tx, incoming).await?;
+        tx.commit().await?;
+        Ok(Outcome::Applied)
+    }
+
+    /// Publish the message as it is, plus reason headers, to `<topic>.dlq`; retried until the
+    /// broker acknowledges it, because storing the offset without it would lose the message.
+    async fn dead_letter(&self, raw: &BorrowedMessage<'_>, kind: &str, reason: &str, attempts: u32) -> Outcome {
+        let source_topic = self.kafka_config.logical(raw.topic()).to_string();
+        let dlq = self.kafka_config.topic(&topics::dlq(&source_topic));
+        error!(consumer = %self.settings.name, topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), kind, reason, "dead-lettering message");
+        let mut pairs = kafka::header_pairs(raw.headers());
+        let extra = [
+            (header_names::DLQ_REASON, reason.to_string()),
+            (header_names::DLQ_ERROR_KIND, kind.to_string()),
+            (header_names::DLQ_SOURCE_TOPIC, source_topic.clone()),
+            (header_names::DLQ_SOURCE_PARTITION, raw.partition().to_string()),
+            (header_names::DLQ_SOURCE_OFFSET, raw.offset().to_string()),
+            (header_names::DLQ_CONSUMER, self.settings.name.clone()),
+            (header_names::DLQ_ATTEMPTS, attempts.to_string()),
+            (header_names::DLQ_TIME, chrono::Utc::now().to_rfc3339()),
+        ];
+        pairs.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v.into_bytes())));
+        loop {
+            let headers = pairs.iter().fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(rdkafka::message::Header { key: k, value: Some(v) })
+            });
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlq).headers(headers);
+            if let Some(key) = raw.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = raw.payload() {
+                record = record.payload(payload);
+            }
+            match self.dead_letters.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    metrics::counter!("consumer_dead_lettered_total", "consumer" => self.settings.name.clone(), "topic" => source_topic.clone()).increment(1);
+                    return Outcome::DeadLettered;
+                }
+                Err((e, _)) => {
+                    warn!(topic = %dlq, error = %e, "dead-letter publish failed; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Outcome::Interrupted,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Unreadable {
+    /// A tombstone or a value without our envelope type: nothing to do.
+    NotOurs,
+    Poison { kind: &'static str, reason: String },
+}
+
+fn parse(raw: &BorrowedMessage<'_>) -> Result<Incoming, Unreadable> {
+    let pairs = kafka::header_pairs(raw.headers());
+    let envelope = Envelope::from_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .map_err(|e| Unreadable::Poison {
+            kind: "malformed_envelope",
+            reason: e.to_string(),
+        })?;
+    let Some(payload) = raw.payload() else {
+        return Err(Unreadable::NotOurs);
+    };
+    let message = Message::decode(&envelope.message_type, Some(&envelope.schema_ref), payload).map_err(|e| {
+        let kind = match e {
+            CodecError::UnknownType(_) => "unknown_type",
+            CodecError::UnknownSchema(_) => "unknown_schema",
+            CodecError::Avro { .. } => "undecodable",
+        };
+        Unreadable::Poison {
+            kind,
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(Incoming {
+        topic: raw.topic().to_string(),
+        partition: raw.partition(),
+        offset: raw.offset(),
+        key: raw.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        envelope,
+        message,
+    })
+}

@@ -1,0 +1,219 @@
+//! HTTP plumbing: Problem JSON errors (RFC 9457), a JSON extractor whose rejections are
+//! Problem JSON, the operational routes (`/health/live`, `/health/ready`, `/metrics`) and
+//! serving with graceful shutdown.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::KafkaConfig;
+
+/// An RFC 9457 problem. Never carries internal details (SQL, stack, hostnames).
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(skip)]
+    pub status: StatusCode,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    #[serde(rename = "status")]
+    pub status_code: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            kind: format!("https://sagaflow.dev/problems/{kind}"),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status_code: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+
+    pub fn invalid(field: &str, detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", detail).with_field(field)
+    }
+
+    /// The service cannot answer now (database down): retry later.
+    pub fn unavailable() -> Self {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the service is temporarily unavailable; retry later")
+    }
+
+    /// An unexpected failure. The cause is logged, not returned.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred")
+    }
+}
+
+impl From<sqlx::Error> for Problem {
+    fn from(error: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&error) {
+            tracing::warn!(%error, "database unavailable");
+            Problem::unavailable()
+        } else {
+            Problem::internal(&error)
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(&self)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// `Json<T>` whose rejections are Problem JSON: 400 malformed, 415 wrong content type,
+/// 413 too large, 422 with the offending field for data that does not fit `T`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProblemJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ProblemJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ProblemJson(value)),
+            Err(rejection) => Err(json_problem(rejection)),
+        }
+    }
+}
+
+fn json_problem(rejection: JsonRejection) -> Problem {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "expected a body with Content-Type: application/json",
+        ),
+        JsonRejection::JsonSyntaxError(e) => Problem::new(StatusCode::BAD_REQUEST, "malformed-json", e.body_text()),
+        JsonRejection::JsonDataError(e) => {
+            // "Failed to deserialize the JSON body into the target type: items[0].quantity: ..."
+            let text = e.body_text();
+            let detail = text
+                .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                .unwrap_or(&text)
+                .to_string();
+            let field = detail.split(": ").next().filter(|f| !f.contains(' ')).unwrap_or("body").to_string();
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", detail).with_field(field)
+        }
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "the request body is larger than allowed")
+        }
+        other => Problem::new(StatusCode::BAD_REQUEST, "bad-request", other.body_text()),
+    }
+}
+
+/// The process-wide Prometheus recorder (several components may share one process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours just renders empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// What `/health/ready` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    pub databases: Vec<(String, PgPool)>,
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// `/health/live`, `/health/ready`, `/metrics`.
+pub fn ops_router(readiness: Readiness) -> Router {
+    let handle = metrics_handle();
+    Router::new()
+        .route("/health/live", get(|| async { Json(json!({"status": "live"})) }))
+        .route("/health/ready", get(move || ready(readiness.clone())))
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move {
+                    handle.run_upkeep();
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+                }
+            }),
+        )
+}
+
+async fn ready(readiness: Readiness) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    for (name, pool) in &readiness.databases {
+        let up = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        ok &= up;
+        checks.insert(format!("database:{name}"), json!(if up { "up" } else { "down" }));
+    }
+    if let Some(kafka) = readiness.kafka {
+        let up = tokio::task::spawn_blocking(move || broker_reachable(&kafka)).await.unwrap_or(false);
+        ok &= up;
+        checks.insert("kafka".into(), json!(if up { "up" } else { "down" }));
+    }
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks}))).into_response()
+}
+
+fn broker_reachable(kafka: &KafkaConfig) -> bool {
+    let consumer: Result<BaseConsumer, _> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("broker.address.family", "v4")
+        .set("log_level", "3")
+        .create();
+    consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+}
+
+/// Serve `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

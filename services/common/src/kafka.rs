@@ -1,0 +1,93 @@
+//! Kafka clients configured the way the delivery guarantees need them.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::KafkaConfig;
+
+fn base(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("broker.address.family", "v4")
+        .set("log_level", "4");
+    client
+}
+
+/// The idempotent producer: acks=all, retries without duplicates or reordering per partition.
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    base(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("compression.type", "lz4")
+        // A send that cannot be acknowledged within this time fails and its row stays
+        // unpublished; the relay retries it, so this only bounds how long a batch waits.
+        .set("message.timeout.ms", "15000")
+        .create()
+}
+
+/// An at-least-once consumer: offsets are auto-committed, but only those explicitly stored
+/// after the database transaction of the message committed (`enable.auto.offset.store=false`).
+pub fn consumer(config: &KafkaConfig, group: &str) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    base(config)
+        .set("group.id", config.group(group))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "10")
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .create()
+}
+
+/// An admin client.
+pub fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, rdkafka::error::KafkaError> {
+    base(config).create()
+}
+
+/// Create topics (prefixed) that do not exist yet. Brokers may stall producers on topics that
+/// were never created, so every component calls this at start-up for the topics it touches.
+pub async fn ensure_topics(config: &KafkaConfig, logical_topics: &[&str]) -> anyhow::Result<()> {
+    let admin = admin(config)?;
+    let names: Vec<String> = logical_topics.iter().map(|t| config.topic(t)).collect();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Kafka headers from (name, value) pairs.
+pub fn to_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
+    pairs.into_iter().fold(OwnedHeaders::new(), |headers, (key, value)| {
+        headers.insert(Header { key, value: Some(value) })
+    })
+}
+
+/// (name, value) pairs of a message's headers; headers without value are skipped.
+pub fn header_pairs<H: Headers>(headers: Option<&H>) -> Vec<(String, Vec<u8>)> {
+    headers
+        .map(|h| {
+            h.iter()
+                .filter_map(|header| header.value.map(|v| (header.key.to_string(), v.to_vec())))
+                .collect()
+        })
+        .unwrap_or_default()
+}

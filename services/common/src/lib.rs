@@ -1,0 +1,14 @@
+//! What every Sagaflow component needs: configuration, the database pool, Kafka clients,
+//! the at-least-once consumer with inbox and dead-letter topic, and the HTTP plumbing
+//! (health, readiness, metrics, Problem JSON errors).
+
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod http;
+pub mod inspect;
+pub mod kafka;
+pub mod telemetry;
+pub mod trace;
+
+pub use config::KafkaConfig;

@@ -1,0 +1,1 @@
+//! Outbox tests (to come).

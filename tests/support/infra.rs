@@ -1,0 +1,272 @@
+//! Shared servers for one test binary, and per-test databases and topic prefixes.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sagaflow_common::KafkaConfig;
+use sqlx::migrate::Migrator;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+const DEFAULT_POSTGRES_IMAGE: &str = "postgres:16-alpine";
+const DEFAULT_KAFKA_IMAGE: &str = "apache/kafka:3.9.1";
+/// Every container of a test run carries this label, so leftovers can be removed.
+pub const LABEL: &str = "sagaflow-tests";
+
+/// Where the shared servers are.
+#[derive(Debug, Clone)]
+pub struct Infra {
+    /// A superuser URL of the `postgres` database (used to create per-test databases).
+    pub postgres_admin_url: String,
+    /// Bootstrap servers.
+    pub kafka_brokers: String,
+    /// Container ids, when the harness started containers (fault tests stop/pause them).
+    pub postgres_container: Option<String>,
+    pub kafka_container: Option<String>,
+    /// Human-readable description of what the tests run against.
+    pub description: String,
+}
+
+static INFRA: OnceLock<Infra> = OnceLock::new();
+
+/// The shared servers, started on first use. Panics (failing the test) when they cannot be
+/// started or do not answer within their deadline.
+pub fn infra() -> &'static Infra {
+    INFRA.get_or_init(|| {
+        let infra = match (
+            std::env::var("SAGAFLOW_TEST_DATABASE_URL"),
+            std::env::var("SAGAFLOW_TEST_KAFKA"),
+        ) {
+            (Ok(postgres_admin_url), Ok(kafka_brokers)) => Infra {
+                description: format!("running infrastructure: {postgres_admin_url} + {kafka_brokers}"),
+                postgres_admin_url,
+                kafka_brokers,
+                postgres_container: None,
+                kafka_container: None,
+            },
+            _ => start_containers(),
+        };
+        eprintln!("[sagaflow-tests] {}", infra.description);
+        infra
+    })
+}
+
+/// Containers live on a dedicated thread and runtime for the whole test process, independent
+/// of the per-test runtimes of `#[tokio::test]`.
+fn start_containers() -> Infra {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("test-containers".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime for containers");
+            runtime.block_on(async move {
+                match start().await {
+                    Ok((infra, containers)) => {
+                        let _ = sender.send(Ok(infra));
+                        // Hold the containers until the process exits.
+                        let _containers = containers;
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        let _ = sender.send(Err(format!("{e:#}")));
+                    }
+                }
+            });
+        })
+        .expect("spawn container thread");
+    match receiver.recv() {
+        Ok(Ok(infra)) => infra,
+        Ok(Err(e)) => panic!("could not start test containers: {e}"),
+        Err(_) => panic!("container thread died"),
+    }
+}
+
+fn image_from_env(var: &str, default: &str) -> (String, String) {
+    let reference = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    match reference.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name.to_string(), tag.to_string()),
+        _ => (reference, "latest".to_string()),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
+    remove_leftovers();
+    let started = Instant::now();
+    let (pg_name, pg_tag) = image_from_env("SAGAFLOW_TEST_POSTGRES_IMAGE", DEFAULT_POSTGRES_IMAGE);
+    let (kafka_name, kafka_tag) = image_from_env("SAGAFLOW_TEST_KAFKA_IMAGE", DEFAULT_KAFKA_IMAGE);
+    let owner = std::process::id().to_string();
+
+    let postgres = GenericImage::new(&pg_name, &pg_tag)
+        .with_exposed_port(5432.tcp())
+        .with_wait_for(WaitFor::Nothing)
+        .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
+        .with_env_var("POSTGRES_PASSWORD", "postgres")
+        .with_label(LABEL, &owner)
+        // Enough connections for many services per test running in parallel.
+        .with_cmd(["postgres", "-c", "max_connections=600", "-c", "shared_buffers=256MB"])
+        .start();
+
+    // Kafka advertises the address clients must use, so the host port is fixed up front and
+    // mapped to the same port inside the container.
+    let kafka_port = free_port();
+    let kafka = GenericImage::new(&kafka_name, &kafka_tag)
+        .with_exposed_port(kafka_port.tcp())
+        .with_wait_for(WaitFor::Nothing)
+        .with_mapped_port(kafka_port, ContainerPort::Tcp(kafka_port))
+        .with_label(LABEL, &owner)
+        .with_env_var("KAFKA_NODE_ID", "1")
+        .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
+        .with_env_var("KAFKA_LISTENERS", format!("PLAINTEXT://0.0.0.0:{kafka_port},CONTROLLER://0.0.0.0:9093"))
+        .with_env_var("KAFKA_ADVERTISED_LISTENERS", format!("PLAINTEXT://localhost:{kafka_port}"))
+        .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+        .with_env_var("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+        .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
+        .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+        .with_env_var("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env_var("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        .with_env_var("KAFKA_NUM_PARTITIONS", "4")
+        .start();
+
+    let (postgres, kafka) = tokio::join!(postgres, kafka);
+    let postgres = postgres.map_err(|e| anyhow::anyhow!("starting {pg_name}:{pg_tag}: {e}"))?;
+    let kafka = kafka.map_err(|e| anyhow::anyhow!("starting {kafka_name}:{kafka_tag}: {e}"))?;
+    let pg_port = postgres.get_host_port_ipv4(5432.tcp()).await?;
+    let postgres_admin_url = format!("postgres://postgres:postgres@127.0.0.1:{pg_port}/postgres");
+    let kafka_brokers = format!("127.0.0.1:{kafka_port}");
+
+    wait_for_postgres(&postgres_admin_url, Duration::from_secs(90)).await?;
+    wait_for_kafka(&kafka_brokers, Duration::from_secs(90)).await?;
+    let infra = Infra {
+        description: format!(
+            "containers {pg_name}:{pg_tag} ({}) and {kafka_name}:{kafka_tag} ({}) up in {:.1}s",
+            &postgres.id()[..12],
+            &kafka.id()[..12],
+            started.elapsed().as_secs_f64()
+        ),
+        postgres_admin_url,
+        kafka_brokers,
+        postgres_container: Some(postgres.id().to_string()),
+        kafka_container: Some(kafka.id().to_string()),
+    };
+    Ok((infra, vec![postgres, kafka]))
+}
+
+/// Remove containers of earlier test processes that are gone (statics are never dropped, so
+/// a test binary cannot remove its own containers on exit).
+fn remove_leftovers() {
+    let output = std::process::Command::new("docker")
+        .args(["ps", "-a", "--filter", &format!("label={LABEL}"), "--format", &format!("{{{{.ID}}}} {{{{.Label \"{LABEL}\"}}}}")])
+        .output();
+    let Ok(output) = output else { return };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(id), Some(pid)) = (parts.next(), parts.next()) else { continue };
+        let alive = PathBuf::from(format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = std::process::Command::new("docker").args(["rm", "-f", "-v", id]).output();
+        }
+    }
+}
+
+async fn wait_for_postgres(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match PgConnection::connect(url).await {
+            Ok(mut conn) => {
+                if conn.execute("SELECT 1").await.is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(e) if Instant::now() > deadline => anyhow::bail!("PostgreSQL at {url} unreachable: {e}"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_kafka(brokers: &str, timeout: Duration) -> anyhow::Result<()> {
+    let brokers = brokers.to_string();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("broker.address.family", "v4")
+            .set("log_level", "0")
+            .create()?;
+        loop {
+            match client.fetch_metadata(None, Duration::from_secs(2)) {
+                Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
+                Ok(_) => {}
+                Err(e) if Instant::now() > deadline => anyhow::bail!("Kafka at {brokers} unreachable: {e}"),
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await?
+}
+
+/// A database of its own for one test, migrated with `migrations/<component>/`.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+/// The repository's migrations of one component database.
+pub fn migrations_dir(component: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(component)
+}
+
+/// Create a fresh database and apply `migrations/<component>/`.
+pub async fn database(component: &str) -> TestDatabase {
+    let infra = infra();
+    let name = format!("t_{component}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut admin = PgConnection::connect(&infra.postgres_admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let create = format!("CREATE DATABASE {name}");
+    admin
+        .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(create)))
+        .await
+        .expect("create test database");
+    let url = database_url(&name);
+    let pool = sagaflow_common::db::connect(&url, 20).await.expect("connect to test database");
+    let migrator = Migrator::new(migrations_dir(component)).await.expect("read migrations");
+    migrator.run(&pool).await.expect("apply migrations");
+    TestDatabase { name, url, pool }
+}
+
+/// The URL of database `name` on the test server.
+pub fn database_url(name: &str) -> String {
+    let admin = &infra().postgres_admin_url;
+    match admin.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => admin.clone(),
+    }
+}
+
+/// A Kafka configuration with a topic prefix of its own.
+pub fn kafka() -> KafkaConfig {
+    let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let mut config = KafkaConfig::new(infra().kafka_brokers.clone(), prefix);
+    config.partitions = 4;
+    config
+}

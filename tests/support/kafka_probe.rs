@@ -1,0 +1,80 @@
+//! Reading topics from the test's side: every partition from the beginning, no group.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use sagaflow_common::{KafkaConfig, kafka};
+use sagaflow_schemas::Envelope;
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Record {
+    pub fn envelope(&self) -> Envelope {
+        Envelope::from_headers(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .expect("record has a valid envelope")
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Read `logical_topic` from the beginning until `done(records)` holds, or panic after
+/// `timeout`.
+pub async fn read_until(
+    config: &KafkaConfig,
+    logical_topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let topic = config.topic(logical_topic);
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("broker.address.family", "v4")
+        .set("group.id", "sagaflow-tests-probe")
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+        .expect("probe consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..config.partitions {
+        assignment
+            .add_partition_offset(&topic, partition, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign partitions");
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while !done(&records) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !remaining.is_zero(),
+            "timed out after {timeout:?} reading {topic}: {} records so far",
+            records.len()
+        );
+        match tokio::time::timeout(remaining.min(Duration::from_millis(500)), consumer.recv()).await {
+            Ok(Ok(message)) => records.push(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers: kafka::header_pairs(message.headers()),
+                payload: message.payload().map(<[u8]>::to_vec),
+            }),
+            Ok(Err(e)) => eprintln!("probe: {e}"),
+            Err(_) => {}
+        }
+    }
+    records
+}

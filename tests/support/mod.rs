@@ -1,0 +1,14 @@
+//! The integration-test harness.
+//!
+//! Once per test binary it starts PostgreSQL and a Kafka-protocol broker with testcontainers
+//! (images from `SAGAFLOW_TEST_POSTGRES_IMAGE` / `SAGAFLOW_TEST_KAFKA_IMAGE`, defaulting to the
+//! official `postgres:16-alpine` and `apache/kafka:3.9.1` in KRaft mode), or uses running
+//! infrastructure when `SAGAFLOW_TEST_DATABASE_URL` and `SAGAFLOW_TEST_KAFKA` are set. Each
+//! test then gets its own databases ([`database`]) and its own topic prefix ([`kafka`]), so
+//! tests run in parallel against shared servers without seeing each other.
+
+pub mod infra;
+pub mod kafka_probe;
+pub mod wait;
+
+pub use infra::{Infra, database, infra, kafka};
