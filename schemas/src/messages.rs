@@ -141,6 +141,16 @@ message_enum! {
     RejectOrder => topics::ORDERS_COMMANDS,
 }
 
+/// Uuids travel as Avro `string` (logicalType uuid). apache-avro's serde bridge must say it
+/// is human-readable for `uuid` to serialise as text rather than bytes; the setting is
+/// process-global and set once, so every entry point makes sure of it.
+fn human_readable_serde() {
+    assert!(
+        apache_avro::util::set_serde_human_readable(true),
+        "apache-avro serde was set to non-human-readable elsewhere; uuids would encode as bytes"
+    );
+}
+
 fn avro_error(message_type: &str, source: apache_avro::Error) -> CodecError {
     CodecError::Avro {
         message_type: message_type.to_string(),
@@ -159,6 +169,7 @@ pub struct Encoded {
 impl Message {
     /// Encode with the current schema of this message type.
     pub fn encode(&self) -> Result<Encoded, CodecError> {
+        human_readable_serde();
         let message_type = self.message_type();
         let entry = registry::current(message_type)
             .ok_or_else(|| CodecError::UnknownType(message_type.to_string()))?;
@@ -179,6 +190,7 @@ impl Message {
         schema_ref: Option<&str>,
         bytes: &[u8],
     ) -> Result<Self, CodecError> {
+        human_readable_serde();
         let reader = registry::current(message_type)
             .ok_or_else(|| CodecError::UnknownType(message_type.to_string()))?;
         let writer = match schema_ref {
@@ -196,6 +208,7 @@ impl Message {
 /// Decode any value whose writer schema is known, into JSON, without knowing its Rust type.
 /// Used by tools (`sagaflow tail`, `dlq list`) that show messages as they are.
 pub fn decode_to_json(schema_ref: &str, bytes: &[u8]) -> Result<serde_json::Value, CodecError> {
+    human_readable_serde();
     let writer = registry::by_reference(schema_ref)
         .ok_or_else(|| CodecError::UnknownSchema(schema_ref.to_string()))?;
     let mut input = bytes;

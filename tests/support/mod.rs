@@ -12,3 +12,19 @@ pub mod kafka_probe;
 pub mod wait;
 
 pub use infra::{Infra, database, infra, kafka};
+
+/// Tests that use the shared broker hold this for reading; a test that takes the broker away
+/// (pause, stop) holds it for writing, so it never disturbs the others.
+pub fn broker_lock() -> &'static tokio::sync::RwLock<()> {
+    static LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+    &LOCK
+}
+
+/// Run a docker CLI command on a harness container (pause, unpause, restart, kill).
+pub fn docker(args: &[&str]) {
+    let status = std::process::Command::new("docker")
+        .args(args)
+        .status()
+        .expect("docker CLI");
+    assert!(status.success(), "docker {args:?} failed");
+}
