@@ -56,6 +56,8 @@ pub struct Relay {
     kafka: KafkaConfig,
     config: RelayConfig,
     hooks: RelayHooks,
+    /// Set when a send failed in a way only a new producer recovers from.
+    producer_poisoned: std::sync::atomic::AtomicBool,
 }
 
 #[derive(FromRow)]
@@ -88,6 +90,7 @@ impl Relay {
             kafka,
             config,
             hooks: RelayHooks::default(),
+            producer_poisoned: Default::default(),
         }
     }
 
@@ -133,7 +136,12 @@ impl Relay {
                         .record(latency.max(0.0));
                 }
                 Err((error, _)) if is_permanent(&error) => parked.push((row.id, error.to_string())),
-                Err((error, _)) => failed.push((row.id, error.to_string())),
+                Err((error, _)) => {
+                    if poisons_producer(&error) {
+                        self.producer_poisoned.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    failed.push((row.id, error.to_string()));
+                }
             }
         }
         if let Some(hook) = &self.hooks.after_ack {
@@ -184,7 +192,7 @@ impl Relay {
 
     /// Run until `shutdown`: wake on NOTIFY, poll as a fallback, back off on errors, refresh
     /// backlog metrics and delete published rows past retention.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(relay = %self.config.name, "outbox relay started");
         let mut listener = self.listen().await;
         let mut failures = 0u32;
@@ -218,6 +226,7 @@ impl Relay {
                 Err(error) => {
                     failures += 1;
                     warn!(relay = %self.config.name, %error, failures, "relay pass failed; backing off");
+                    self.renew_producer_if_fatal();
                     Duration::from_millis(100 * 2u64.pow(failures.min(5)))
                 }
             };
@@ -234,6 +243,23 @@ impl Relay {
         }
         info!(relay = %self.config.name, "outbox relay stopped");
         Ok(())
+    }
+
+    /// An idempotent producer whose in-flight sends timed out (broker unreachable longer than
+    /// `message.timeout.ms`) can be fenced or enter a fatal state in which every send fails.
+    /// Nothing was marked published, so a fresh producer (new producer id) simply resends the
+    /// pending rows.
+    fn renew_producer_if_fatal(&mut self) {
+        use rdkafka::producer::Producer;
+        let fatal = self.producer.client().fatal_error();
+        let poisoned = self.producer_poisoned.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if fatal.is_some() || poisoned {
+            warn!(relay = %self.config.name, ?fatal, "producer fenced or fatal; creating a new one");
+            match kafka::producer(&self.kafka) {
+                Ok(producer) => self.producer = producer,
+                Err(error) => warn!(relay = %self.config.name, %error, "could not create a producer"),
+            }
+        }
     }
 
     async fn listen(&self) -> Option<PgListener> {
@@ -286,6 +312,21 @@ fn headers_of(value: &serde_json::Value) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Errors after which the producer itself is unusable (its id or epoch was fenced).
+fn poisons_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::Fatal
+        )
+    )
 }
 
 /// Errors no retry can fix: the row is parked.

@@ -38,6 +38,7 @@ static INFRA: OnceLock<Infra> = OnceLock::new();
 /// started or do not answer within their deadline.
 pub fn infra() -> &'static Infra {
     INFRA.get_or_init(|| {
+        sagaflow_common::telemetry::init();
         let infra = match (
             std::env::var("SAGAFLOW_TEST_DATABASE_URL"),
             std::env::var("SAGAFLOW_TEST_KAFKA"),

@@ -22,9 +22,9 @@ pub fn broker_lock() -> &'static tokio::sync::RwLock<()> {
 
 /// Run a docker CLI command on a harness container (pause, unpause, restart, kill).
 pub fn docker(args: &[&str]) {
-    let status = std::process::Command::new("docker")
+    let output = std::process::Command::new("docker")
         .args(args)
-        .status()
+        .output()
         .expect("docker CLI");
-    assert!(status.success(), "docker {args:?} failed");
+    assert!(output.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
 }

@@ -8,6 +8,7 @@ pub mod db;
 pub mod http;
 pub mod inspect;
 pub mod kafka;
+pub mod runner;
 pub mod telemetry;
 pub mod trace;
 

@@ -1,0 +1,72 @@
+//! The orders.events consumer: one notification per terminal order event.
+//!
+//! Guarantees (on top of the consumer's once-only application of each message): a
+//! notification is recorded at most once per (order, template) — even when the same outcome
+//! is announced again under a new message id — and NotificationSent is enqueued in the same
+//! transaction, only when the row was actually inserted.
+
+use chrono::Utc;
+use outbox_relay::{Origin, OutboxError, enqueue};
+use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
+use sagaflow_common::db::Tx;
+use sagaflow_schemas::NotificationSent;
+use tracing::{debug, info};
+
+use crate::NAME;
+use crate::domain;
+use crate::store;
+
+/// Handles OrderApproved and OrderRejected; other orders.events types are skipped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotificationHandler;
+
+impl Handler for NotificationHandler {
+    fn accepts(&self, message_type: &str) -> bool {
+        matches!(message_type, "OrderApproved" | "OrderRejected")
+    }
+
+    async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
+        let Some(notification) = domain::compose(&incoming.message) else {
+            return Err(HandlerError::Rejected(format!(
+                "{NAME} does not handle {}",
+                incoming.message.message_type()
+            )));
+        };
+        let now = Utc::now();
+        if !store::insert(tx, &notification, now).await? {
+            debug!(order_id = %notification.order_id, template = notification.template, "already notified");
+            return Ok(());
+        }
+        let sent = NotificationSent {
+            order_id: notification.order_id,
+            customer_id: notification.customer_id,
+            template: notification.template.to_string(),
+            subject: notification.subject.clone(),
+            sent_at: now.timestamp_millis(),
+        };
+        enqueue(
+            tx,
+            &sent.into(),
+            &Origin::caused_by(NAME, &incoming.envelope),
+        )
+        .await
+        .map_err(|e| match e {
+            // Kept as a database error so an outage is waited out, not dead-lettered.
+            OutboxError::Database(e) => HandlerError::Database(e),
+            other => HandlerError::Failed(other.into()),
+        })?;
+        // The simulated e-mail. It is logged before the consumer commits, so a failed commit
+        // logs it again on the retry; a real sender would be fed from NotificationSent instead.
+        info!(
+            order_id = %notification.order_id,
+            customer_id = %notification.customer_id,
+            template = notification.template,
+            subject = %notification.subject,
+            body = ?notification.body, // Debug: one log line despite the line breaks
+            "e-mail sent (simulated)"
+        );
+        metrics::counter!("notifications_sent_total", "template" => notification.template)
+            .increment(1);
+        Ok(())
+    }
+}

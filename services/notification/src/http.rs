@@ -1,0 +1,42 @@
+//! The notification HTTP API: `GET /notifications?order_id=<uuid>` lists what an order's
+//! customer was sent, oldest first (an empty list when nothing was sent yet).
+//!
+//! Errors are Problem JSON: 422 naming `order_id` when it is missing or not a UUID, 503
+//! while the database is unreachable. Database details never leave the service.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use sagaflow_common::http::Problem;
+use serde::Deserialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::store::{self, Recorded};
+
+/// `GET /notifications`.
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/notifications", get(list))
+        .with_state(pool)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    // A string, parsed by hand, so a malformed id gets a Problem naming the field.
+    order_id: Option<String>,
+}
+
+async fn list(
+    State(pool): State<PgPool>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<Recorded>>, Problem> {
+    let Query(query) = query.map_err(|e| Problem::invalid("order_id", e.body_text()))?;
+    let order_id = query
+        .order_id
+        .ok_or_else(|| Problem::invalid("order_id", "the order_id query parameter is required"))?;
+    let order_id = Uuid::parse_str(&order_id)
+        .map_err(|_| Problem::invalid("order_id", "order_id must be a UUID"))?;
+    Ok(Json(store::for_order(&pool, order_id).await?))
+}

@@ -1,0 +1,128 @@
+//! The order request and its rules, without I/O.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const MAX_LINES: usize = 100;
+pub const MAX_QUANTITY: i64 = 10_000;
+pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
+
+/// The body of `POST /orders`. Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    pub customer_id: Uuid,
+    pub items: Vec<OrderLine>,
+    pub currency: String,
+    pub payment_method: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub sku: String,
+    /// i64 so that an overflowing or negative value is a validation error naming the field,
+    /// not a type error.
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+/// A rule the request breaks, with the field it concerns (JSON path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+    ValidationError { field: field.into(), message: message.into() }
+}
+
+/// Validate and compute the total in minor units.
+pub fn validate(order: &NewOrder) -> Result<i64, ValidationError> {
+    if order.items.is_empty() {
+        return Err(invalid("items", "an order needs at least one line"));
+    }
+    if order.items.len() > MAX_LINES {
+        return Err(invalid("items", format!("at most {MAX_LINES} lines")));
+    }
+    if order.currency.len() != 3 || !order.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(invalid("currency", "an ISO 4217 code like EUR"));
+    }
+    let method_ok = (1..=64).contains(&order.payment_method.len())
+        && order.payment_method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !method_ok {
+        return Err(invalid("payment_method", "1-64 characters of [A-Za-z0-9_], e.g. pm_card_visa"));
+    }
+    let mut total: i64 = 0;
+    for (i, line) in order.items.iter().enumerate() {
+        let sku_ok = (1..=64).contains(&line.sku.len())
+            && line.sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !sku_ok {
+            return Err(invalid(format!("items[{i}].sku"), "1-64 characters of [A-Za-z0-9._-]"));
+        }
+        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+            return Err(invalid(format!("items[{i}].quantity"), format!("between 1 and {MAX_QUANTITY}")));
+        }
+        if !(0..=MAX_UNIT_PRICE_CENTS).contains(&line.unit_price_cents) {
+            return Err(invalid(
+                format!("items[{i}].unit_price_cents"),
+                format!("between 0 and {MAX_UNIT_PRICE_CENTS}"),
+            ));
+        }
+        total = line
+            .quantity
+            .checked_mul(line.unit_price_cents)
+            .and_then(|amount| total.checked_add(amount))
+            .ok_or_else(|| invalid(format!("items[{i}]"), "the order total overflows"))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> NewOrder {
+        NewOrder {
+            customer_id: Uuid::nil(),
+            items: vec![
+                OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1250 },
+                OrderLine { sku: "SKU-2".into(), quantity: 1, unit_price_cents: 500 },
+            ],
+            currency: "EUR".into(),
+            payment_method: "pm_card_visa".into(),
+        }
+    }
+
+    #[test]
+    fn a_valid_order_totals_its_lines() {
+        assert_eq!(validate(&order()), Ok(3000));
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases: Vec<(Box<dyn Fn(&mut NewOrder)>, &str)> = vec![
+            (Box::new(|o| o.items.clear()), "items"),
+            (Box::new(|o| o.items = vec![o.items[0].clone(); MAX_LINES + 1]), "items"),
+            (Box::new(|o| o.currency = "eur".into()), "currency"),
+            (Box::new(|o| o.payment_method = String::new()), "payment_method"),
+            (Box::new(|o| o.items[1].sku = "bad sku".into()), "items[1].sku"),
+            (Box::new(|o| o.items[0].quantity = 0), "items[0].quantity"),
+            (Box::new(|o| o.items[0].quantity = -3), "items[0].quantity"),
+            (Box::new(|o| o.items[1].unit_price_cents = -1), "items[1].unit_price_cents"),
+        ];
+        for (break_it, field) in cases {
+            let mut o = order();
+            break_it(&mut o);
+            assert_eq!(validate(&o).unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn the_largest_allowed_order_totals_exactly() {
+        let mut o = order();
+        o.items = vec![OrderLine { sku: "A".into(), quantity: MAX_QUANTITY, unit_price_cents: MAX_UNIT_PRICE_CENTS }; MAX_LINES];
+        assert_eq!(validate(&o), Ok(100 * 10_000 * 100_000_000));
+    }
+}

@@ -1,0 +1,157 @@
+//! `POST /orders`, `GET /orders/{id}`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use outbox_relay::{Origin, enqueue};
+use sagaflow_common::http::{Problem, ProblemJson};
+use sagaflow_common::trace;
+use sagaflow_schemas::{OrderItem, OrderPlaced};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, validate};
+use crate::{NAME, store};
+
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Errors of the order API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the Idempotency-Key header is missing, empty or too long.
+    #[error("{0}")]
+    IdempotencyKey(&'static str),
+    /// 422: the key was used before with a different body.
+    #[error("Idempotency-Key was already used with a different request body")]
+    KeyReused,
+    /// 422: the body breaks a rule; names the field.
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    /// 400: the order id in the path is not a UUID.
+    #[error("order id must be a UUID")]
+    BadId,
+    /// 404
+    #[error("no order {0}")]
+    NotFound(Uuid),
+    /// 503 when the database is unreachable, 500 otherwise (details logged, not returned).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// 500
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            ApiError::IdempotencyKey(detail) => {
+                Problem::new(StatusCode::BAD_REQUEST, "idempotency-key", detail).with_field("Idempotency-Key")
+            }
+            ApiError::KeyReused => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", self.to_string())
+                .with_field("Idempotency-Key"),
+            ApiError::Invalid { field, message } => Problem::invalid(&field, message),
+            ApiError::BadId => Problem::new(StatusCode::BAD_REQUEST, "bad-id", self.to_string()),
+            ApiError::NotFound(_) => Problem::not_found(self.to_string()),
+            ApiError::Database(e) => Problem::from(e),
+            ApiError::Internal(e) => Problem::internal(&e),
+        };
+        problem.into_response()
+    }
+}
+
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/orders", post(place_order))
+        .route("/orders/{id}", get(get_order))
+        .with_state(pool)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get("idempotency-key")
+        .ok_or(ApiError::IdempotencyKey("the Idempotency-Key header is required"))?;
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::IdempotencyKey("Idempotency-Key must be visible ASCII"))?
+        .trim();
+    if key.is_empty() {
+        return Err(ApiError::IdempotencyKey("Idempotency-Key must not be empty"));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::IdempotencyKey("Idempotency-Key must be at most 255 characters"));
+    }
+    Ok(key.to_string())
+}
+
+fn accepted(order_id: Uuid, traceparent: &str) -> Response {
+    let location = format!("/orders/{order_id}");
+    let mut response = (StatusCode::ACCEPTED, Json(json!({"order_id": order_id, "status": "PENDING"}))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(traceparent) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    response
+}
+
+async fn place_order(
+    State(pool): State<PgPool>,
+    headers: HeaderMap,
+    ProblemJson(order): ProblemJson<NewOrder>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let total_cents = validate(&order).map_err(|e| ApiError::Invalid { field: e.field, message: e.message })?;
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| trace::trace_id(v).is_some())
+        .map(str::to_string)
+        .unwrap_or_else(trace::new_root);
+    let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&order).map_err(anyhow::Error::from)?));
+
+    let order_id = Uuid::now_v7();
+    let mut tx = pool.begin().await?;
+    if let Some((existing, hash)) = store::claim_idempotency_key(&mut tx, &key, &request_hash, order_id).await? {
+        tx.rollback().await?;
+        return if hash == request_hash { Ok(accepted(existing, &traceparent)) } else { Err(ApiError::KeyReused) };
+    }
+    store::insert_order(&mut tx, order_id, &order, total_cents).await?;
+    let placed = OrderPlaced {
+        order_id,
+        customer_id: order.customer_id,
+        items: order
+            .items
+            .iter()
+            .map(|l| OrderItem {
+                sku: l.sku.clone(),
+                quantity: l.quantity as i32, // validated <= MAX_QUANTITY
+                unit_price_cents: l.unit_price_cents,
+            })
+            .collect(),
+        total_cents,
+        currency: order.currency.clone(),
+        payment_method: order.payment_method.clone(),
+        placed_at: chrono::Utc::now().timestamp_millis(),
+    };
+    let origin = Origin {
+        source: NAME,
+        correlation_id: order_id,
+        causation_id: None,
+        traceparent: Some(traceparent.clone()),
+    };
+    enqueue(&mut tx, &placed.into(), &origin).await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
+    metrics::counter!("orders_placed_total").increment(1);
+    Ok(accepted(order_id, &traceparent))
+}
+
+async fn get_order(State(pool): State<PgPool>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::BadId)?;
+    let order = store::find(&pool, id).await?.ok_or(ApiError::NotFound(id))?;
+    Ok(Json(order).into_response())
+}

@@ -1,0 +1,31 @@
+//! The order-service binary: HTTP API + orders.commands consumer.
+
+use clap::Parser;
+use sagaflow_common::KafkaConfig;
+use sagaflow_common::runner::{self, Component};
+
+#[derive(Debug, Parser)]
+#[command(name = "order-service")]
+struct Args {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8081")]
+    http_addr: String,
+    #[command(flatten)]
+    kafka: KafkaConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    runner::run(Component {
+        name: order_service::NAME,
+        database_url: args.database_url,
+        migrator: &order_service::MIGRATOR,
+        http_addr: args.http_addr,
+        kafka: args.kafka,
+        router: order_service::router,
+        consumer: |pool, kafka, shutdown| Box::pin(order_service::run_consumer(pool, kafka, shutdown)),
+    })
+    .await
+}

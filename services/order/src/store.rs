@@ -1,0 +1,99 @@
+//! Order persistence. Every write takes the caller's transaction; the caller commits once.
+
+use chrono::{DateTime, Utc};
+use sagaflow_common::db::Tx;
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, OrderLine};
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct OrderRow {
+    #[serde(rename = "order_id")]
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub status: String,
+    pub reason: Option<String>,
+    #[sqlx(json)]
+    pub items: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub payment_method: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Claim an idempotency key for `order_id`. `None` when the key was new; otherwise the
+/// order and request hash it was first used with (a concurrent first use is waited for).
+pub async fn claim_idempotency_key(
+    tx: &mut Tx,
+    key: &str,
+    request_hash: &str,
+    order_id: Uuid,
+) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+    let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
+        .bind(key)
+        .bind(request_hash)
+        .bind(order_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let existing: (Uuid, String) = sqlx::query_as("SELECT order_id, request_hash FROM idempotency_keys WHERE key = $1")
+        .bind(key)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(Some(existing))
+}
+
+pub async fn insert_order(tx: &mut Tx, id: Uuid, order: &NewOrder, total_cents: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method)
+         VALUES ($1, $2, 'PENDING', $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(order.customer_id)
+    .bind(sqlx::types::Json(&order.items))
+    .bind(total_cents)
+    .bind(&order.currency)
+    .bind(&order.payment_method)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+
+macro_rules! columns {
+    () => {
+        "id, customer_id, status, reason, items, total_cents, currency, payment_method, created_at, updated_at"
+    };
+}
+
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", columns!(), " FROM orders WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Lock the order row: every transaction that writes messages for an order holds it, which
+/// keeps the order's outbox rows in commit order.
+pub async fn lock(tx: &mut Tx, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", columns!(), " FROM orders WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+pub async fn set_status(tx: &mut Tx, id: Uuid, status: &str, reason: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET status = $2, reason = $3, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,556 @@
+//! The HTTP client of the payment provider: every call goes through one circuit breaker and
+//! is retried with exponential backoff and jitter.
+//!
+//! Guarantees:
+//! - **No double charge.** Every charge and refund carries an idempotency key derived from
+//!   the order id ([`charge_key`], [`refund_key`]), so retries here, redeliveries of the
+//!   command and replays after a crash all get the provider's first answer back.
+//! - **Only transient failures are retried**: timeouts (each attempt is bounded, 2 s by
+//!   default), connection errors, 408, 429 and 5xx. A decline (402) is an answer, never
+//!   retried; other 4xx are refusals, never retried.
+//! - **The circuit breaker** (consecutive failures) counts only transient failures: after
+//!   `circuit_failures` of them in a row it opens and calls fail at once without reaching the
+//!   provider; it half-opens after `circuit_open` (growing, with jitter, while the provider
+//!   stays down) and closes on the first success. Declines and refusals prove the provider
+//!   is up. The state is the gauge `payment_provider_circuit_open` (1 open or half-open,
+//!   0 closed); transitions are logged.
+//! - **Unknown outcomes are reported**: [`ProviderError::outcome_unknown`] tells whether a
+//!   failed call may still have moved money (a timeout after the request was sent, a lost
+//!   answer), as opposed to a call the provider certainly did not process (503, connection
+//!   refused, circuit open).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use failsafe::failure_policy::{ConsecutiveFailures, consecutive_failures};
+use failsafe::{Instrument, StateMachine};
+use rand::Rng;
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+/// The provider's idempotency key of an order's charge.
+pub fn charge_key(order_id: Uuid) -> String {
+    format!("sagaflow-charge-{order_id}")
+}
+
+/// The provider's idempotency key of an order's refund.
+pub fn refund_key(order_id: Uuid) -> String {
+    format!("sagaflow-refund-{order_id}")
+}
+
+/// How to reach the provider and how hard to try.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Base URL, e.g. `http://127.0.0.1:8090`.
+    pub base_url: String,
+    /// Bound of one attempt (connect + request + response).
+    pub timeout: Duration,
+    /// Attempts per call, the first included.
+    pub max_attempts: usize,
+    /// First retry delay; doubles (with jitter) up to `max_backoff`.
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Consecutive transient failures that open the circuit.
+    pub circuit_failures: u32,
+    /// First open period; doubles (with jitter) while half-open probes fail, up to
+    /// `circuit_open_max`.
+    pub circuit_open: Duration,
+    pub circuit_open_max: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            base_url: "http://127.0.0.1:8090".into(),
+            timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            circuit_failures: 5,
+            circuit_open: Duration::from_secs(1),
+            circuit_open_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A charge request (Stripe-style, amounts in minor units).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChargeRequest {
+    pub amount: i64,
+    pub currency: String,
+    pub payment_method: String,
+    pub idempotency_key: String,
+}
+
+/// A charge as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Charge {
+    pub id: String,
+    pub status: String,
+    pub amount: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub refunded: bool,
+}
+
+/// A refund as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Refund {
+    pub id: String,
+    pub status: String,
+}
+
+/// The provider's answer to a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Charged(Charge),
+    /// 402 with the provider's decline code.
+    Declined {
+        code: String,
+    },
+}
+
+/// A call that did not get an answer the caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Transient failures until the attempts ran out, or the circuit is open.
+    #[error("payment provider unavailable: {detail}")]
+    Unavailable {
+        detail: String,
+        outcome_unknown: bool,
+    },
+    /// A final refusal other than a decline (a 4xx): retrying the same request cannot help.
+    #[error("payment provider refused the request: HTTP {status} {code}")]
+    Refused { status: u16, code: String },
+    /// A success status with a body that is not what the API promises.
+    #[error("unexpected payment provider response: {0}")]
+    Protocol(String),
+}
+
+impl ProviderError {
+    /// Whether the provider may have processed the call (money may have moved).
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ProviderError::Unavailable {
+                outcome_unknown, ..
+            } => *outcome_unknown,
+            ProviderError::Refused { .. } => false,
+            ProviderError::Protocol(_) => true,
+        }
+    }
+}
+
+/// The breaker's state, as the metric and [`ProviderClient::circuit_state`] show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CircuitState {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+impl CircuitState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => CircuitState::Open,
+            2 => CircuitState::HalfOpen,
+            _ => CircuitState::Closed,
+        }
+    }
+}
+
+/// Open periods: `first`, doubling up to `max`, each stretched by up to 50 % at random so
+/// replicas that opened together do not probe the provider together.
+#[derive(Debug, Clone)]
+struct OpenPeriods {
+    next: Duration,
+    max: Duration,
+}
+
+impl Iterator for OpenPeriods {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(base.mul_f64(1.0 + rand::rng().random_range(0.0..0.5)))
+    }
+}
+
+/// Publishes the breaker's transitions (failsafe calls it under its own lock).
+#[derive(Debug, Clone, Default)]
+struct CircuitObserver {
+    state: Arc<AtomicU8>,
+}
+
+impl CircuitObserver {
+    fn transition(&self, to: CircuitState) {
+        let from = CircuitState::from_u8(self.state.swap(to as u8, Ordering::SeqCst));
+        metrics::gauge!("payment_provider_circuit_open").set(if to == CircuitState::Closed {
+            0.0
+        } else {
+            1.0
+        });
+        if from == to {
+            return;
+        }
+        match to {
+            CircuitState::Open => warn!(
+                ?from,
+                "payment provider circuit opened: calls fail fast until it half-opens"
+            ),
+            CircuitState::HalfOpen => info!(
+                ?from,
+                "payment provider circuit half-open: probing the provider"
+            ),
+            CircuitState::Closed => info!(
+                ?from,
+                "payment provider circuit closed: the provider answers again"
+            ),
+        }
+    }
+}
+
+impl Instrument for CircuitObserver {
+    fn on_call_rejected(&self) {
+        metrics::counter!("payment_provider_calls_rejected_total").increment(1);
+    }
+
+    fn on_open(&self) {
+        self.transition(CircuitState::Open);
+    }
+
+    fn on_half_open(&self) {
+        self.transition(CircuitState::HalfOpen);
+    }
+
+    fn on_closed(&self) {
+        self.transition(CircuitState::Closed);
+    }
+}
+
+type Breaker = StateMachine<ConsecutiveFailures<OpenPeriods>, CircuitObserver>;
+
+/// One attempt's failure.
+#[derive(Debug)]
+enum AttemptError {
+    /// The circuit is open: nothing was sent.
+    Rejected,
+    /// No usable answer; worth retrying.
+    Transient {
+        detail: String,
+        maybe_processed: bool,
+    },
+}
+
+/// A final answer: a status the caller interprets, and its body.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+/// The provider client. Cheap to clone; clones share the connection pool and the breaker.
+#[derive(Debug, Clone)]
+pub struct ProviderClient {
+    http: reqwest::Client,
+    base_url: String,
+    settings: ClientSettings,
+    breaker: Breaker,
+    observer: CircuitObserver,
+}
+
+impl ProviderClient {
+    pub fn new(settings: ClientSettings) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(1)))
+            .build()?;
+        let observer = CircuitObserver::default();
+        let periods = OpenPeriods {
+            next: settings.circuit_open,
+            max: settings.circuit_open_max.max(settings.circuit_open),
+        };
+        let breaker = failsafe::Config::new()
+            .failure_policy(consecutive_failures(
+                settings.circuit_failures.max(1),
+                periods,
+            ))
+            .instrument(observer.clone())
+            .build();
+        Ok(ProviderClient {
+            http,
+            base_url: settings.base_url.trim_end_matches('/').to_string(),
+            settings,
+            breaker,
+            observer,
+        })
+    }
+
+    /// The breaker's state (as of the last call; an open circuit half-opens on the next call
+    /// after its period).
+    pub fn circuit_state(&self) -> CircuitState {
+        CircuitState::from_u8(self.observer.state.load(Ordering::SeqCst))
+    }
+
+    /// Charge, idempotently by `request.idempotency_key`.
+    pub async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
+        let url = format!("{}/v1/charges", self.base_url);
+        let answer = self
+            .call("charge", || self.http.post(&url).json(request))
+            .await?;
+        match answer.status {
+            status if status.is_success() => {
+                let charge: Charge = parse(&answer)?;
+                if charge.status != "succeeded" {
+                    return Err(ProviderError::Protocol(format!(
+                        "charge status {:?}",
+                        charge.status
+                    )));
+                }
+                Ok(ChargeOutcome::Charged(charge))
+            }
+            StatusCode::PAYMENT_REQUIRED => Ok(ChargeOutcome::Declined {
+                code: error_code(&answer).unwrap_or_else(|| "card_declined".to_string()),
+            }),
+            _ => Err(refused(&answer)),
+        }
+    }
+
+    /// Refund a whole charge, idempotently by `idempotency_key`.
+    pub async fn refund(
+        &self,
+        charge_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Refund, ProviderError> {
+        let url = format!("{}/v1/refunds", self.base_url);
+        let body = serde_json::json!({"charge": charge_id, "idempotency_key": idempotency_key});
+        let answer = self
+            .call("refund", || self.http.post(&url).json(&body))
+            .await?;
+        if !answer.status.is_success() {
+            return Err(refused(&answer));
+        }
+        let refund: Refund = parse(&answer)?;
+        if refund.status != "succeeded" {
+            return Err(ProviderError::Protocol(format!(
+                "refund status {:?}",
+                refund.status
+            )));
+        }
+        Ok(refund)
+    }
+
+    /// The charge made with `idempotency_key`, if any: how to learn whether a call whose
+    /// answer was lost took money. Moves no money.
+    pub async fn find_charge(
+        &self,
+        idempotency_key: &str,
+    ) -> Result<Option<Charge>, ProviderError> {
+        #[derive(Deserialize)]
+        struct List {
+            data: Vec<Charge>,
+        }
+        let url = format!("{}/v1/charges", self.base_url);
+        let answer = self
+            .call("find_charge", || {
+                self.http
+                    .get(&url)
+                    .query(&[("idempotency_key", idempotency_key)])
+            })
+            .await?;
+        if !answer.status.is_success() {
+            return Err(refused(&answer));
+        }
+        let list: List = parse(&answer)?;
+        Ok(list.data.into_iter().find(|c| c.status == "succeeded"))
+    }
+
+    /// One call: attempts through the breaker, transient failures retried with backoff.
+    async fn call(
+        &self,
+        operation: &'static str,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Answer, ProviderError> {
+        let maybe_processed = AtomicBool::new(false);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.settings.first_backoff)
+            .with_max_delay(self.settings.max_backoff)
+            .with_max_times(self.settings.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let result = (|| async {
+            let result = self.attempt(operation, &request).await;
+            if let Err(AttemptError::Transient { maybe_processed: true, .. }) = &result {
+                maybe_processed.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+        .retry(backoff)
+        // An open circuit stays open longer than any backoff here: retrying is pointless.
+        .when(|e| matches!(e, AttemptError::Transient { .. }))
+        .notify(|e, delay| debug!(operation, error = ?e, ?delay, "payment provider call failed; retrying"))
+        .await;
+        result.map_err(|e| {
+            let detail = match e {
+                AttemptError::Rejected => "circuit open".to_string(),
+                AttemptError::Transient { detail, .. } => detail,
+            };
+            warn!(operation, %detail, "payment provider unavailable");
+            ProviderError::Unavailable {
+                detail,
+                outcome_unknown: maybe_processed.load(Ordering::Relaxed),
+            }
+        })
+    }
+
+    async fn attempt(
+        &self,
+        operation: &'static str,
+        request: &impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Answer, AttemptError> {
+        if !self.breaker.is_call_permitted() {
+            return Err(AttemptError::Rejected);
+        }
+        let started = Instant::now();
+        let result = match request().send().await {
+            Ok(response) => {
+                let status = response.status();
+                match response.bytes().await {
+                    Ok(_) if transient_status(status) => Err(AttemptError::Transient {
+                        detail: format!("HTTP {status}"),
+                        // 503 and 429 are the provider refusing to work, not work half done.
+                        maybe_processed: !matches!(
+                            status,
+                            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+                        ),
+                    }),
+                    Ok(body) => Ok(Answer {
+                        status,
+                        body: body.to_vec(),
+                    }),
+                    Err(e) => Err(AttemptError::Transient {
+                        detail: describe(&e),
+                        maybe_processed: true,
+                    }),
+                }
+            }
+            Err(e) => Err(AttemptError::Transient {
+                detail: describe(&e),
+                maybe_processed: !e.is_connect(),
+            }),
+        };
+        let outcome = match &result {
+            Ok(answer) => {
+                self.breaker.on_success();
+                if answer.status.is_success() {
+                    "ok"
+                } else {
+                    "refused"
+                }
+            }
+            Err(_) => {
+                self.breaker.on_error();
+                "transient"
+            }
+        };
+        metrics::counter!("payment_provider_requests_total", "operation" => operation, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("payment_provider_request_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+fn transient_status(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The error kind without the URL (which names internal hosts).
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn parse<T: DeserializeOwned>(answer: &Answer) -> Result<T, ProviderError> {
+    serde_json::from_slice(&answer.body)
+        .map_err(|e| ProviderError::Protocol(format!("HTTP {}: {e}", answer.status)))
+}
+
+fn error_code(answer: &Answer) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    value.pointer("/error/code")?.as_str().map(str::to_string)
+}
+
+fn refused(answer: &Answer) -> ProviderError {
+    ProviderError::Refused {
+        status: answer.status.as_u16(),
+        code: error_code(answer).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_depend_only_on_the_order() {
+        let order = Uuid::from_u128(1);
+        assert_eq!(charge_key(order), charge_key(order));
+        assert_ne!(charge_key(order), charge_key(Uuid::from_u128(2)));
+        assert_ne!(charge_key(order), refund_key(order));
+    }
+
+    #[test]
+    fn open_periods_grow_with_bounded_jitter() {
+        let periods = OpenPeriods {
+            next: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+        };
+        let bases = [1, 2, 4, 4, 4];
+        for (period, base) in periods.zip(bases) {
+            let base = Duration::from_secs(base);
+            assert!(
+                period >= base && period < base.mul_f64(1.5),
+                "{period:?} for {base:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_transient_statuses_are_retried() {
+        for status in [500, 502, 503, 504, 408, 429] {
+            assert!(
+                transient_status(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+        for status in [200, 400, 401, 402, 404, 409] {
+            assert!(
+                !transient_status(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+    }
+}

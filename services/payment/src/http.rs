@@ -1,0 +1,34 @@
+//! The service's HTTP API: `GET /payments/{order_id}`, the payment of an order as recorded.
+//! Errors are Problem JSON and never carry internals (database errors are logged, answered
+//! 503 or 500).
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use sagaflow_common::http::Problem;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::store::{self, PaymentRow};
+
+/// The payment API routes.
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/payments/{order_id}", get(get_payment))
+        .with_state(pool)
+}
+
+async fn get_payment(
+    State(pool): State<PgPool>,
+    Path(order_id): Path<String>,
+) -> Result<Json<PaymentRow>, Problem> {
+    let order_id: Uuid = order_id
+        .parse()
+        .map_err(|_| Problem::invalid("order_id", "order_id must be a UUID"))?;
+    match store::find(&pool, order_id).await? {
+        Some(row) => Ok(Json(row)),
+        None => Err(Problem::not_found(format!(
+            "no payment for order {order_id}"
+        ))),
+    }
+}

@@ -1,0 +1,551 @@
+//! A simulated payment provider, shaped like Stripe's charges and refunds API, with faults
+//! that can be injected at start and at runtime. It is the provider in development and tests;
+//! production points `PAYMENT_PROVIDER_URL` at a real one.
+//!
+//! Behaviour the payment service relies on, as a real provider guarantees it:
+//! - **Idempotency**: a request repeated with the same `idempotency_key` gets the first
+//!   answer again (a charge, a refund or a decline) and moves no money; reusing a key with
+//!   different parameters is refused (400 `idempotency_error`).
+//! - **Declines** are final answers: 402 `{"error":{"code":"card_declined"}}`.
+//! - **Injected faults** (503) happen before anything is recorded, so a 503 never moved money.
+//!   Latency is added before the request is processed.
+//!
+//! Routes: `POST /v1/charges`, `GET /v1/charges?idempotency_key=…`, `GET /v1/charges/{id}`,
+//! `POST /v1/refunds`; control: `GET|POST /_control` (faults), `GET /_stats` (counts).
+//!
+//! Test payment methods: `pm_card_chargeDeclined` (card_declined),
+//! `pm_card_chargeDeclinedInsufficientFunds` (insufficient_funds); anything else succeeds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sagaflow_common::http::{Problem, ProblemJson};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The decline code of each test payment method that is declined.
+const DECLINING_METHODS: &[(&str, &str)] = &[
+    ("pm_card_chargeDeclined", "card_declined"),
+    (
+        "pm_card_chargeDeclinedInsufficientFunds",
+        "insufficient_funds",
+    ),
+];
+
+/// Faults injected into every `/v1` call.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, clap::Args)]
+pub struct ProviderFaults {
+    /// Delay added to every provider call, in milliseconds.
+    #[arg(
+        long = "simulated-provider-latency-ms",
+        env = "SIMULATED_PROVIDER_LATENCY_MS",
+        default_value_t = 0
+    )]
+    pub latency_ms: u64,
+    /// Share of provider calls answered 503 (0 to 1).
+    #[arg(
+        long = "simulated-provider-error-rate",
+        env = "SIMULATED_PROVIDER_ERROR_RATE",
+        default_value_t = 0.0
+    )]
+    pub error_rate: f64,
+    /// Answer every provider call 503.
+    #[arg(
+        long = "simulated-provider-down",
+        env = "SIMULATED_PROVIDER_DOWN",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub down: bool,
+}
+
+/// A change of faults (`POST /_control`): absent fields keep their value.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsUpdate {
+    pub latency_ms: Option<u64>,
+    pub error_rate: Option<f64>,
+    pub down: Option<bool>,
+}
+
+/// What the provider did (`GET /_stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ProviderStats {
+    /// Charges made: money taken. Replays of an idempotency key do not count.
+    pub charges: u64,
+    /// Refunds made.
+    pub refunds: u64,
+    /// Charges declined.
+    pub declines: u64,
+    /// Calls answered 503 by an injected fault.
+    pub injected_failures: u64,
+    /// Every `/v1` call received.
+    pub requests: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ChargeRecord {
+    id: String,
+    amount: i64,
+    currency: String,
+    refund: Option<String>,
+    idempotency_key: String,
+}
+
+impl ChargeRecord {
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "charge",
+            "status": "succeeded",
+            "amount": self.amount,
+            "currency": self.currency,
+            "refunded": self.refund.is_some(),
+        })
+    }
+}
+
+/// A stored answer to an idempotency key, and the parameters it was given for.
+#[derive(Debug, Clone)]
+struct Stored {
+    fingerprint: String,
+    status: StatusCode,
+    body: Value,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    charges: HashMap<String, ChargeRecord>,
+    charge_keys: HashMap<String, Stored>,
+    refund_keys: HashMap<String, Stored>,
+    stats: ProviderStats,
+}
+
+#[derive(Debug)]
+struct Shared {
+    faults: Mutex<ProviderFaults>,
+    ledger: Mutex<Ledger>,
+}
+
+/// A handle on a simulated provider: change its faults in-process, read its counts.
+#[derive(Debug, Clone)]
+pub struct ProviderControl {
+    shared: Arc<Shared>,
+}
+
+impl ProviderControl {
+    pub fn new(faults: ProviderFaults) -> Self {
+        ProviderControl {
+            shared: Arc::new(Shared {
+                faults: Mutex::new(sanitized(faults)),
+                ledger: Mutex::new(Ledger::default()),
+            }),
+        }
+    }
+
+    pub fn faults(&self) -> ProviderFaults {
+        *lock(&self.shared.faults)
+    }
+
+    pub fn set_faults(&self, faults: ProviderFaults) {
+        *lock(&self.shared.faults) = sanitized(faults);
+    }
+
+    pub fn update(&self, update: FaultsUpdate) -> ProviderFaults {
+        let mut faults = lock(&self.shared.faults);
+        if let Some(latency_ms) = update.latency_ms {
+            faults.latency_ms = latency_ms;
+        }
+        if let Some(error_rate) = update.error_rate {
+            faults.error_rate = error_rate;
+        }
+        if let Some(down) = update.down {
+            faults.down = down;
+        }
+        *faults = sanitized(*faults);
+        *faults
+    }
+
+    pub fn set_down(&self, down: bool) {
+        lock(&self.shared.faults).down = down;
+    }
+
+    /// Clamped to 0..=1.
+    pub fn set_error_rate(&self, error_rate: f64) {
+        lock(&self.shared.faults).error_rate = clamp_rate(error_rate);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.shared.faults).latency_ms =
+            u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    pub fn stats(&self) -> ProviderStats {
+        lock(&self.shared.ledger).stats
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        lock(&self.shared.ledger)
+    }
+
+    /// Apply the faults to one call: `Some(503)` when it fails.
+    async fn inject(&self) -> Option<Response> {
+        let faults = self.faults();
+        self.ledger().stats.requests += 1;
+        if faults.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+        }
+        let fails = faults.down
+            || (faults.error_rate > 0.0 && rand::rng().random::<f64>() < faults.error_rate);
+        if !fails {
+            return None;
+        }
+        self.ledger().stats.injected_failures += 1;
+        Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+        ))
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere mid-update of plain counters and maps; the
+/// simulator keeps serving rather than failing every later call.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn clamp_rate(rate: f64) -> f64 {
+    if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
+    }
+}
+
+fn sanitized(mut faults: ProviderFaults) -> ProviderFaults {
+    faults.error_rate = clamp_rate(faults.error_rate);
+    faults
+}
+
+/// The provider's routes, state in `control`.
+pub fn provider_router(control: ProviderControl) -> Router {
+    Router::new()
+        .route("/v1/charges", post(create_charge).get(list_charges))
+        .route("/v1/charges/{id}", get(get_charge))
+        .route("/v1/refunds", post(create_refund))
+        .route("/_control", get(get_control).post(post_control))
+        .route(
+            "/_stats",
+            get(|State(control): State<ProviderControl>| async move { Json(control.stats()) }),
+        )
+        .with_state(control)
+}
+
+/// Serve a simulated provider on `listener` until `shutdown`; returns its control handle.
+pub async fn spawn_provider(
+    listener: TcpListener,
+    faults: ProviderFaults,
+    shutdown: CancellationToken,
+) -> ProviderControl {
+    let control = ProviderControl::new(faults);
+    let router = provider_router(control.clone());
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%address, ?faults, "simulated payment provider listening");
+    tokio::spawn(async move {
+        if let Err(e) = sagaflow_common::http::serve(listener, router, shutdown).await {
+            tracing::error!(error = %e, "simulated payment provider stopped");
+        }
+    });
+    control
+}
+
+fn error(status: StatusCode, code: &str) -> Response {
+    (status, Json(json!({"error": {"code": code}}))).into_response()
+}
+
+fn stored(stored: &Stored) -> Response {
+    (stored.status, Json(stored.body.clone())).into_response()
+}
+
+/// A body that does not parse, answered the way a provider does.
+fn malformed() -> Response {
+    error(StatusCode::BAD_REQUEST, "parameter_invalid")
+}
+
+fn new_id(prefix: &str) -> String {
+    let suffix: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("{prefix}_{suffix}")
+}
+
+#[derive(Debug, Deserialize)]
+struct ChargeBody {
+    amount: i64,
+    currency: String,
+    payment_method: String,
+    idempotency_key: String,
+}
+
+async fn create_charge(State(control): State<ProviderControl>, body: Bytes) -> Response {
+    if let Some(failure) = control.inject().await {
+        return failure;
+    }
+    let Ok(request) = serde_json::from_slice::<ChargeBody>(&body) else {
+        return malformed();
+    };
+    if request.idempotency_key.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "parameter_missing");
+    }
+    if request.amount <= 0 {
+        return error(StatusCode::BAD_REQUEST, "amount_too_small");
+    }
+    if request.currency.len() != 3 || !request.currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return error(StatusCode::BAD_REQUEST, "invalid_currency");
+    }
+    let fingerprint = format!(
+        "{}|{}|{}",
+        request.amount, request.currency, request.payment_method
+    );
+    let mut ledger = control.ledger();
+    if let Some(previous) = ledger.charge_keys.get(&request.idempotency_key) {
+        return if previous.fingerprint == fingerprint {
+            stored(previous)
+        } else {
+            error(StatusCode::BAD_REQUEST, "idempotency_error")
+        };
+    }
+    let decline = DECLINING_METHODS
+        .iter()
+        .find(|(method, _)| *method == request.payment_method)
+        .map(|(_, code)| *code);
+    let answer = match decline {
+        Some(code) => {
+            ledger.stats.declines += 1;
+            Stored {
+                fingerprint,
+                status: StatusCode::PAYMENT_REQUIRED,
+                body: json!({"error": {"code": code, "type": "card_error"}}),
+            }
+        }
+        None => {
+            let charge = ChargeRecord {
+                id: new_id("ch"),
+                amount: request.amount,
+                currency: request.currency.to_ascii_lowercase(),
+                refund: None,
+                idempotency_key: request.idempotency_key.clone(),
+            };
+            ledger.stats.charges += 1;
+            let body = charge.to_json();
+            ledger.charges.insert(charge.id.clone(), charge);
+            Stored {
+                fingerprint,
+                status: StatusCode::OK,
+                body,
+            }
+        }
+    };
+    let response = stored(&answer);
+    ledger.charge_keys.insert(request.idempotency_key, answer);
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    idempotency_key: Option<String>,
+}
+
+/// Charges made with an idempotency key (or all): lets a client find out whether a call whose
+/// answer it lost took money.
+async fn list_charges(
+    State(control): State<ProviderControl>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    if let Some(failure) = control.inject().await {
+        return failure;
+    }
+    let ledger = control.ledger();
+    let data: Vec<Value> = ledger
+        .charges
+        .values()
+        .filter(|c| {
+            query
+                .idempotency_key
+                .as_ref()
+                .is_none_or(|k| *k == c.idempotency_key)
+        })
+        .map(ChargeRecord::to_json)
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn get_charge(State(control): State<ProviderControl>, Path(id): Path<String>) -> Response {
+    if let Some(failure) = control.inject().await {
+        return failure;
+    }
+    match control.ledger().charges.get(&id) {
+        Some(charge) => Json(charge.to_json()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "resource_missing"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RefundBody {
+    charge: String,
+    idempotency_key: String,
+}
+
+async fn create_refund(State(control): State<ProviderControl>, body: Bytes) -> Response {
+    if let Some(failure) = control.inject().await {
+        return failure;
+    }
+    let Ok(request) = serde_json::from_slice::<RefundBody>(&body) else {
+        return malformed();
+    };
+    if request.idempotency_key.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "parameter_missing");
+    }
+    let mut ledger = control.ledger();
+    if let Some(previous) = ledger.refund_keys.get(&request.idempotency_key) {
+        return if previous.fingerprint == request.charge {
+            stored(previous)
+        } else {
+            error(StatusCode::BAD_REQUEST, "idempotency_error")
+        };
+    }
+    let Some(charge) = ledger.charges.get_mut(&request.charge) else {
+        return error(StatusCode::NOT_FOUND, "resource_missing");
+    };
+    // Not stored under the key: a later retry after a refund by another key must also fail.
+    if charge.refund.is_some() {
+        return error(StatusCode::BAD_REQUEST, "charge_already_refunded");
+    }
+    let id = new_id("re");
+    charge.refund = Some(id.clone());
+    let body = json!({
+        "id": id,
+        "object": "refund",
+        "status": "succeeded",
+        "charge": charge.id,
+        "amount": charge.amount,
+        "currency": charge.currency,
+    });
+    ledger.stats.refunds += 1;
+    let answer = Stored {
+        fingerprint: request.charge,
+        status: StatusCode::OK,
+        body,
+    };
+    let response = stored(&answer);
+    ledger.refund_keys.insert(request.idempotency_key, answer);
+    response
+}
+
+async fn get_control(State(control): State<ProviderControl>) -> Json<ProviderFaults> {
+    Json(control.faults())
+}
+
+async fn post_control(
+    State(control): State<ProviderControl>,
+    ProblemJson(update): ProblemJson<FaultsUpdate>,
+) -> Result<Json<ProviderFaults>, Problem> {
+    if let Some(rate) = update.error_rate
+        && !(0.0..=1.0).contains(&rate)
+    {
+        return Err(Problem::invalid(
+            "error_rate",
+            "error_rate must be between 0 and 1",
+        ));
+    }
+    let faults = control.update(update);
+    tracing::info!(?faults, "simulated payment provider faults changed");
+    Ok(Json(faults))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        faults: ProviderFaults,
+    }
+
+    fn parse(args: &[&str]) -> ProviderFaults {
+        Cli::try_parse_from(std::iter::once("provider").chain(args.iter().copied()))
+            .unwrap()
+            .faults
+    }
+
+    #[test]
+    fn faults_parse_from_flags() {
+        assert_eq!(parse(&[]), ProviderFaults::default());
+        assert!(parse(&["--simulated-provider-down"]).down);
+        assert!(!parse(&["--simulated-provider-down", "false"]).down);
+        let faults = parse(&[
+            "--simulated-provider-latency-ms",
+            "250",
+            "--simulated-provider-error-rate",
+            "0.5",
+        ]);
+        assert_eq!((faults.latency_ms, faults.error_rate), (250, 0.5));
+    }
+
+    #[test]
+    fn an_update_changes_only_the_given_faults_and_clamps_the_rate() {
+        let control = ProviderControl::new(ProviderFaults {
+            latency_ms: 10,
+            error_rate: 7.0,
+            down: false,
+        });
+        assert_eq!(control.faults().error_rate, 1.0);
+        let faults = control.update(FaultsUpdate {
+            down: Some(true),
+            error_rate: Some(0.25),
+            ..FaultsUpdate::default()
+        });
+        assert_eq!(
+            faults,
+            ProviderFaults {
+                latency_ms: 10,
+                error_rate: 0.25,
+                down: true
+            }
+        );
+        control.set_error_rate(f64::NAN);
+        control.set_latency(Duration::from_millis(3));
+        control.set_down(false);
+        assert_eq!(
+            control.faults(),
+            ProviderFaults {
+                latency_ms: 3,
+                error_rate: 0.0,
+                down: false
+            }
+        );
+    }
+}
