@@ -78,3 +78,28 @@ pub async fn read_until(
     }
     records
 }
+
+/// Everything currently on `logical_topic`: reads every partition up to its high watermark.
+pub async fn read_all(config: &KafkaConfig, logical_topic: &str) -> Vec<Record> {
+    let topic = config.topic(logical_topic);
+    let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("broker.address.family", "v4")
+        .set("group.id", "sagaflow-tests-probe")
+        .set("log_level", "3")
+        .create()
+        .expect("probe client");
+    let watermarks = {
+        let topic = topic.clone();
+        let partitions = config.partitions;
+        tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| probe.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks"))
+                .collect::<Vec<(i64, i64)>>()
+        })
+        .await
+        .unwrap()
+    };
+    let expected: i64 = watermarks.iter().map(|(low, high)| high - low).sum();
+    read_until(config, logical_topic, Duration::from_secs(60), |records| records.len() as i64 >= expected).await
+}

@@ -9,6 +9,7 @@
 
 pub mod infra;
 pub mod kafka_probe;
+pub mod platform;
 pub mod wait;
 
 pub use infra::{Infra, database, infra, kafka};

@@ -166,6 +166,11 @@ struct Worker<H> {
 }
 
 impl<H: Handler> Worker<H> {
+    /// The consumer group: the metrics label (prefixed, so deployments sharing a process differ).
+    fn group(&self) -> String {
+        self.kafka_config.group(&self.settings.name)
+    }
+
     async fn consume(&self, consumer: &StreamConsumer) {
         loop {
             let received = tokio::select! {
@@ -191,8 +196,8 @@ impl<H: Handler> Worker<H> {
             );
             let started = Instant::now();
             let outcome = self.process(&raw).instrument(span).await;
-            metrics::counter!("consumer_messages_total", "consumer" => self.settings.name.clone(), "outcome" => outcome.label()).increment(1);
-            metrics::histogram!("consumer_handle_seconds", "consumer" => self.settings.name.clone())
+            metrics::counter!("consumer_messages_total", "group" => self.group(), "outcome" => outcome.label()).increment(1);
+            metrics::histogram!("consumer_handle_seconds", "group" => self.group())
                 .record(started.elapsed().as_secs_f64());
             if outcome == Outcome::Interrupted {
                 return;
@@ -305,7 +310,7 @@ impl<H: Handler> Worker<H> {
             }
             match self.dead_letters.send(record, Duration::from_secs(5)).await {
                 Ok(_) => {
-                    metrics::counter!("consumer_dead_lettered_total", "consumer" => self.settings.name.clone(), "topic" => source_topic.clone()).increment(1);
+                    metrics::counter!("consumer_dead_lettered_total", "group" => self.group(), "topic" => source_topic.clone()).increment(1);
                     return Outcome::DeadLettered;
                 }
                 Err((e, _)) => {

@@ -1,0 +1,176 @@
+//! Every component of Sagaflow in one process: the four services, the orchestrator, one
+//! outbox relay per publishing database, and all HTTP routes on one listener. Production runs
+//! the same parts as separate binaries; the wiring is identical.
+
+use axum::Router;
+use outbox_relay::{Relay, RelayConfig};
+use payment_service::PaymentConfig;
+use saga_orchestrator::SagaConfig;
+use sagaflow_common::KafkaConfig;
+use sagaflow_common::http::{Readiness, ops_router, serve};
+use sagaflow_common::{db, kafka};
+use sagaflow_schemas::topics;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Database URL of each service.
+#[derive(Debug, Clone)]
+pub struct DatabaseUrls {
+    pub order: String,
+    pub inventory: String,
+    pub payment: String,
+    pub notification: String,
+    pub saga: String,
+}
+
+/// One pool per service database.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    pub order: PgPool,
+    pub inventory: PgPool,
+    pub payment: PgPool,
+    pub notification: PgPool,
+    pub saga: PgPool,
+}
+
+impl Pools {
+    fn named(&self) -> Vec<(String, PgPool)> {
+        vec![
+            ("order".into(), self.order.clone()),
+            ("inventory".into(), self.inventory.clone()),
+            ("payment".into(), self.payment.clone()),
+            ("notification".into(), self.notification.clone()),
+            ("saga".into(), self.saga.clone()),
+        ]
+    }
+}
+
+pub struct PlatformConfig {
+    pub databases: DatabaseUrls,
+    pub kafka: KafkaConfig,
+    pub payment: PaymentConfig,
+    pub saga: SagaConfig,
+    /// Connections per database pool.
+    pub pool_size: u32,
+}
+
+/// A running platform.
+pub struct Platform {
+    pub pools: Pools,
+    pub shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+/// Connect, migrate, create topics, start every consumer and relay. HTTP is separate
+/// ([`Platform::serve`]) so callers choose the listener.
+pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
+    let urls = &config.databases;
+    let size = config.pool_size;
+    let pools = Pools {
+        order: db::connect(&urls.order, size).await?,
+        inventory: db::connect(&urls.inventory, size).await?,
+        payment: db::connect(&urls.payment, size).await?,
+        notification: db::connect(&urls.notification, size).await?,
+        saga: db::connect(&urls.saga, size).await?,
+    };
+    order_service::MIGRATOR.run(&pools.order).await?;
+    inventory_service::MIGRATOR.run(&pools.inventory).await?;
+    payment_service::MIGRATOR.run(&pools.payment).await?;
+    notification_service::MIGRATOR.run(&pools.notification).await?;
+    saga_orchestrator::MIGRATOR.run(&pools.saga).await?;
+
+    let mut all_topics: Vec<String> = topics::ALL.iter().map(|t| t.to_string()).collect();
+    all_topics.extend(topics::ALL.iter().map(|t| topics::dlq(t)));
+    let all: Vec<&str> = all_topics.iter().map(String::as_str).collect();
+    kafka::ensure_topics(&config.kafka, &all).await?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let producer = kafka::producer(&config.kafka)?;
+    for (name, pool) in pools.named() {
+        let relay = Relay::new(pool, producer.clone(), config.kafka.clone(), RelayConfig::new(name));
+        let token = shutdown.clone();
+        tasks.spawn(async move { ("outbox-relay", relay.run(token).await) });
+    }
+    let k = &config.kafka;
+    let s = &shutdown;
+    tasks.spawn(named("order-service", order_service::run_consumer(pools.order.clone(), k.clone(), s.clone())));
+    tasks.spawn(named(
+        "inventory-service",
+        inventory_service::run_consumer(pools.inventory.clone(), k.clone(), s.clone()),
+    ));
+    tasks.spawn(named(
+        "payment-service",
+        payment_service::run_consumer(pools.payment.clone(), k.clone(), config.payment.clone(), s.clone()),
+    ));
+    tasks.spawn(named(
+        "notification-service",
+        notification_service::run_consumer(pools.notification.clone(), k.clone(), s.clone()),
+    ));
+    tasks.spawn(named(
+        "saga-orchestrator",
+        saga_orchestrator::run(pools.saga.clone(), k.clone(), config.saga.clone(), s.clone()),
+    ));
+    info!(prefix = %config.kafka.topic_prefix, brokers = %config.kafka.brokers, "platform started");
+    Ok(Platform { pools, shutdown, tasks })
+}
+
+async fn named(
+    name: &'static str,
+    task: impl Future<Output = anyhow::Result<()>>,
+) -> (&'static str, anyhow::Result<()>) {
+    (name, task.await)
+}
+
+impl Platform {
+    /// Every HTTP route of every component, plus health and metrics.
+    pub fn router(&self, kafka: &KafkaConfig) -> Router {
+        order_service::router(self.pools.order.clone())
+            .merge(inventory_service::router(self.pools.inventory.clone()))
+            .merge(payment_service::router(self.pools.payment.clone()))
+            .merge(notification_service::router(self.pools.notification.clone()))
+            .merge(saga_orchestrator::router(self.pools.saga.clone()))
+            .merge(ops_router(Readiness { databases: self.pools.named(), kafka: Some(kafka.clone()) }))
+    }
+
+    /// Serve [`Platform::router`] on `listener` until shutdown.
+    pub fn serve(&mut self, listener: TcpListener, kafka: &KafkaConfig) {
+        let router = self.router(kafka);
+        let token = self.shutdown.clone();
+        self.tasks.spawn(async move { ("http", serve(listener, router, token).await.map_err(Into::into)) });
+    }
+
+    /// Wait until shutdown is requested or a component fails (then stop the rest).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok((name, Err(e))) => {
+                    error!(component = name, error = %e, "component failed; stopping the platform");
+                    first_error.get_or_insert(anyhow::anyhow!("{name}: {e}"));
+                    self.shutdown.cancel();
+                }
+                Ok((name, Ok(()))) if !self.shutdown.is_cancelled() => {
+                    error!(component = name, "component stopped unexpectedly; stopping the platform");
+                    self.shutdown.cancel();
+                }
+                Ok(_) => {}
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => {
+                    first_error.get_or_insert(anyhow::anyhow!("a component panicked: {e}"));
+                    self.shutdown.cancel();
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Stop every component and wait for them.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}

@@ -1,0 +1,41 @@
+//! The saga-orchestrator binary.
+
+use clap::Parser;
+use sagaflow_common::KafkaConfig;
+use sagaflow_common::http::{Readiness, ops_router, serve};
+use sagaflow_common::runner;
+use saga_orchestrator::SagaConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "saga-orchestrator")]
+struct Args {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8085")]
+    http_addr: String,
+    #[command(flatten)]
+    kafka: KafkaConfig,
+    #[command(flatten)]
+    saga: SagaConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sagaflow_common::telemetry::init();
+    let args = Args::parse();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(runner::cancel_on_signal(shutdown.clone()));
+    let pool = sagaflow_common::db::connect_lazy(&args.database_url, 16)?;
+    runner::migrate_with_retry(&pool, &saga_orchestrator::MIGRATOR, &shutdown).await?;
+    let router = saga_orchestrator::router(pool.clone()).merge(ops_router(Readiness {
+        databases: vec![("saga".into(), pool.clone())],
+        kafka: Some(args.kafka.clone()),
+    }));
+    let listener = tokio::net::TcpListener::bind(&args.http_addr).await?;
+    let http = tokio::spawn(serve(listener, router, shutdown.clone()));
+    let result = saga_orchestrator::run(pool, args.kafka, args.saga, shutdown.clone()).await;
+    shutdown.cancel();
+    http.await??;
+    result
+}

@@ -1,0 +1,166 @@
+//! `spawn_platform()`: the whole platform in-process against the shared servers, with its
+//! own databases, topic prefix, simulated payment provider and HTTP port — like
+//! zero-to-production's `spawn_app()`.
+
+use std::time::Duration;
+
+use payment_service::{PaymentConfig, ProviderControl, ProviderFaults, spawn_provider};
+use saga_orchestrator::SagaConfig;
+use sagaflow_cli::platform::{self, DatabaseUrls, Platform, Pools};
+use sagaflow_common::KafkaConfig;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{database, kafka, wait};
+
+pub struct TestApp {
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub pools: Pools,
+    pub kafka: KafkaConfig,
+    pub provider: ProviderControl,
+    platform: Option<Platform>,
+    provider_shutdown: CancellationToken,
+}
+
+/// Options of a test platform.
+pub struct Options {
+    pub step_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { step_timeout: Duration::from_secs(20), max_attempts: 5 }
+    }
+}
+
+pub async fn spawn_platform(options: Options) -> TestApp {
+    let (order, inventory, payment, notification, saga) = tokio::join!(
+        database("order"),
+        database("inventory"),
+        database("payment"),
+        database("notification"),
+        database("saga"),
+    );
+    let kafka = kafka();
+    let provider_shutdown = CancellationToken::new();
+    let provider_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider_url = format!("http://{}", provider_listener.local_addr().unwrap());
+    let provider = spawn_provider(provider_listener, ProviderFaults::default(), provider_shutdown.clone()).await;
+    let mut payment_config = PaymentConfig::new(provider_url);
+    payment_config.provider_timeout_ms = 500;
+    let config = platform::PlatformConfig {
+        databases: DatabaseUrls {
+            order: order.url,
+            inventory: inventory.url,
+            payment: payment.url,
+            notification: notification.url,
+            saga: saga.url,
+        },
+        kafka: kafka.clone(),
+        payment: payment_config,
+        saga: SagaConfig {
+            step_timeout_ms: options.step_timeout.as_millis() as u64,
+            max_attempts: options.max_attempts,
+            sweep_interval_ms: 100,
+        },
+        pool_size: 8,
+    };
+    let mut platform = platform::start(config).await.expect("platform starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    platform.serve(listener, &kafka);
+    TestApp {
+        base_url,
+        http: reqwest::Client::new(),
+        pools: platform.pools.clone(),
+        kafka,
+        provider,
+        platform: Some(platform),
+        provider_shutdown,
+    }
+}
+
+impl TestApp {
+    pub async fn stop(mut self) {
+        if let Some(platform) = self.platform.take() {
+            platform.stop().await.expect("platform stops cleanly");
+        }
+        self.provider_shutdown.cancel();
+    }
+
+    pub async fn set_stock(&self, sku: &str, available: i64) {
+        let response = self
+            .http
+            .put(format!("{}/inventory/{sku}", self.base_url))
+            .json(&json!({"available": available}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "PUT /inventory/{sku}: {}", response.status());
+    }
+
+    pub async fn stock(&self, sku: &str) -> (i64, i64) {
+        let body: Value = self.http.get(format!("{}/inventory/{sku}", self.base_url)).send().await.unwrap().json().await.unwrap();
+        (body["available"].as_i64().unwrap(), body["reserved"].as_i64().unwrap())
+    }
+
+    /// POST /orders; returns (status, body).
+    pub async fn post_order(&self, body: &Value, idempotency_key: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/orders", self.base_url))
+            .header("Idempotency-Key", idempotency_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Place an order for `lines` (sku, quantity, unit price) and return its id.
+    pub async fn place(&self, lines: &[(&str, i64, i64)], payment_method: &str) -> Uuid {
+        let body = order_body(lines, payment_method);
+        let (status, body) = self.post_order(&body, &Uuid::new_v4().to_string()).await;
+        assert_eq!(status, 202, "{body}");
+        Uuid::parse_str(body["order_id"].as_str().unwrap()).unwrap()
+    }
+
+    pub async fn order(&self, id: Uuid) -> Value {
+        self.http.get(format!("{}/orders/{id}", self.base_url)).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn saga(&self, id: Uuid) -> Value {
+        self.http.get(format!("{}/sagas/{id}", self.base_url)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Wait until the order is APPROVED or REJECTED; returns the order.
+    pub async fn terminal(&self, id: Uuid, timeout: Duration) -> Value {
+        wait::until(&format!("order {id} to finish"), timeout, || async {
+            let order = self.order(id).await;
+            matches!(order["status"].as_str(), Some("APPROVED" | "REJECTED")).then_some(order)
+        })
+        .await
+    }
+
+    /// Wait until the saga is in a terminal state; returns it.
+    pub async fn saga_terminal(&self, id: Uuid, timeout: Duration) -> Value {
+        wait::until(&format!("saga {id} to finish"), timeout, || async {
+            let saga = self.saga(id).await;
+            matches!(saga["saga"]["state"].as_str(), Some("APPROVED" | "REJECTED" | "FAILED")).then_some(saga)
+        })
+        .await
+    }
+}
+
+pub fn order_body(lines: &[(&str, i64, i64)], payment_method: &str) -> Value {
+    json!({
+        "customer_id": Uuid::new_v4(),
+        "items": lines.iter().map(|(sku, q, p)| json!({"sku": sku, "quantity": q, "unit_price_cents": p})).collect::<Vec<_>>(),
+        "currency": "EUR",
+        "payment_method": payment_method,
+    })
+}
