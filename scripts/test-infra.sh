@@ -138,7 +138,7 @@ broker_image() {
 
 print_env() {
     echo "export SAGAFLOW_TEST_POSTGRES_IMAGE=$PG_IMAGE"
-    if [ -x "$(broker_binary)" ]; then
+    if [ -x "$(broker_binary)" ] && have_image "$BROKER_REPO:$(broker_tag)"; then
         echo "export SAGAFLOW_TEST_KAFKA_IMAGE=$BROKER_REPO:$(broker_tag)"
     else
         echo "export SAGAFLOW_TEST_KAFKA_IMAGE=$BROKER_REPO:latest"

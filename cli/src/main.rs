@@ -2,6 +2,7 @@
 //! (as the platform grows) run everything in one process, replay, manage dead letters, bench.
 
 mod broker;
+mod dev;
 mod tail;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the embedded Kafka-compatible broker (tansu, in-memory) on its own.
     Broker(broker::BrokerArgs),
+    /// Run the whole platform in one process (embedded broker, local PostgreSQL if needed).
+    Dev(Box<dev::DevArgs>),
     /// Print each message of a topic as one JSON line (key, headers, decoded value).
     Tail(tail::TailArgs),
 }
@@ -34,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
             broker::serve(&listen, &advertise, shutdown).await
         }
         Command::Tail(args) => tail::run(args).await,
+        Command::Dev(args) => dev::run(*args, shutdown).await,
     }
 }
 

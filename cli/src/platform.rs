@@ -67,6 +67,8 @@ pub struct Platform {
 /// Connect, migrate, create topics, start every consumer and relay. HTTP is separate
 /// ([`Platform::serve`]) so callers choose the listener.
 pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
+    // Install the metrics recorder before any component records.
+    sagaflow_common::http::metrics_handle();
     let urls = &config.databases;
     let size = config.pool_size;
     let pools = Pools {

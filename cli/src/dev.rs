@@ -1,0 +1,289 @@
+//! `sagaflow dev`: the whole platform in one process, for a laptop.
+//!
+//! - Kafka: an embedded tansu broker on 127.0.0.1:9092, unless `KAFKA_BROKERS` is set.
+//! - PostgreSQL: `DATABASE_URL` (a server where we may create databases), or else a throwaway
+//!   cluster started from the machine's PostgreSQL binaries under `.sagaflow/postgres`
+//!   (reused on the next start).
+//! - One database per service (`<base>_order`, …), created when missing.
+//! - A simulated payment provider, demo stock, every HTTP route on one port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use payment_service::{PaymentConfig, ProviderFaults, spawn_provider};
+use saga_orchestrator::SagaConfig;
+use sagaflow_cli::platform::{self, DatabaseUrls};
+use sagaflow_common::KafkaConfig;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::broker;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Where every HTTP route is served.
+    #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// A PostgreSQL server URL; its database name is the base of the per-service names.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Kafka bootstrap servers; when absent an embedded broker is started on 127.0.0.1:9092.
+    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Port of the embedded broker.
+    #[arg(long, env = "SAGAFLOW_BROKER_PORT", default_value_t = 9092)]
+    pub broker_port: u16,
+    /// Prefix of topics and consumer groups.
+    #[arg(long = "topic-prefix", env = "SAGAFLOW_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Folder of the throwaway PostgreSQL cluster.
+    #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = ".sagaflow")]
+    pub data_dir: PathBuf,
+    /// Address of the simulated payment provider.
+    #[arg(long, env = "SIMULATED_PROVIDER_ADDR", default_value = "127.0.0.1:8090")]
+    pub provider_addr: String,
+    #[command(flatten)]
+    pub saga: SagaConfig,
+}
+
+pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Kafka
+    let brokers = match &args.kafka_brokers {
+        Some(brokers) => brokers.clone(),
+        None => {
+            let address = format!("127.0.0.1:{}", args.broker_port);
+            std::net::TcpListener::bind(&address)
+                .with_context(|| format!("port {address} is taken: set KAFKA_BROKERS or SAGAFLOW_BROKER_PORT"))?;
+            let token = shutdown.clone();
+            let listen = address.clone();
+            tokio::spawn(async move {
+                if let Err(e) = broker::serve(&listen, &listen, token).await {
+                    tracing::error!(error = %e, "embedded broker failed");
+                }
+            });
+            address
+        }
+    };
+    let mut kafka = KafkaConfig::new(brokers.clone(), args.topic_prefix.clone());
+    kafka.partitions = 4;
+
+    // PostgreSQL
+    let (server_url, base) = match &args.database_url {
+        Some(url) => split_database(url),
+        None => (local_cluster(&args.data_dir).await?, "sagaflow".to_string()),
+    };
+    let mut names = Vec::new();
+    for service in ["order", "inventory", "payment", "notification", "saga"] {
+        names.push(ensure_database(&server_url, &format!("{base}_{service}")).await?);
+    }
+    let url = |i: usize| format!("{server_url}/{}", names[i]);
+
+    // Simulated payment provider
+    let provider_listener = tokio::net::TcpListener::bind(&args.provider_addr)
+        .await
+        .with_context(|| format!("binding the simulated provider on {}", args.provider_addr))?;
+    let provider_url = format!("http://{}", provider_listener.local_addr()?);
+    spawn_provider(provider_listener, ProviderFaults::default(), shutdown.clone()).await;
+
+    let config = platform::PlatformConfig {
+        databases: DatabaseUrls { order: url(0), inventory: url(1), payment: url(2), notification: url(3), saga: url(4) },
+        kafka: kafka.clone(),
+        payment: PaymentConfig::new(provider_url.clone()),
+        saga: args.saga.clone(),
+        pool_size: 8,
+    };
+    let mut platform = wait_for_broker_then_start(config).await?;
+    inventory_service::seed(&platform.pools.inventory, &[("SKU-1", 100), ("SKU-2", 100), ("SKU-3", 25)]).await?;
+    let listener = tokio::net::TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    let http = listener.local_addr()?;
+    platform.serve(listener, &kafka);
+    print_banner(&http.to_string(), &brokers, &provider_url, &args.topic_prefix);
+
+    let stopper = platform.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopper.cancel();
+    });
+    platform.wait().await?;
+    info!("sagaflow dev stopped");
+    Ok(())
+}
+
+/// The embedded broker takes a moment to listen; retry the start-up (topic creation) briefly.
+async fn wait_for_broker_then_start(config: platform::PlatformConfig) -> anyhow::Result<platform::Platform> {
+    let mut last = None;
+    for _ in 0..20 {
+        let attempt = platform::PlatformConfig {
+            databases: config.databases.clone(),
+            kafka: config.kafka.clone(),
+            payment: config.payment.clone(),
+            saga: config.saga.clone(),
+            pool_size: config.pool_size,
+        };
+        match platform::start(attempt).await {
+            Ok(platform) => return Ok(platform),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("platform did not start")))
+}
+
+fn print_banner(http: &str, brokers: &str, provider: &str, prefix: &str) {
+    let topic = format!("{prefix}orders.events");
+    println!(
+        r#"
+Sagaflow is running.
+  HTTP API         http://{http}   (orders, inventory, sagas, payments, notifications)
+  health / metrics http://{http}/health/ready   http://{http}/metrics
+  Kafka            {brokers}
+  payment provider {provider}   (pm_card_visa approves, pm_card_chargeDeclined declines)
+
+Place an order:
+  curl -si http://{http}/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $(uuidgen || date +%s%N)" \
+    -d '{{"customer_id":"0190b6d2-0000-7000-8000-000000000001","items":[{{"sku":"SKU-1","quantity":2,"unit_price_cents":1250}}],"currency":"EUR","payment_method":"pm_card_visa"}}'
+  curl -s http://{http}/orders/<order_id>     curl -s http://{http}/sagas/<order_id>
+
+Watch the events:
+  kcat -b {brokers} -C -t {topic} -f '%k %h\n'
+  sagaflow tail orders.events --from-beginning --follow
+
+Ctrl-C stops everything.
+"#
+    );
+}
+
+/// `postgres://u@h:p/name?x` → (`postgres://u@h:p`, `name`).
+fn split_database(url: &str) -> (String, String) {
+    let (without_query, _) = url.split_once('?').unwrap_or((url, ""));
+    match without_query.rsplit_once('/') {
+        Some((server, name)) if !name.is_empty() && server.contains("://") && server.len() > "postgres://".len() => {
+            (server.to_string(), name.to_string())
+        }
+        _ => (without_query.trim_end_matches('/').to_string(), "sagaflow".to_string()),
+    }
+}
+
+async fn ensure_database(server_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut admin = PgConnection::connect(&format!("{server_url}/postgres"))
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {server_url}"))?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
+        admin
+            .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(create)))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+    }
+    Ok(name.to_string())
+}
+
+/// Start (or reuse) a PostgreSQL cluster under `data_dir/postgres`; returns its server URL.
+async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
+    let bin = find_pg_bin().context(
+        "PostgreSQL is neither given nor installed: set DATABASE_URL=postgres://user:pass@host:5432/sagaflow, \
+         or install PostgreSQL (e.g. apt-get install postgresql) so `sagaflow dev` can start a throwaway cluster",
+    )?;
+    let cluster = std::path::absolute(data_dir.join("postgres"))?;
+    let port = 54329;
+    let as_postgres_user = nix_is_root();
+    let run = |program: &str, args: &[&str]| -> anyhow::Result<std::process::Output> {
+        let path = bin.join(program);
+        let mut command = if as_postgres_user {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        Ok(command.args(args).output()?)
+    };
+    if !cluster.join("PG_VERSION").exists() {
+        std::fs::create_dir_all(&cluster)?;
+        if as_postgres_user {
+            chown_to_postgres(&cluster)?;
+        }
+        println!("initialising a throwaway PostgreSQL cluster in {}", cluster.display());
+        let output = run("initdb", &["-D", &cluster.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
+        if !output.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{port}");
+    if PgConnection::connect(&format!("{url}/postgres")).await.is_err() {
+        let log = cluster.join("server.log");
+        let options = format!("-p {port} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200");
+        let output = run(
+            "pg_ctl",
+            &["-D", &cluster.to_string_lossy(), "-l", &log.to_string_lossy(), "-o", &options, "-w", "start"],
+        )?;
+        if !output.status.success() {
+            bail!(
+                "starting PostgreSQL failed (see {}): {}",
+                log.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        println!("PostgreSQL started on 127.0.0.1:{port} (data in {}; stop with pg_ctl -D … stop)", cluster.display());
+    }
+    Ok(url)
+}
+
+fn find_pg_bin() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    candidates.sort();
+    candidates.pop().or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths).find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+        })
+    })
+}
+
+/// initdb refuses to run as root; as root the cluster is owned and run by `postgres`.
+fn nix_is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
+    let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status()?;
+    if !status.success() {
+        bail!("running as root needs a `postgres` user to own {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_database;
+
+    #[test]
+    fn a_database_url_splits_into_server_and_base_name() {
+        assert_eq!(
+            split_database("postgres://u:p@h:5432/shop?sslmode=disable"),
+            ("postgres://u:p@h:5432".into(), "shop".into())
+        );
+        assert_eq!(split_database("postgres://u@h:5432"), ("postgres://u@h:5432".into(), "sagaflow".into()));
+    }
+}
