@@ -23,24 +23,39 @@ async fn every_migration_folder_applies_to_the_database_server() {
     folders.sort();
     assert_eq!(
         folders,
-        ["inventory", "notification", "order", "payment", "query", "saga"],
+        [
+            "inventory",
+            "notification",
+            "order",
+            "payment",
+            "query",
+            "saga"
+        ],
         "one migration folder per service database"
     );
     for folder in &folders {
         let db = database(folder).await;
-        let tables: Vec<String> =
-            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
-                .fetch_all(&db.pool)
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert!(
+            tables.contains(&"inbox".to_string()),
+            "{folder}: {tables:?}"
+        );
+        if folder != "query" {
+            assert!(
+                tables.contains(&"outbox".to_string()),
+                "{folder} publishes, so it has an outbox: {tables:?}"
+            );
+        }
+        let applied: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&db.pool)
                 .await
                 .unwrap();
-        assert!(tables.contains(&"inbox".to_string()), "{folder}: {tables:?}");
-        if folder != "query" {
-            assert!(tables.contains(&"outbox".to_string()), "{folder} publishes, so it has an outbox: {tables:?}");
-        }
-        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
         let files = std::fs::read_dir(root.join(folder)).unwrap().count() as i64;
         assert_eq!(applied, files, "{folder}: every migration applied");
     }
@@ -49,7 +64,9 @@ async fn every_migration_folder_applies_to_the_database_server() {
 #[tokio::test]
 async fn broker_round_trip_with_headers_group_commit_and_resume() {
     let config = kafka();
-    clients::ensure_topics(&config, &["probe"]).await.expect("create topic");
+    clients::ensure_topics(&config, &["probe"])
+        .await
+        .expect("create topic");
     let topic = config.topic("probe");
     let producer = clients::producer(&config).unwrap();
     for i in 0..10 {
@@ -59,7 +76,10 @@ async fn broker_round_trip_with_headers_group_commit_and_resume() {
         let headers = clients::to_headers([("ce_type", "Probe"), ("index", index.as_str())]);
         producer
             .send(
-                FutureRecord::to(&topic).key(&key).payload(&value).headers(headers),
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers),
                 Duration::from_secs(10),
             )
             .await
@@ -78,7 +98,10 @@ async fn broker_round_trip_with_headers_group_commit_and_resume() {
             .expect("a message within 30 s")
             .unwrap();
         let headers = message.headers().expect("headers travel with the message");
-        let ce_type = headers.iter().find(|h| h.key == "ce_type").and_then(|h| h.value);
+        let ce_type = headers
+            .iter()
+            .find(|h| h.key == "ce_type")
+            .and_then(|h| h.value);
         assert_eq!(ce_type, Some(b"Probe".as_slice()));
         let index: String = headers
             .iter()
@@ -90,7 +113,9 @@ async fn broker_round_trip_with_headers_group_commit_and_resume() {
         first.store_offset_from_message(&message).unwrap();
         seen.push(index);
     }
-    first.commit_consumer_state(CommitMode::Sync).expect("commit offsets");
+    first
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit offsets");
     drop(first);
 
     // A new member resumes after the committed offsets and reads exactly the rest.
@@ -110,7 +135,10 @@ async fn broker_round_trip_with_headers_group_commit_and_resume() {
     }
     seen.sort_by_key(|s| s.parse::<u32>().unwrap());
     let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
-    assert_eq!(seen, expected, "each message exactly once across the restart");
+    assert_eq!(
+        seen, expected,
+        "each message exactly once across the restart"
+    );
     // Nothing beyond the ten: the resumed member did not start from the beginning.
     let extra = tokio::time::timeout(Duration::from_secs(2), second.recv()).await;
     assert!(extra.is_err(), "no redelivery after the committed offset");

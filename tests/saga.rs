@@ -18,15 +18,29 @@ use uuid::Uuid;
 const FINISH: Duration = Duration::from_secs(60);
 
 async fn count(pool: &PgPool, sql: &str, order: Uuid) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).bind(order).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .bind(order)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 async fn charges(app: &TestApp, order: Uuid) -> i64 {
-    count(&app.pools.payment, "SELECT count(*) FROM payments WHERE order_id = $1 AND charge_id IS NOT NULL", order).await
+    count(
+        &app.pools.payment,
+        "SELECT count(*) FROM payments WHERE order_id = $1 AND charge_id IS NOT NULL",
+        order,
+    )
+    .await
 }
 
 async fn notifications(app: &TestApp, order: Uuid) -> i64 {
-    count(&app.pools.notification, "SELECT count(*) FROM notifications WHERE order_id = $1", order).await
+    count(
+        &app.pools.notification,
+        "SELECT count(*) FROM notifications WHERE order_id = $1",
+        order,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -38,14 +52,34 @@ async fn happy_path_approves_decrements_stock_charges_once_and_notifies_once() {
 
     let done = app.terminal(order, FINISH).await;
     assert_eq!(done["status"], "APPROVED", "{done}");
-    assert_eq!(app.stock("SKU-H").await, (7, 3), "3 units sold (held as reserved for the approved order)");
+    assert_eq!(
+        app.stock("SKU-H").await,
+        (7, 3),
+        "3 units sold (held as reserved for the approved order)"
+    );
     assert_eq!(charges(&app, order).await, 1);
     assert_eq!(app.provider.stats().charges, 1);
-    wait::until("one notification", FINISH, || async { (notifications(&app, order).await == 1).then_some(()) }).await;
+    wait::until("one notification", FINISH, || async {
+        (notifications(&app, order).await == 1).then_some(())
+    })
+    .await;
     let saga = app.saga_terminal(order, FINISH).await;
     assert_eq!(saga["saga"]["state"], "APPROVED");
-    let steps: Vec<&str> = saga["history"].as_array().unwrap().iter().map(|h| h["to_state"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["RESERVING_STOCK", "AUTHORIZING_PAYMENT", "APPROVING", "APPROVED"]);
+    let steps: Vec<&str> = saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to_state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "RESERVING_STOCK",
+            "AUTHORIZING_PAYMENT",
+            "APPROVING",
+            "APPROVED"
+        ]
+    );
     app.stop().await;
 }
 
@@ -57,11 +91,17 @@ async fn out_of_stock_rejects_without_charging_or_touching_stock() {
     let order = app.place(&[("SKU-O", 5, 100)], "pm_card_visa").await;
     let done = app.terminal(order, FINISH).await;
     assert_eq!(done["status"], "REJECTED");
-    assert!(done["reason"].as_str().unwrap().contains("out of stock"), "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("out of stock"),
+        "{done}"
+    );
     assert_eq!(app.stock("SKU-O").await, (2, 0));
     assert_eq!(charges(&app, order).await, 0);
     assert_eq!(app.provider.stats().charges, 0);
-    wait::until("one rejection notice", FINISH, || async { (notifications(&app, order).await == 1).then_some(()) }).await;
+    wait::until("one rejection notice", FINISH, || async {
+        (notifications(&app, order).await == 1).then_some(())
+    })
+    .await;
     app.stop().await;
 }
 
@@ -70,13 +110,26 @@ async fn a_declined_card_releases_the_reserved_stock_and_rejects() {
     let _broker = broker_lock().read().await;
     let app = spawn_platform(Options::default()).await;
     app.set_stock("SKU-D", 10).await;
-    let order = app.place(&[("SKU-D", 4, 999)], "pm_card_chargeDeclined").await;
+    let order = app
+        .place(&[("SKU-D", 4, 999)], "pm_card_chargeDeclined")
+        .await;
     let done = app.terminal(order, FINISH).await;
     assert_eq!(done["status"], "REJECTED");
-    assert!(done["reason"].as_str().unwrap().contains("declined"), "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("declined"),
+        "{done}"
+    );
     let saga = app.saga_terminal(order, FINISH).await;
-    let steps: Vec<&str> = saga["history"].as_array().unwrap().iter().map(|h| h["to_state"].as_str().unwrap()).collect();
-    assert!(steps.contains(&"AUTHORIZING_PAYMENT") && steps.contains(&"COMPENSATING"), "reserved, then compensated: {steps:?}");
+    let steps: Vec<&str> = saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to_state"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.contains(&"AUTHORIZING_PAYMENT") && steps.contains(&"COMPENSATING"),
+        "reserved, then compensated: {steps:?}"
+    );
     assert_eq!(app.stock("SKU-D").await, (10, 0), "stock released");
     assert_eq!(charges(&app, order).await, 0);
     assert_eq!(app.provider.stats().charges, 0);
@@ -86,31 +139,58 @@ async fn a_declined_card_releases_the_reserved_stock_and_rejects() {
 #[tokio::test]
 async fn provider_down_opens_the_circuit_hits_the_deadline_compensates_then_recovers() {
     let _broker = broker_lock().read().await;
-    let app = spawn_platform(Options { step_timeout: Duration::from_secs(4), ..Options::default() }).await;
+    let app = spawn_platform(Options {
+        step_timeout: Duration::from_secs(4),
+        ..Options::default()
+    })
+    .await;
     app.set_stock("SKU-P", 10).await;
     app.provider.set_down(true);
     let order = app.place(&[("SKU-P", 2, 500)], "pm_card_visa").await;
 
     wait::until("the circuit to open", FINISH, || async {
-        let metrics = app.http.get(format!("{}/metrics", app.base_url)).send().await.unwrap().text().await.unwrap();
-        metrics.lines().any(|l| l.starts_with("payment_provider_circuit_open") && l.ends_with(" 1")).then_some(())
+        let metrics = app
+            .http
+            .get(format!("{}/metrics", app.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .any(|l| l.starts_with("payment_provider_circuit_open") && l.ends_with(" 1"))
+            .then_some(())
     })
     .await;
     let saga = app.saga_terminal(order, Duration::from_secs(90)).await;
     assert_eq!(saga["saga"]["state"], "REJECTED", "{saga}");
     let history = saga["history"].as_array().unwrap();
     assert!(
-        history.iter().any(|h| h["trigger"] == "DEADLINE" && h["from_state"] == "AUTHORIZING_PAYMENT"),
+        history
+            .iter()
+            .any(|h| h["trigger"] == "DEADLINE" && h["from_state"] == "AUTHORIZING_PAYMENT"),
         "the payment step timed out: {history:?}"
     );
     assert_eq!(app.order(order).await["status"], "REJECTED");
-    wait::until("stock released", FINISH, || async { (app.stock("SKU-P").await == (10, 0)).then_some(()) }).await;
-    assert_eq!(app.provider.stats().charges, 0, "nothing charged while the provider was down");
+    wait::until("stock released", FINISH, || async {
+        (app.stock("SKU-P").await == (10, 0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.provider.stats().charges,
+        0,
+        "nothing charged while the provider was down"
+    );
 
     app.provider.set_down(false);
     let next = app.place(&[("SKU-P", 1, 500)], "pm_card_visa").await;
     let done = app.terminal(next, Duration::from_secs(90)).await;
-    assert_eq!(done["status"], "APPROVED", "after recovery new orders are approved");
+    assert_eq!(
+        done["status"], "APPROVED",
+        "after recovery new orders are approved"
+    );
     assert_eq!(app.stock("SKU-P").await, (9, 1));
     app.stop().await;
 }
@@ -119,14 +199,25 @@ async fn provider_down_opens_the_circuit_hits_the_deadline_compensates_then_reco
 /// metrics.
 fn consumer_outcomes(metrics: &str, prefix: &str) -> HashMap<(String, String), f64> {
     let mut out = HashMap::new();
-    for line in metrics.lines().filter(|l| l.starts_with("consumer_messages_total{")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("consumer_messages_total{"))
+    {
         let (labels, value) = line.rsplit_once(' ').unwrap();
         let label = |name: &str| {
-            labels.split(&format!("{name}=\"")).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("").to_string()
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_string()
         };
         let group = label("group");
         if let Some(group) = group.strip_prefix(prefix) {
-            out.insert((group.to_string(), label("outcome")), value.parse().unwrap());
+            out.insert(
+                (group.to_string(), label("outcome")),
+                value.parse().unwrap(),
+            );
         }
     }
     out
@@ -138,11 +229,16 @@ async fn every_message_delivered_twice_has_exactly_one_effect() {
     let app = spawn_platform(Options::default()).await;
     app.set_stock("SKU-2X", 10).await;
     let approved = app.place(&[("SKU-2X", 2, 700)], "pm_card_visa").await;
-    let declined = app.place(&[("SKU-2X", 1, 300)], "pm_card_chargeDeclined").await;
+    let declined = app
+        .place(&[("SKU-2X", 1, 300)], "pm_card_chargeDeclined")
+        .await;
     let rejected = app.place(&[("SKU-2X", 50, 300)], "pm_card_visa").await;
     for order in [approved, declined, rejected] {
         app.saga_terminal(order, FINISH).await;
-        wait::until("notification", FINISH, || async { (notifications(&app, order).await == 1).then_some(()) }).await;
+        wait::until("notification", FINISH, || async {
+            (notifications(&app, order).await == 1).then_some(())
+        })
+        .await;
     }
     let before = snapshot(&app, &[approved, declined, rejected]).await;
 
@@ -153,14 +249,23 @@ async fn every_message_delivered_twice_has_exactly_one_effect() {
         let records = read_all(&app.kafka, topic).await;
         for record in &records {
             let headers = clients::to_headers(
-                record.headers.iter().map(|(k, v)| (k.as_str(), std::str::from_utf8(v).unwrap())),
+                record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), std::str::from_utf8(v).unwrap())),
             );
             let name = app.kafka.topic(topic);
-            let mut send = FutureRecord::to(&name).headers(headers).payload(record.payload.as_deref().unwrap());
+            let mut send = FutureRecord::to(&name)
+                .headers(headers)
+                .payload(record.payload.as_deref().unwrap());
             if let Some(key) = &record.key {
                 send = send.key(key.as_str());
             }
-            producer.send(send, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+            producer
+                .send(send, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
             redelivered += 1;
         }
     }
@@ -169,11 +274,32 @@ async fn every_message_delivered_twice_has_exactly_one_effect() {
     // Wait until each consumer has seen its duplicates (the inbox skips them) ...
     let prefix = app.kafka.topic_prefix.clone();
     wait::until("every duplicate to be skipped", FINISH, || async {
-        let metrics = app.http.get(format!("{}/metrics", app.base_url)).send().await.unwrap().text().await.unwrap();
+        let metrics = app
+            .http
+            .get(format!("{}/metrics", app.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let outcomes = consumer_outcomes(&metrics, &prefix);
-        let of = |group: &str, outcome: &str| outcomes.get(&(group.to_string(), outcome.to_string())).copied().unwrap_or(0.0);
-        let groups = ["order-service", "inventory-service", "payment-service", "notification-service", "saga-orchestrator"];
-        let settled = groups.iter().all(|g| of(g, "applied") > 0.0 && of(g, "duplicate") >= of(g, "applied"));
+        let of = |group: &str, outcome: &str| {
+            outcomes
+                .get(&(group.to_string(), outcome.to_string()))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let groups = [
+            "order-service",
+            "inventory-service",
+            "payment-service",
+            "notification-service",
+            "saga-orchestrator",
+        ];
+        let settled = groups
+            .iter()
+            .all(|g| of(g, "applied") > 0.0 && of(g, "duplicate") >= of(g, "applied"));
         if !settled {
             eprintln!("not yet: {outcomes:?}");
         }
@@ -182,16 +308,26 @@ async fn every_message_delivered_twice_has_exactly_one_effect() {
     .await;
     // ... and nothing changed.
     let after = snapshot(&app, &[approved, declined, rejected]).await;
-    assert_eq!(before, after, "a second delivery of every message changed nothing");
+    assert_eq!(
+        before, after,
+        "a second delivery of every message changed nothing"
+    );
     app.stop().await;
 }
 
 /// Every effect a message can have, for some orders.
 async fn snapshot(app: &TestApp, orders: &[Uuid]) -> Vec<Value> {
-    let mut out = vec![serde_json::json!({"stock": app.stock("SKU-2X").await, "provider": format!("{:?}", app.provider.stats())})];
+    let mut out = vec![
+        serde_json::json!({"stock": app.stock("SKU-2X").await, "provider": format!("{:?}", app.provider.stats())}),
+    ];
     for order in orders {
         let saga = app.saga(*order).await;
-        let transitions = saga["history"].as_array().unwrap().iter().filter(|h| h["from_state"] != h["to_state"]).count();
+        let transitions = saga["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["from_state"] != h["to_state"])
+            .count();
         out.push(serde_json::json!({
             "order": app.order(*order).await["status"],
             "saga": saga["saga"]["state"],
@@ -222,7 +358,11 @@ async fn two_hundred_concurrent_orders_all_finish_and_conserve_stock_and_money()
         let app = app.clone();
         tasks.spawn(async move {
             let sku = skus[i % 3];
-            let method = if i % 5 == 0 { "pm_card_chargeDeclined" } else { "pm_card_visa" };
+            let method = if i % 5 == 0 {
+                "pm_card_chargeDeclined"
+            } else {
+                "pm_card_visa"
+            };
             let body = order_body(&[(sku, (i % 4 + 1) as i64, 100 + i as i64)], method);
             let (status, body) = app.post_order(&body, &format!("load-{i}")).await;
             assert_eq!(status, 202, "{body}");
@@ -239,25 +379,44 @@ async fn two_hundred_concurrent_orders_all_finish_and_conserve_stock_and_money()
         if status == "APPROVED" {
             approved_total += done["total_cents"].as_i64().unwrap();
             for item in done["items"].as_array().unwrap() {
-                *sold.entry(item["sku"].as_str().unwrap().to_string()).or_default() += item["quantity"].as_i64().unwrap();
+                *sold
+                    .entry(item["sku"].as_str().unwrap().to_string())
+                    .or_default() += item["quantity"].as_i64().unwrap();
             }
         }
         *outcomes.entry(status).or_default() += 1;
     }
-    assert!(outcomes.get("APPROVED").copied().unwrap_or(0) > 50, "{outcomes:?}");
-    assert!(outcomes.get("REJECTED").copied().unwrap_or(0) >= 40, "declined cards and short stock: {outcomes:?}");
+    assert!(
+        outcomes.get("APPROVED").copied().unwrap_or(0) > 50,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get("REJECTED").copied().unwrap_or(0) >= 40,
+        "declined cards and short stock: {outcomes:?}"
+    );
     // Every saga terminal; compensations settle shortly after the order's verdict.
     for order in &orders {
         let saga = app.saga_terminal(*order, FINISH).await;
         assert_ne!(saga["saga"]["state"], "FAILED");
     }
-    let overdue: Value = app.http.get(format!("{}/sagas/overdue", app.base_url)).send().await.unwrap().json().await.unwrap();
+    let overdue: Value = app
+        .http
+        .get(format!("{}/sagas/overdue", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(overdue["count"], 0);
     for sku in skus {
         let (available, reserved) = app.stock(sku).await;
         let sold = sold.get(sku).copied().unwrap_or(0);
         assert_eq!(available + reserved, initial, "{sku}: stock conserved");
-        assert_eq!(reserved, sold, "{sku}: what is held is exactly what approved orders bought");
+        assert_eq!(
+            reserved, sold,
+            "{sku}: what is held is exactly what approved orders bought"
+        );
     }
     let (charged, refunded): (i64, i64) = sqlx::query_as(
         "SELECT COALESCE(sum(amount_cents) FILTER (WHERE charge_id IS NOT NULL), 0)::bigint,
@@ -266,9 +425,17 @@ async fn two_hundred_concurrent_orders_all_finish_and_conserve_stock_and_money()
     .fetch_one(&app.pools.payment)
     .await
     .unwrap();
-    assert_eq!(charged - refunded, approved_total, "charges - refunds = sum of approved orders");
+    assert_eq!(
+        charged - refunded,
+        approved_total,
+        "charges - refunds = sum of approved orders"
+    );
     let stats = app.provider.stats();
-    assert_eq!(stats.charges as usize, outcomes["APPROVED"] + stats.refunds as usize, "{stats:?}");
+    assert_eq!(
+        stats.charges as usize,
+        outcomes["APPROVED"] + stats.refunds as usize,
+        "{stats:?}"
+    );
     if let Ok(app) = std::sync::Arc::try_unwrap(app) {
         app.stop().await;
     }

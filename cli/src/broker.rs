@@ -36,21 +36,37 @@ impl BrokerArgs {
         let listen = self
             .listen
             .clone()
-            .or_else(|| std::env::var("KAFKA_LISTENERS").ok().and_then(|l| plaintext_entry(&l)))
+            .or_else(|| {
+                std::env::var("KAFKA_LISTENERS")
+                    .ok()
+                    .and_then(|l| plaintext_entry(&l))
+            })
             .unwrap_or_else(|| "127.0.0.1:9092".to_string());
         let advertise = self
             .advertise
             .clone()
-            .or_else(|| std::env::var("KAFKA_ADVERTISED_LISTENERS").ok().and_then(|l| plaintext_entry(&l)))
+            .or_else(|| {
+                std::env::var("KAFKA_ADVERTISED_LISTENERS")
+                    .ok()
+                    .and_then(|l| plaintext_entry(&l))
+            })
             .unwrap_or_else(|| listen.replace("0.0.0.0", "127.0.0.1"));
         (listen, advertise)
     }
 }
 
 /// Serve a broker until `shutdown` is cancelled.
-pub async fn serve(listen: &str, advertise: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener: Url = format!("tcp://{listen}").parse().context("listen address")?;
-    let advertised: Url = format!("tcp://{advertise}").parse().context("advertised address")?;
+pub async fn serve(
+    listen: &str,
+    advertise: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener: Url = format!("tcp://{listen}")
+        .parse()
+        .context("listen address")?;
+    let advertised: Url = format!("tcp://{advertise}")
+        .parse()
+        .context("advertised address")?;
     let mut broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
         .node_id(111)
         .cluster_id("sagaflow")

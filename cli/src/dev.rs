@@ -37,13 +37,21 @@ pub struct DevArgs {
     #[arg(long, env = "SAGAFLOW_BROKER_PORT", default_value_t = 9092)]
     pub broker_port: u16,
     /// Prefix of topics and consumer groups.
-    #[arg(long = "topic-prefix", env = "SAGAFLOW_TOPIC_PREFIX", default_value = "")]
+    #[arg(
+        long = "topic-prefix",
+        env = "SAGAFLOW_TOPIC_PREFIX",
+        default_value = ""
+    )]
     pub topic_prefix: String,
     /// Folder of the throwaway PostgreSQL cluster.
     #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = ".sagaflow")]
     pub data_dir: PathBuf,
     /// Address of the simulated payment provider.
-    #[arg(long, env = "SIMULATED_PROVIDER_ADDR", default_value = "127.0.0.1:8090")]
+    #[arg(
+        long,
+        env = "SIMULATED_PROVIDER_ADDR",
+        default_value = "127.0.0.1:8090"
+    )]
     pub provider_addr: String,
     #[command(flatten)]
     pub saga: SagaConfig,
@@ -55,8 +63,9 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         Some(brokers) => brokers.clone(),
         None => {
             let address = format!("127.0.0.1:{}", args.broker_port);
-            std::net::TcpListener::bind(&address)
-                .with_context(|| format!("port {address} is taken: set KAFKA_BROKERS or SAGAFLOW_BROKER_PORT"))?;
+            std::net::TcpListener::bind(&address).with_context(|| {
+                format!("port {address} is taken: set KAFKA_BROKERS or SAGAFLOW_BROKER_PORT")
+            })?;
             let token = shutdown.clone();
             let listen = address.clone();
             tokio::spawn(async move {
@@ -86,23 +95,43 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .await
         .with_context(|| format!("binding the simulated provider on {}", args.provider_addr))?;
     let provider_url = format!("http://{}", provider_listener.local_addr()?);
-    spawn_provider(provider_listener, ProviderFaults::default(), shutdown.clone()).await;
+    spawn_provider(
+        provider_listener,
+        ProviderFaults::default(),
+        shutdown.clone(),
+    )
+    .await;
 
     let config = platform::PlatformConfig {
-        databases: DatabaseUrls { order: url(0), inventory: url(1), payment: url(2), notification: url(3), saga: url(4) },
+        databases: DatabaseUrls {
+            order: url(0),
+            inventory: url(1),
+            payment: url(2),
+            notification: url(3),
+            saga: url(4),
+        },
         kafka: kafka.clone(),
         payment: PaymentConfig::new(provider_url.clone()),
         saga: args.saga.clone(),
         pool_size: 8,
     };
     let mut platform = wait_for_broker_then_start(config).await?;
-    inventory_service::seed(&platform.pools.inventory, &[("SKU-1", 100), ("SKU-2", 100), ("SKU-3", 25)]).await?;
+    inventory_service::seed(
+        &platform.pools.inventory,
+        &[("SKU-1", 100), ("SKU-2", 100), ("SKU-3", 25)],
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
     let http = listener.local_addr()?;
     platform.serve(listener, &kafka);
-    print_banner(&http.to_string(), &brokers, &provider_url, &args.topic_prefix);
+    print_banner(
+        &http.to_string(),
+        &brokers,
+        &provider_url,
+        &args.topic_prefix,
+    );
 
     let stopper = platform.shutdown.clone();
     tokio::spawn(async move {
@@ -115,7 +144,9 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
 }
 
 /// The embedded broker takes a moment to listen; retry the start-up (topic creation) briefly.
-async fn wait_for_broker_then_start(config: platform::PlatformConfig) -> anyhow::Result<platform::Platform> {
+async fn wait_for_broker_then_start(
+    config: platform::PlatformConfig,
+) -> anyhow::Result<platform::Platform> {
     let mut last = None;
     for _ in 0..20 {
         let attempt = platform::PlatformConfig {
@@ -164,10 +195,15 @@ Ctrl-C stops everything.
 fn split_database(url: &str) -> (String, String) {
     let (without_query, _) = url.split_once('?').unwrap_or((url, ""));
     match without_query.rsplit_once('/') {
-        Some((server, name)) if !name.is_empty() && server.contains("://") && server.len() > "postgres://".len() => {
+        Some((server, name))
+            if !name.is_empty() && server.contains("://") && server.len() > "postgres://".len() =>
+        {
             (server.to_string(), name.to_string())
         }
-        _ => (without_query.trim_end_matches('/').to_string(), "sagaflow".to_string()),
+        _ => (
+            without_query.trim_end_matches('/').to_string(),
+            "sagaflow".to_string(),
+        ),
     }
 }
 
@@ -175,10 +211,11 @@ async fn ensure_database(server_url: &str, name: &str) -> anyhow::Result<String>
     let mut admin = PgConnection::connect(&format!("{server_url}/postgres"))
         .await
         .with_context(|| format!("connecting to PostgreSQL at {server_url}"))?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         let create = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
         admin
@@ -202,7 +239,8 @@ async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
         let path = bin.join(program);
         let mut command = if as_postgres_user {
             let mut c = Command::new("setpriv");
-            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(&path);
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+                .arg(&path);
             c
         } else {
             Command::new(&path)
@@ -214,19 +252,46 @@ async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
         if as_postgres_user {
             chown_to_postgres(&cluster)?;
         }
-        println!("initialising a throwaway PostgreSQL cluster in {}", cluster.display());
-        let output = run("initdb", &["-D", &cluster.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
+        println!(
+            "initialising a throwaway PostgreSQL cluster in {}",
+            cluster.display()
+        );
+        let output = run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        )?;
         if !output.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         }
     }
     let url = format!("postgres://postgres@127.0.0.1:{port}");
-    if PgConnection::connect(&format!("{url}/postgres")).await.is_err() {
+    if PgConnection::connect(&format!("{url}/postgres"))
+        .await
+        .is_err()
+    {
         let log = cluster.join("server.log");
-        let options = format!("-p {port} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200");
+        let options =
+            format!("-p {port} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200");
         let output = run(
             "pg_ctl",
-            &["-D", &cluster.to_string_lossy(), "-l", &log.to_string_lossy(), "-o", &options, "-w", "start"],
+            &[
+                "-D",
+                &cluster.to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
         )?;
         if !output.status.success() {
             bail!(
@@ -235,7 +300,10 @@ async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        println!("PostgreSQL started on 127.0.0.1:{port} (data in {}; stop with pg_ctl -D … stop)", cluster.display());
+        println!(
+            "PostgreSQL started on 127.0.0.1:{port} (data in {}; stop with pg_ctl -D … stop)",
+            cluster.display()
+        );
     }
     Ok(url)
 }
@@ -254,7 +322,8 @@ fn find_pg_bin() -> Option<PathBuf> {
     candidates.sort();
     candidates.pop().or_else(|| {
         std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths).find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+            std::env::split_paths(&paths)
+                .find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
         })
     })
 }
@@ -267,9 +336,15 @@ fn nix_is_root() -> bool {
 }
 
 fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
-    let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status()?;
+    let status = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .status()?;
     if !status.success() {
-        bail!("running as root needs a `postgres` user to own {}", path.display());
+        bail!(
+            "running as root needs a `postgres` user to own {}",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -284,6 +359,9 @@ mod tests {
             split_database("postgres://u:p@h:5432/shop?sslmode=disable"),
             ("postgres://u:p@h:5432".into(), "shop".into())
         );
-        assert_eq!(split_database("postgres://u@h:5432"), ("postgres://u@h:5432".into(), "sagaflow".into()));
+        assert_eq!(
+            split_database("postgres://u@h:5432"),
+            ("postgres://u@h:5432".into(), "sagaflow".into())
+        );
     }
 }

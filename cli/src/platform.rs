@@ -81,7 +81,9 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     order_service::MIGRATOR.run(&pools.order).await?;
     inventory_service::MIGRATOR.run(&pools.inventory).await?;
     payment_service::MIGRATOR.run(&pools.payment).await?;
-    notification_service::MIGRATOR.run(&pools.notification).await?;
+    notification_service::MIGRATOR
+        .run(&pools.notification)
+        .await?;
     saga_orchestrator::MIGRATOR.run(&pools.saga).await?;
 
     let mut all_topics: Vec<String> = topics::ALL.iter().map(|t| t.to_string()).collect();
@@ -93,20 +95,33 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     let mut tasks = JoinSet::new();
     let producer = kafka::producer(&config.kafka)?;
     for (name, pool) in pools.named() {
-        let relay = Relay::new(pool, producer.clone(), config.kafka.clone(), RelayConfig::new(name));
+        let relay = Relay::new(
+            pool,
+            producer.clone(),
+            config.kafka.clone(),
+            RelayConfig::new(name),
+        );
         let token = shutdown.clone();
         tasks.spawn(async move { ("outbox-relay", relay.run(token).await) });
     }
     let k = &config.kafka;
     let s = &shutdown;
-    tasks.spawn(named("order-service", order_service::run_consumer(pools.order.clone(), k.clone(), s.clone())));
+    tasks.spawn(named(
+        "order-service",
+        order_service::run_consumer(pools.order.clone(), k.clone(), s.clone()),
+    ));
     tasks.spawn(named(
         "inventory-service",
         inventory_service::run_consumer(pools.inventory.clone(), k.clone(), s.clone()),
     ));
     tasks.spawn(named(
         "payment-service",
-        payment_service::run_consumer(pools.payment.clone(), k.clone(), config.payment.clone(), s.clone()),
+        payment_service::run_consumer(
+            pools.payment.clone(),
+            k.clone(),
+            config.payment.clone(),
+            s.clone(),
+        ),
     ));
     tasks.spawn(named(
         "notification-service",
@@ -114,10 +129,19 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     ));
     tasks.spawn(named(
         "saga-orchestrator",
-        saga_orchestrator::run(pools.saga.clone(), k.clone(), config.saga.clone(), s.clone()),
+        saga_orchestrator::run(
+            pools.saga.clone(),
+            k.clone(),
+            config.saga.clone(),
+            s.clone(),
+        ),
     ));
     info!(prefix = %config.kafka.topic_prefix, brokers = %config.kafka.brokers, "platform started");
-    Ok(Platform { pools, shutdown, tasks })
+    Ok(Platform {
+        pools,
+        shutdown,
+        tasks,
+    })
 }
 
 async fn named(
@@ -133,16 +157,26 @@ impl Platform {
         order_service::router(self.pools.order.clone())
             .merge(inventory_service::router(self.pools.inventory.clone()))
             .merge(payment_service::router(self.pools.payment.clone()))
-            .merge(notification_service::router(self.pools.notification.clone()))
+            .merge(notification_service::router(
+                self.pools.notification.clone(),
+            ))
             .merge(saga_orchestrator::router(self.pools.saga.clone()))
-            .merge(ops_router(Readiness { databases: self.pools.named(), kafka: Some(kafka.clone()) }))
+            .merge(ops_router(Readiness {
+                databases: self.pools.named(),
+                kafka: Some(kafka.clone()),
+            }))
     }
 
     /// Serve [`Platform::router`] on `listener` until shutdown.
     pub fn serve(&mut self, listener: TcpListener, kafka: &KafkaConfig) {
         let router = self.router(kafka);
         let token = self.shutdown.clone();
-        self.tasks.spawn(async move { ("http", serve(listener, router, token).await.map_err(Into::into)) });
+        self.tasks.spawn(async move {
+            (
+                "http",
+                serve(listener, router, token).await.map_err(Into::into),
+            )
+        });
     }
 
     /// Wait until shutdown is requested or a component fails (then stop the rest).
@@ -156,7 +190,10 @@ impl Platform {
                     self.shutdown.cancel();
                 }
                 Ok((name, Ok(()))) if !self.shutdown.is_cancelled() => {
-                    error!(component = name, "component stopped unexpectedly; stopping the platform");
+                    error!(
+                        component = name,
+                        "component stopped unexpectedly; stopping the platform"
+                    );
                     self.shutdown.cancel();
                 }
                 Ok(_) => {}

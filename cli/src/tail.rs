@@ -55,7 +55,11 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
         let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
-        let start = if args.from_beginning { Offset::Offset(low) } else { Offset::Offset(high) };
+        let start = if args.from_beginning {
+            Offset::Offset(low)
+        } else {
+            Offset::Offset(high)
+        };
         if start != Offset::Offset(high) {
             ends.insert(p, high);
         }
@@ -70,7 +74,9 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         let next = if args.follow {
             Some(consumer.recv().await)
         } else {
-            tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await.ok()
+            tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+                .await
+                .ok()
         };
         let Some(message) = next else {
             return Ok(()); // nothing more arrived within the wait

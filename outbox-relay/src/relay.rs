@@ -83,7 +83,12 @@ const CLAIM_HEADS: &str = "
        FOR UPDATE SKIP LOCKED";
 
 impl Relay {
-    pub fn new(pool: PgPool, producer: FutureProducer, kafka: KafkaConfig, config: RelayConfig) -> Self {
+    pub fn new(
+        pool: PgPool,
+        producer: FutureProducer,
+        kafka: KafkaConfig,
+        config: RelayConfig,
+    ) -> Self {
         Relay {
             pool,
             producer,
@@ -112,15 +117,22 @@ impl Relay {
             return Ok(0);
         }
         let topics: Vec<String> = rows.iter().map(|r| self.kafka.topic(&r.topic)).collect();
-        let header_pairs: Vec<Vec<(String, String)>> = rows.iter().map(|r| headers_of(&r.headers)).collect();
+        let header_pairs: Vec<Vec<(String, String)>> =
+            rows.iter().map(|r| headers_of(&r.headers)).collect();
         // join_all polls the sends in order, so they are enqueued in id order.
-        let sends = rows.iter().zip(&topics).zip(&header_pairs).map(|((row, topic), pairs)| {
-            let record = FutureRecord::to(topic)
-                .key(row.msg_key.as_bytes())
-                .payload(row.payload.as_slice())
-                .headers(kafka::to_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
-            self.producer.send(record, self.config.send_timeout)
-        });
+        let sends = rows
+            .iter()
+            .zip(&topics)
+            .zip(&header_pairs)
+            .map(|((row, topic), pairs)| {
+                let record = FutureRecord::to(topic)
+                    .key(row.msg_key.as_bytes())
+                    .payload(row.payload.as_slice())
+                    .headers(kafka::to_headers(
+                        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    ));
+                self.producer.send(record, self.config.send_timeout)
+            });
         let results = join_all(sends).await;
         let acked_at = Utc::now();
 
@@ -131,14 +143,16 @@ impl Relay {
             match result {
                 Ok(_) => {
                     published.push(row.id);
-                    let latency = (acked_at - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                    let latency =
+                        (acked_at - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
                     metrics::histogram!("outbox_publish_latency_seconds", "database" => self.config.name.clone())
                         .record(latency.max(0.0));
                 }
                 Err((error, _)) if is_permanent(&error) => parked.push((row.id, error.to_string())),
                 Err((error, _)) => {
                     if poisons_producer(&error) {
-                        self.producer_poisoned.store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.producer_poisoned
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     failed.push((row.id, error.to_string()));
                 }
@@ -169,11 +183,18 @@ impl Relay {
         }
         tx.commit().await?;
         let label = self.config.name.clone();
-        metrics::counter!("outbox_published_total", "database" => label.clone()).increment(published.len() as u64);
-        metrics::counter!("outbox_parked_total", "database" => label.clone()).increment(parked.len() as u64);
-        metrics::counter!("outbox_publish_failures_total", "database" => label).increment(failed.len() as u64);
+        metrics::counter!("outbox_published_total", "database" => label.clone())
+            .increment(published.len() as u64);
+        metrics::counter!("outbox_parked_total", "database" => label.clone())
+            .increment(parked.len() as u64);
+        metrics::counter!("outbox_publish_failures_total", "database" => label)
+            .increment(failed.len() as u64);
         if let Some((_, error)) = failed.first() {
-            anyhow::bail!("{} of {} rows not acknowledged: {error}", failed.len(), rows.len());
+            anyhow::bail!(
+                "{} of {} rows not acknowledged: {error}",
+                failed.len(),
+                rows.len()
+            );
         }
         Ok(rows.len())
     }
@@ -252,12 +273,16 @@ impl Relay {
     fn renew_producer_if_fatal(&mut self) {
         use rdkafka::producer::Producer;
         let fatal = self.producer.client().fatal_error();
-        let poisoned = self.producer_poisoned.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let poisoned = self
+            .producer_poisoned
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
         if fatal.is_some() || poisoned {
             warn!(relay = %self.config.name, ?fatal, "producer fenced or fatal; creating a new one");
             match kafka::producer(&self.kafka) {
                 Ok(producer) => self.producer = producer,
-                Err(error) => warn!(relay = %self.config.name, %error, "could not create a producer"),
+                Err(error) => {
+                    warn!(relay = %self.config.name, %error, "could not create a producer")
+                }
             }
         }
     }

@@ -37,32 +37,48 @@ async fn apply(
     match decide(current, trigger, Utc::now(), policy) {
         Decision::Ignore(note) => {
             if let Some(saga) = current {
-                store::record(tx, HistoryEntry {
+                store::record(
+                    tx,
+                    HistoryEntry {
+                        order_id,
+                        from: Some(saga.state),
+                        to: saga.state,
+                        trigger: trigger_name,
+                        message_id,
+                        note: &note,
+                        commands: vec![],
+                    },
+                )
+                .await?;
+            }
+        }
+        Decision::Transition {
+            saga,
+            commands,
+            note,
+            alert,
+        } => {
+            store::save(tx, &saga, origin.traceparent.as_deref()).await?;
+            store::record(
+                tx,
+                HistoryEntry {
                     order_id,
-                    from: Some(saga.state),
+                    from: current.map(|s| s.state),
                     to: saga.state,
                     trigger: trigger_name,
                     message_id,
                     note: &note,
-                    commands: vec![],
-                })
-                .await?;
-            }
-        }
-        Decision::Transition { saga, commands, note, alert } => {
-            store::save(tx, &saga, origin.traceparent.as_deref()).await?;
-            store::record(tx, HistoryEntry {
-                order_id,
-                from: current.map(|s| s.state),
-                to: saga.state,
-                trigger: trigger_name,
-                message_id,
-                note: &note,
-                commands: commands.iter().map(|c| c.message_type().to_string()).collect(),
-            })
+                    commands: commands
+                        .iter()
+                        .map(|c| c.message_type().to_string())
+                        .collect(),
+                },
+            )
             .await?;
             for command in &commands {
-                enqueue(tx, command, &origin).await.map_err(|e| HandlerError::Failed(e.into()))?;
+                enqueue(tx, command, &origin)
+                    .await
+                    .map_err(|e| HandlerError::Failed(e.into()))?;
             }
             metrics::counter!("saga_transitions_total", "to" => saga.state.as_str()).increment(1);
             if alert {
@@ -115,7 +131,12 @@ impl Handler for SagaReplies {
 }
 
 /// Fire deadlines until `shutdown`. Also refreshes the sagas-by-state gauge.
-pub async fn sweep_deadlines(pool: PgPool, policy: Policy, interval: Duration, shutdown: CancellationToken) {
+pub async fn sweep_deadlines(
+    pool: PgPool,
+    policy: Policy,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticks: u64 = 0;
     while !shutdown.is_cancelled() {
         match sweep_once(&pool, &policy).await {
@@ -123,12 +144,15 @@ pub async fn sweep_deadlines(pool: PgPool, policy: Policy, interval: Duration, s
             Ok(_) => {}
             Err(e) => warn!(error = %e, "deadline sweep failed"),
         }
-        if ticks.is_multiple_of(8) {
-            if let Ok(counts) = store::count_by_state(&pool).await {
-                for state in State::ALL {
-                    let n = counts.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
-                    metrics::gauge!("sagas", "state" => state.as_str()).set(n as f64);
-                }
+        if ticks.is_multiple_of(8)
+            && let Ok(counts) = store::count_by_state(&pool).await
+        {
+            for state in State::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == state.as_str())
+                    .map_or(0, |(_, n)| *n);
+                metrics::gauge!("sagas", "state" => state.as_str()).set(n as f64);
             }
         }
         ticks += 1;

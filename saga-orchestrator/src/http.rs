@@ -1,10 +1,10 @@
 //! `GET /sagas/{id}` (state and history) and `GET /sagas/overdue`.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use axum::http::StatusCode;
 use sagaflow_common::http::Problem;
 use serde_json::json;
 use sqlx::PgPool;
@@ -22,7 +22,9 @@ pub fn router(pool: PgPool) -> Router {
 async fn saga(State(pool): State<PgPool>, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "bad-id", "saga id must be a UUID"))?;
-    let (saga, history) = store::view(&pool, id).await?.ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
+    let (saga, history) = store::view(&pool, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
     Ok(Json(json!({"saga": saga, "history": history})).into_response())
 }
 

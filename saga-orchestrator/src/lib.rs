@@ -26,19 +26,35 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sag
 #[derive(Debug, Clone, Args)]
 pub struct SagaConfig {
     /// Deadline of each saga step, in milliseconds.
-    #[arg(long = "saga-step-timeout-ms", env = "SAGA_STEP_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long = "saga-step-timeout-ms",
+        env = "SAGA_STEP_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
     pub step_timeout_ms: u64,
     /// Retries of a step that cannot be compensated (approve, compensate, reject) before FAILED.
-    #[arg(long = "saga-max-attempts", env = "SAGA_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(
+        long = "saga-max-attempts",
+        env = "SAGA_MAX_ATTEMPTS",
+        default_value_t = 5
+    )]
     pub max_attempts: u32,
     /// How often deadlines are checked, in milliseconds.
-    #[arg(long = "saga-sweep-interval-ms", env = "SAGA_SWEEP_INTERVAL_MS", default_value_t = 250)]
+    #[arg(
+        long = "saga-sweep-interval-ms",
+        env = "SAGA_SWEEP_INTERVAL_MS",
+        default_value_t = 250
+    )]
     pub sweep_interval_ms: u64,
 }
 
 impl Default for SagaConfig {
     fn default() -> Self {
-        SagaConfig { step_timeout_ms: 30_000, max_attempts: 5, sweep_interval_ms: 250 }
+        SagaConfig {
+            step_timeout_ms: 30_000,
+            max_attempts: 5,
+            sweep_interval_ms: 250,
+        }
     }
 }
 
@@ -52,7 +68,12 @@ impl SagaConfig {
 }
 
 /// Run the reply consumer and the deadline sweeper until `shutdown`.
-pub async fn run(pool: PgPool, kafka: KafkaConfig, config: SagaConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    pool: PgPool,
+    kafka: KafkaConfig,
+    config: SagaConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let policy = config.policy();
     let sweeper = tokio::spawn(engine::sweep_deadlines(
         pool.clone(),
@@ -62,9 +83,20 @@ pub async fn run(pool: PgPool, kafka: KafkaConfig, config: SagaConfig, shutdown:
     ));
     let settings = ConsumerSettings::new(
         NAME,
-        &[topics::ORDERS_EVENTS, topics::INVENTORY_EVENTS, topics::PAYMENT_EVENTS],
+        &[
+            topics::ORDERS_EVENTS,
+            topics::INVENTORY_EVENTS,
+            topics::PAYMENT_EVENTS,
+        ],
     );
-    let result = consumer::run(pool, kafka, settings, engine::SagaReplies { policy }, shutdown.clone()).await;
+    let result = consumer::run(
+        pool,
+        kafka,
+        settings,
+        engine::SagaReplies { policy },
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     sweeper.await?;
     result

@@ -1,10 +1,10 @@
 //! The saga-orchestrator binary.
 
 use clap::Parser;
+use saga_orchestrator::SagaConfig;
 use sagaflow_common::KafkaConfig;
 use sagaflow_common::http::{Readiness, ops_router, serve};
 use sagaflow_common::runner;
-use saga_orchestrator::SagaConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]

@@ -18,8 +18,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use sagaflow_schemas::{
-    ApproveOrder, AuthorizePayment, Message, OrderItem, RefundPayment, RejectOrder, ReleaseStock, ReserveStock,
-    StockLine,
+    ApproveOrder, AuthorizePayment, Message, OrderItem, RefundPayment, RejectOrder, ReleaseStock,
+    ReserveStock, StockLine,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -114,7 +114,10 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { step_timeout: Duration::seconds(30), max_attempts: 5 }
+        Policy {
+            step_timeout: Duration::seconds(30),
+            max_attempts: 5,
+        }
     }
 }
 
@@ -122,17 +125,33 @@ impl Default for Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Move to `saga` and send `commands`. `alert` marks a saga that FAILED.
-    Transition { saga: Saga, commands: Vec<Message>, note: String, alert: bool },
+    Transition {
+        saga: Saga,
+        commands: Vec<Message>,
+        note: String,
+        alert: bool,
+    },
     /// Nothing changes (duplicate, late or irrelevant); the note says why.
     Ignore(String),
 }
 
 fn lines(items: &[OrderItem]) -> Vec<StockLine> {
-    items.iter().map(|i| StockLine { sku: i.sku.clone(), quantity: i.quantity }).collect()
+    items
+        .iter()
+        .map(|i| StockLine {
+            sku: i.sku.clone(),
+            quantity: i.quantity,
+        })
+        .collect()
 }
 
 /// Decide what a trigger does to a saga (`None`: no saga for this order yet).
-pub fn decide(saga: Option<&Saga>, trigger: Trigger<'_>, now: DateTime<Utc>, policy: &Policy) -> Decision {
+pub fn decide(
+    saga: Option<&Saga>,
+    trigger: Trigger<'_>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Decision {
     let Some(saga) = saga else {
         return match trigger {
             Trigger::Message(Message::OrderPlaced(placed)) => {
@@ -146,7 +165,11 @@ pub fn decide(saga: Option<&Saga>, trigger: Trigger<'_>, now: DateTime<Utc>, pol
                     awaiting_release: false,
                     awaiting_refund: false,
                 };
-                let command = ReserveStock { order_id: placed.order_id, lines: lines(&placed.items) }.into();
+                let command = ReserveStock {
+                    order_id: placed.order_id,
+                    lines: lines(&placed.items),
+                }
+                .into();
                 let saga = Saga {
                     order_id: placed.order_id,
                     state: State::ReservingStock,
@@ -154,7 +177,12 @@ pub fn decide(saga: Option<&Saga>, trigger: Trigger<'_>, now: DateTime<Utc>, pol
                     deadline: Some(now + policy.step_timeout),
                     attempts: 0,
                 };
-                Decision::Transition { saga, commands: vec![command], note: "order placed".into(), alert: false }
+                Decision::Transition {
+                    saga,
+                    commands: vec![command],
+                    note: "order placed".into(),
+                    alert: false,
+                }
             }
             _ => Decision::Ignore("no saga for this order".into()),
         };
@@ -169,16 +197,32 @@ pub fn decide(saga: Option<&Saga>, trigger: Trigger<'_>, now: DateTime<Utc>, pol
 }
 
 fn step(saga: &Saga, state: State, now: DateTime<Utc>, policy: &Policy) -> Saga {
-    Saga { state, deadline: Some(now + policy.step_timeout), attempts: 0, ..saga.clone() }
+    Saga {
+        state,
+        deadline: Some(now + policy.step_timeout),
+        attempts: 0,
+        ..saga.clone()
+    }
 }
 
 fn transition(saga: Saga, commands: Vec<Message>, note: impl Into<String>) -> Decision {
-    Decision::Transition { saga, commands, note: note.into(), alert: false }
+    Decision::Transition {
+        saga,
+        commands,
+        note: note.into(),
+        alert: false,
+    }
 }
 
 /// Start compensating: release stock always (a reservation may be in flight), refund when a
 /// charge may exist.
-fn compensate(saga: &Saga, reason: String, refund: bool, now: DateTime<Utc>, policy: &Policy) -> Decision {
+fn compensate(
+    saga: &Saga,
+    reason: String,
+    refund: bool,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Decision {
     let mut next = step(saga, State::Compensating, now, policy);
     next.data.reason = Some(reason.clone());
     next.data.awaiting_release = true;
@@ -191,10 +235,22 @@ fn compensation_commands(saga: &Saga) -> Vec<Message> {
     let reason = saga.data.reason.clone().unwrap_or_default();
     let mut commands: Vec<Message> = Vec::new();
     if saga.data.awaiting_refund {
-        commands.push(RefundPayment { order_id: saga.order_id, reason: reason.clone() }.into());
+        commands.push(
+            RefundPayment {
+                order_id: saga.order_id,
+                reason: reason.clone(),
+            }
+            .into(),
+        );
     }
     if saga.data.awaiting_release {
-        commands.push(ReleaseStock { order_id: saga.order_id, reason }.into());
+        commands.push(
+            ReleaseStock {
+                order_id: saga.order_id,
+                reason,
+            }
+            .into(),
+        );
     }
     commands
 }
@@ -202,12 +258,21 @@ fn compensation_commands(saga: &Saga) -> Vec<Message> {
 fn reject(saga: &Saga, reason: String, now: DateTime<Utc>, policy: &Policy) -> Decision {
     let mut next = step(saga, State::Rejecting, now, policy);
     next.data.reason = Some(reason.clone());
-    let command = RejectOrder { order_id: saga.order_id, reason: reason.clone() }.into();
+    let command = RejectOrder {
+        order_id: saga.order_id,
+        reason: reason.clone(),
+    }
+    .into();
     transition(next, vec![command], reason)
 }
 
 fn on_message(saga: &Saga, message: &Message, now: DateTime<Utc>, policy: &Policy) -> Decision {
-    let late = |what: &str| Decision::Ignore(format!("{what} arrived in {}: ignored", saga.state.as_str()));
+    let late = |what: &str| {
+        Decision::Ignore(format!(
+            "{what} arrived in {}: ignored",
+            saga.state.as_str()
+        ))
+    };
     match (saga.state, message) {
         (State::ReservingStock, Message::StockReserved(_)) => {
             let command = AuthorizePayment {
@@ -218,20 +283,40 @@ fn on_message(saga: &Saga, message: &Message, now: DateTime<Utc>, policy: &Polic
                 payment_method: saga.data.payment_method.clone(),
             }
             .into();
-            transition(step(saga, State::AuthorizingPayment, now, policy), vec![command], "stock reserved")
+            transition(
+                step(saga, State::AuthorizingPayment, now, policy),
+                vec![command],
+                "stock reserved",
+            )
         }
         (State::ReservingStock, Message::StockRejected(m)) => {
             reject(saga, format!("out of stock: {}", m.reason), now, policy)
         }
         (State::AuthorizingPayment, Message::PaymentAuthorized(_)) => {
-            let command = ApproveOrder { order_id: saga.order_id }.into();
-            transition(step(saga, State::Approving, now, policy), vec![command], "payment authorized")
+            let command = ApproveOrder {
+                order_id: saga.order_id,
+            }
+            .into();
+            transition(
+                step(saga, State::Approving, now, policy),
+                vec![command],
+                "payment authorized",
+            )
         }
-        (State::AuthorizingPayment, Message::PaymentDeclined(m)) => {
-            compensate(saga, format!("payment declined: {}", m.reason), false, now, policy)
-        }
+        (State::AuthorizingPayment, Message::PaymentDeclined(m)) => compensate(
+            saga,
+            format!("payment declined: {}", m.reason),
+            false,
+            now,
+            policy,
+        ),
         (State::Approving, Message::OrderApproved(_)) => {
-            let next = Saga { state: State::Approved, deadline: None, attempts: 0, ..saga.clone() };
+            let next = Saga {
+                state: State::Approved,
+                deadline: None,
+                attempts: 0,
+                ..saga.clone()
+            };
             transition(next, vec![], "order approved")
         }
         (State::Compensating, Message::StockReleased(_)) if saga.data.awaiting_release => {
@@ -245,7 +330,12 @@ fn on_message(saga: &Saga, message: &Message, now: DateTime<Utc>, policy: &Polic
             compensation_progress(next, "payment refunded", now, policy)
         }
         (State::Rejecting, Message::OrderRejected(_)) => {
-            let next = Saga { state: State::Rejected, deadline: None, attempts: 0, ..saga.clone() };
+            let next = Saga {
+                state: State::Rejected,
+                deadline: None,
+                attempts: 0,
+                ..saga.clone()
+            };
             transition(next, vec![], "order rejected")
         }
         (_, Message::OrderPlaced(_)) => Decision::Ignore("saga already started".into()),
@@ -258,15 +348,27 @@ fn compensation_progress(next: Saga, note: &str, now: DateTime<Utc>, policy: &Po
     if next.data.awaiting_release || next.data.awaiting_refund {
         transition(next, vec![], note)
     } else {
-        let reason = next.data.reason.clone().unwrap_or_else(|| "compensated".into());
+        let reason = next
+            .data
+            .reason
+            .clone()
+            .unwrap_or_else(|| "compensated".into());
         reject(&next, reason, now, policy)
     }
 }
 
 fn on_deadline(saga: &Saga, now: DateTime<Utc>, policy: &Policy) -> Decision {
     match saga.state {
-        State::ReservingStock => compensate(saga, "timed out reserving stock".into(), false, now, policy),
-        State::AuthorizingPayment => compensate(saga, "timed out authorizing payment".into(), true, now, policy),
+        State::ReservingStock => {
+            compensate(saga, "timed out reserving stock".into(), false, now, policy)
+        }
+        State::AuthorizingPayment => compensate(
+            saga,
+            "timed out authorizing payment".into(),
+            true,
+            now,
+            policy,
+        ),
         State::Approving | State::Compensating | State::Rejecting => retry(saga, now, policy),
         State::Approved | State::Rejected | State::Failed => Decision::Ignore("terminal".into()),
     }
@@ -276,21 +378,52 @@ fn on_deadline(saga: &Saga, now: DateTime<Utc>, policy: &Policy) -> Decision {
 fn retry(saga: &Saga, now: DateTime<Utc>, policy: &Policy) -> Decision {
     let attempts = saga.attempts + 1;
     if attempts > policy.max_attempts {
-        let next = Saga { state: State::Failed, deadline: None, attempts, ..saga.clone() };
-        let note = format!("{} did not complete after {} retries", saga.state.as_str(), policy.max_attempts);
-        return Decision::Transition { saga: next, commands: vec![], note, alert: true };
+        let next = Saga {
+            state: State::Failed,
+            deadline: None,
+            attempts,
+            ..saga.clone()
+        };
+        let note = format!(
+            "{} did not complete after {} retries",
+            saga.state.as_str(),
+            policy.max_attempts
+        );
+        return Decision::Transition {
+            saga: next,
+            commands: vec![],
+            note,
+            alert: true,
+        };
     }
     let commands = match saga.state {
-        State::Approving => vec![ApproveOrder { order_id: saga.order_id }.into()],
+        State::Approving => vec![
+            ApproveOrder {
+                order_id: saga.order_id,
+            }
+            .into(),
+        ],
         State::Compensating => compensation_commands(saga),
         State::Rejecting => vec![
-            RejectOrder { order_id: saga.order_id, reason: saga.data.reason.clone().unwrap_or_default() }.into(),
+            RejectOrder {
+                order_id: saga.order_id,
+                reason: saga.data.reason.clone().unwrap_or_default(),
+            }
+            .into(),
         ],
         _ => vec![],
     };
     let backoff = policy.step_timeout * 2i32.saturating_pow(attempts.min(6));
-    let next = Saga { deadline: Some(now + backoff), attempts, ..saga.clone() };
-    transition(next, commands, format!("retry {attempts} of {}", saga.state.as_str()))
+    let next = Saga {
+        deadline: Some(now + backoff),
+        attempts,
+        ..saga.clone()
+    };
+    transition(
+        next,
+        commands,
+        format!("retry {attempts} of {}", saga.state.as_str()),
+    )
 }
 
 #[cfg(test)]
@@ -305,14 +438,21 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy { step_timeout: Duration::seconds(10), max_attempts: 2 }
+        Policy {
+            step_timeout: Duration::seconds(10),
+            max_attempts: 2,
+        }
     }
 
     fn placed() -> Message {
         OrderPlaced {
             order_id: ORDER,
             customer_id: Uuid::from_u128(2),
-            items: vec![OrderItem { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 500 }],
+            items: vec![OrderItem {
+                sku: "SKU-1".into(),
+                quantity: 2,
+                unit_price_cents: 500,
+            }],
             total_cents: 1000,
             currency: "EUR".into(),
             payment_method: "pm_card_visa".into(),
@@ -322,35 +462,84 @@ mod tests {
     }
 
     fn stock_reserved() -> Message {
-        StockReserved { order_id: ORDER, lines: vec![], reserved_at: 0 }.into()
+        StockReserved {
+            order_id: ORDER,
+            lines: vec![],
+            reserved_at: 0,
+        }
+        .into()
     }
     fn stock_rejected() -> Message {
-        StockRejected { order_id: ORDER, reason: "SKU-1 short".into(), rejected_at: 0 }.into()
+        StockRejected {
+            order_id: ORDER,
+            reason: "SKU-1 short".into(),
+            rejected_at: 0,
+        }
+        .into()
     }
     fn stock_released() -> Message {
-        StockReleased { order_id: ORDER, lines: vec![], released_at: 0 }.into()
+        StockReleased {
+            order_id: ORDER,
+            lines: vec![],
+            released_at: 0,
+        }
+        .into()
     }
     fn authorized() -> Message {
-        PaymentAuthorized { order_id: ORDER, payment_id: "ch_1".into(), amount_cents: 1000, currency: "EUR".into(), authorized_at: 0 }.into()
+        PaymentAuthorized {
+            order_id: ORDER,
+            payment_id: "ch_1".into(),
+            amount_cents: 1000,
+            currency: "EUR".into(),
+            authorized_at: 0,
+        }
+        .into()
     }
     fn declined() -> Message {
-        PaymentDeclined { order_id: ORDER, reason: "card_declined".into(), declined_at: 0 }.into()
+        PaymentDeclined {
+            order_id: ORDER,
+            reason: "card_declined".into(),
+            declined_at: 0,
+        }
+        .into()
     }
     fn refunded() -> Message {
-        PaymentRefunded { order_id: ORDER, payment_id: None, amount_cents: 0, currency: "EUR".into(), refunded_at: 0 }.into()
+        PaymentRefunded {
+            order_id: ORDER,
+            payment_id: None,
+            amount_cents: 0,
+            currency: "EUR".into(),
+            refunded_at: 0,
+        }
+        .into()
     }
     fn approved() -> Message {
-        OrderApproved { order_id: ORDER, customer_id: Uuid::from_u128(2), total_cents: 1000, currency: "EUR".into(), approved_at: 0 }.into()
+        OrderApproved {
+            order_id: ORDER,
+            customer_id: Uuid::from_u128(2),
+            total_cents: 1000,
+            currency: "EUR".into(),
+            approved_at: 0,
+        }
+        .into()
     }
     fn rejected() -> Message {
-        OrderRejected { order_id: ORDER, customer_id: Uuid::from_u128(2), reason: "x".into(), rejected_at: 0 }.into()
+        OrderRejected {
+            order_id: ORDER,
+            customer_id: Uuid::from_u128(2),
+            reason: "x".into(),
+            rejected_at: 0,
+        }
+        .into()
     }
 
     /// Given the messages so far, when `trigger`, then the decision.
     fn given(history: &[Trigger<'_>]) -> Option<Saga> {
         let mut saga = None;
         for trigger in history {
-            if let Decision::Transition { saga: next, .. } = decide(saga.as_ref(), *trigger, now(), &policy()) {
+            if let Decision::Transition { saga: next, .. } =
+                decide(saga.as_ref(), *trigger, now(), &policy())
+            {
                 saga = Some(next);
             }
         }
@@ -396,8 +585,16 @@ mod tests {
     fn happy_path_reserves_charges_and_approves() {
         let (p, r, a, o) = (placed(), stock_reserved(), authorized(), approved());
         let s = given(&[M(&p)]);
-        let s = Some(then_transition(when(&s, M(&r)), State::AuthorizingPayment, &["AuthorizePayment"]));
-        let s = Some(then_transition(when(&s, M(&a)), State::Approving, &["ApproveOrder"]));
+        let s = Some(then_transition(
+            when(&s, M(&r)),
+            State::AuthorizingPayment,
+            &["AuthorizePayment"],
+        ));
+        let s = Some(then_transition(
+            when(&s, M(&a)),
+            State::Approving,
+            &["ApproveOrder"],
+        ));
         let done = then_transition(when(&s, M(&o)), State::Approved, &[]);
         assert_eq!(done.deadline, None, "terminal states have no deadline");
     }
@@ -406,27 +603,67 @@ mod tests {
     fn out_of_stock_rejects_without_compensation() {
         let (p, r, o) = (placed(), stock_rejected(), rejected());
         let s = given(&[M(&p)]);
-        let s = Some(then_transition(when(&s, M(&r)), State::Rejecting, &["RejectOrder"]));
+        let s = Some(then_transition(
+            when(&s, M(&r)),
+            State::Rejecting,
+            &["RejectOrder"],
+        ));
         then_transition(when(&s, M(&o)), State::Rejected, &[]);
     }
 
     #[test]
     fn a_declined_card_releases_stock_then_rejects() {
-        let (p, r, d, rel, o) = (placed(), stock_reserved(), declined(), stock_released(), rejected());
+        let (p, r, d, rel, o) = (
+            placed(),
+            stock_reserved(),
+            declined(),
+            stock_released(),
+            rejected(),
+        );
         let s = given(&[M(&p), M(&r)]);
-        let s = Some(then_transition(when(&s, M(&d)), State::Compensating, &["ReleaseStock"]));
-        let s = Some(then_transition(when(&s, M(&rel)), State::Rejecting, &["RejectOrder"]));
-        assert!(s.as_ref().unwrap().data.reason.as_ref().unwrap().contains("card_declined"));
+        let s = Some(then_transition(
+            when(&s, M(&d)),
+            State::Compensating,
+            &["ReleaseStock"],
+        ));
+        let s = Some(then_transition(
+            when(&s, M(&rel)),
+            State::Rejecting,
+            &["RejectOrder"],
+        ));
+        assert!(
+            s.as_ref()
+                .unwrap()
+                .data
+                .reason
+                .as_ref()
+                .unwrap()
+                .contains("card_declined")
+        );
         then_transition(when(&s, M(&o)), State::Rejected, &[]);
     }
 
     #[test]
     fn a_payment_deadline_refunds_and_releases_and_waits_for_both() {
-        let (p, r, rel, refd, o) = (placed(), stock_reserved(), stock_released(), refunded(), rejected());
+        let (p, r, rel, refd, o) = (
+            placed(),
+            stock_reserved(),
+            stock_released(),
+            refunded(),
+            rejected(),
+        );
         let s = given(&[M(&p), M(&r)]);
-        let s = Some(then_transition(when(&s, Deadline), State::Compensating, &["RefundPayment", "ReleaseStock"]));
+        let s = Some(then_transition(
+            when(&s, Deadline),
+            State::Compensating,
+            &["RefundPayment", "ReleaseStock"],
+        ));
         let s = Some(then_transition(when(&s, M(&rel)), State::Compensating, &[]));
-        let s = Some(then_transition(when(&s, M(&refd)), State::Rejecting, &["RejectOrder"]));
+        let s = Some(then_transition(
+            when(&s, M(&refd)),
+            State::Rejecting,
+            &["RejectOrder"],
+        ));
         then_transition(when(&s, M(&o)), State::Rejected, &[]);
     }
 
@@ -479,11 +716,24 @@ mod tests {
         let s = given(&[M(&p), M(&r), M(&d)]);
         let s1 = then_transition(when(&s, Deadline), State::Compensating, &["ReleaseStock"]);
         assert_eq!(s1.attempts, 1);
-        assert_eq!(s1.deadline, Some(now() + Duration::seconds(20)), "backoff doubles");
-        let s2 = then_transition(when(&Some(s1), Deadline), State::Compensating, &["ReleaseStock"]);
+        assert_eq!(
+            s1.deadline,
+            Some(now() + Duration::seconds(20)),
+            "backoff doubles"
+        );
+        let s2 = then_transition(
+            when(&Some(s1), Deadline),
+            State::Compensating,
+            &["ReleaseStock"],
+        );
         assert_eq!(s2.deadline, Some(now() + Duration::seconds(40)));
         match when(&Some(s2), Deadline) {
-            Decision::Transition { saga, commands, alert, .. } => {
+            Decision::Transition {
+                saga,
+                commands,
+                alert,
+                ..
+            } => {
                 assert_eq!(saga.state, State::Failed);
                 assert!(commands.is_empty() && alert && saga.deadline.is_none());
             }
@@ -493,10 +743,24 @@ mod tests {
 
     #[test]
     fn a_compensation_confirmed_after_retries_still_rejects() {
-        let (p, r, d, rel, o) = (placed(), stock_reserved(), declined(), stock_released(), rejected());
+        let (p, r, d, rel, o) = (
+            placed(),
+            stock_reserved(),
+            declined(),
+            stock_released(),
+            rejected(),
+        );
         let s = given(&[M(&p), M(&r), M(&d), Deadline]);
-        let s = Some(then_transition(when(&s, M(&rel)), State::Rejecting, &["RejectOrder"]));
-        assert_eq!(s.as_ref().unwrap().attempts, 0, "a new step starts its own attempts");
+        let s = Some(then_transition(
+            when(&s, M(&rel)),
+            State::Rejecting,
+            &["RejectOrder"],
+        ));
+        assert_eq!(
+            s.as_ref().unwrap().attempts,
+            0,
+            "a new step starts its own attempts"
+        );
         then_transition(when(&s, M(&o)), State::Rejected, &[]);
     }
 

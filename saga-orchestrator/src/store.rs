@@ -22,8 +22,9 @@ struct SagaRow {
 
 impl SagaRow {
     fn into_saga(self) -> Result<(Saga, Option<String>), sqlx::Error> {
-        let state = State::parse(&self.state)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown saga state {:?}", self.state).into()))?;
+        let state = State::parse(&self.state).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown saga state {:?}", self.state).into())
+        })?;
         let saga = Saga {
             order_id: self.order_id,
             state,
@@ -36,7 +37,10 @@ impl SagaRow {
 }
 
 /// Lock and load a saga (and its trace context).
-pub async fn lock(tx: &mut Tx, order_id: Uuid) -> Result<Option<(Saga, Option<String>)>, sqlx::Error> {
+pub async fn lock(
+    tx: &mut Tx,
+    order_id: Uuid,
+) -> Result<Option<(Saga, Option<String>)>, sqlx::Error> {
     let row: Option<SagaRow> = sqlx::query_as(
         "SELECT order_id, state, data, deadline, attempts, traceparent FROM sagas WHERE order_id = $1 FOR UPDATE",
     )
@@ -47,7 +51,10 @@ pub async fn lock(tx: &mut Tx, order_id: Uuid) -> Result<Option<(Saga, Option<St
 }
 
 /// Lock up to `limit` sagas whose deadline passed; other orchestrators skip them.
-pub async fn lock_overdue(tx: &mut Tx, limit: i64) -> Result<Vec<(Saga, Option<String>)>, sqlx::Error> {
+pub async fn lock_overdue(
+    tx: &mut Tx,
+    limit: i64,
+) -> Result<Vec<(Saga, Option<String>)>, sqlx::Error> {
     let rows: Vec<SagaRow> = sqlx::query_as(
         "SELECT order_id, state, data, deadline, attempts, traceparent FROM sagas
           WHERE deadline <= now() ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -127,7 +134,10 @@ pub struct HistoryView {
     pub commands: Vec<String>,
 }
 
-pub async fn view(pool: &PgPool, order_id: Uuid) -> Result<Option<(SagaView, Vec<HistoryView>)>, sqlx::Error> {
+pub async fn view(
+    pool: &PgPool,
+    order_id: Uuid,
+) -> Result<Option<(SagaView, Vec<HistoryView>)>, sqlx::Error> {
     let saga: Option<SagaView> = sqlx::query_as(
         "SELECT order_id, state, data, deadline, attempts, created_at, updated_at FROM sagas WHERE order_id = $1",
     )
@@ -157,5 +167,7 @@ pub async fn overdue(pool: &PgPool, limit: i64) -> Result<Vec<SagaView>, sqlx::E
 }
 
 pub async fn count_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT state, count(*) FROM sagas GROUP BY state").fetch_all(pool).await
+    sqlx::query_as("SELECT state, count(*) FROM sagas GROUP BY state")
+        .fetch_all(pool)
+        .await
 }

@@ -29,10 +29,15 @@ pub fn check(released: &[(&str, &str)], current: &[(&str, &str)]) -> Vec<Incompa
             problem,
         };
         let Some((_, current_text)) = current.iter().find(|(name, _)| name == message_type) else {
-            problems.push(problem("removed: the released schema has no current version".into()));
+            problems.push(problem(
+                "removed: the released schema has no current version".into(),
+            ));
             continue;
         };
-        let (old, new) = match (Schema::parse_str(released_text), Schema::parse_str(current_text)) {
+        let (old, new) = match (
+            Schema::parse_str(released_text),
+            Schema::parse_str(current_text),
+        ) {
             (Ok(old), Ok(new)) => (old, new),
             (Err(e), _) => {
                 problems.push(problem(format!("released schema does not parse: {e}")));
@@ -90,17 +95,30 @@ mod tests {
         let evolved = r#"{"type":"record","name":"OrderApproved","namespace":"io.sagaflow.events",
             "fields":[{"name":"order_id","type":"string"},{"name":"total_cents","type":"long"},
                       {"name":"note","type":["null","string"],"default":null}]}"#;
-        assert_eq!(check(&[("OrderApproved", RELEASED)], &[("OrderApproved", evolved)]), vec![]);
+        assert_eq!(
+            check(
+                &[("OrderApproved", RELEASED)],
+                &[("OrderApproved", evolved)]
+            ),
+            vec![]
+        );
     }
 
     #[test]
     fn a_removed_required_field_fails_naming_schema_and_field() {
         let evolved = r#"{"type":"record","name":"OrderApproved","namespace":"io.sagaflow.events",
             "fields":[{"name":"order_id","type":"string"}]}"#;
-        let problems = check(&[("OrderApproved", RELEASED)], &[("OrderApproved", evolved)]);
+        let problems = check(
+            &[("OrderApproved", RELEASED)],
+            &[("OrderApproved", evolved)],
+        );
         assert_eq!(problems.len(), 1, "{problems:#?}");
         assert_eq!(problems[0].message_type, "OrderApproved");
-        assert!(problems[0].problem.contains("total_cents"), "{}", problems[0]);
+        assert!(
+            problems[0].problem.contains("total_cents"),
+            "{}",
+            problems[0]
+        );
         assert!(problems[0].problem.contains("forward"), "{}", problems[0]);
     }
 
@@ -109,15 +127,27 @@ mod tests {
         let evolved = r#"{"type":"record","name":"OrderApproved","namespace":"io.sagaflow.events",
             "fields":[{"name":"order_id","type":"string"},{"name":"total_cents","type":"long"},
                       {"name":"note","type":"string"}]}"#;
-        let problems = check(&[("OrderApproved", RELEASED)], &[("OrderApproved", evolved)]);
-        assert!(problems.iter().any(|p| p.problem.contains("note")), "{problems:#?}");
+        let problems = check(
+            &[("OrderApproved", RELEASED)],
+            &[("OrderApproved", evolved)],
+        );
+        assert!(
+            problems.iter().any(|p| p.problem.contains("note")),
+            "{problems:#?}"
+        );
     }
 
     #[test]
     fn a_changed_field_type_fails() {
         let evolved = r#"{"type":"record","name":"OrderApproved","namespace":"io.sagaflow.events",
             "fields":[{"name":"order_id","type":"string"},{"name":"total_cents","type":"string"}]}"#;
-        assert!(!check(&[("OrderApproved", RELEASED)], &[("OrderApproved", evolved)]).is_empty());
+        assert!(
+            !check(
+                &[("OrderApproved", RELEASED)],
+                &[("OrderApproved", evolved)]
+            )
+            .is_empty()
+        );
     }
 
     #[test]

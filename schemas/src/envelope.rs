@@ -86,7 +86,10 @@ impl Envelope {
             (headers::ID, self.message_id.to_string()),
             (headers::TYPE, self.message_type.clone()),
             (headers::SOURCE, self.source.clone()),
-            (headers::TIME, self.time.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            (
+                headers::TIME,
+                self.time.to_rfc3339_opts(SecondsFormat::Millis, true),
+            ),
             (headers::SCHEMA, self.schema_ref.clone()),
             (headers::CONTENT_TYPE, CONTENT_TYPE.to_string()),
             (headers::CORRELATION_ID, self.correlation_id.to_string()),
@@ -148,8 +151,15 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
-        let mut envelope = Envelope::new("ApproveOrder", "saga-orchestrator", Uuid::now_v7(), Some(Uuid::now_v7()), "x@1".into());
-        envelope.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        let mut envelope = Envelope::new(
+            "ApproveOrder",
+            "saga-orchestrator",
+            Uuid::now_v7(),
+            Some(Uuid::now_v7()),
+            "x@1".into(),
+        );
+        envelope.traceparent =
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         envelope.time = DateTime::from_timestamp_millis(envelope.time.timestamp_millis()).unwrap();
         let headers = envelope.to_headers();
         let back = Envelope::from_headers(headers.iter().map(|(n, v)| (*n, v.as_bytes()))).unwrap();
@@ -160,7 +170,11 @@ mod tests {
     #[test]
     fn a_missing_or_bad_header_is_named() {
         let envelope = Envelope::new("ApproveOrder", "test", Uuid::now_v7(), None, "x@1".into());
-        let headers: Vec<_> = envelope.to_headers().into_iter().filter(|(n, _)| *n != headers::TYPE).collect();
+        let headers: Vec<_> = envelope
+            .to_headers()
+            .into_iter()
+            .filter(|(n, _)| *n != headers::TYPE)
+            .collect();
         assert_eq!(
             Envelope::from_headers(headers.iter().map(|(n, v)| (*n, v.as_bytes()))),
             Err(EnvelopeError::Missing(headers::TYPE))

@@ -174,7 +174,11 @@ impl Message {
         let entry = registry::current(message_type)
             .ok_or_else(|| CodecError::UnknownType(message_type.to_string()))?;
         let wrap = |e| avro_error(message_type, e);
-        let value = self.to_avro().map_err(wrap)?.resolve(&entry.schema).map_err(wrap)?;
+        let value = self
+            .to_avro()
+            .map_err(wrap)?
+            .resolve(&entry.schema)
+            .map_err(wrap)?;
         let bytes = to_avro_datum(&entry.schema, value).map_err(wrap)?;
         Ok(Encoded {
             message_type,
@@ -227,8 +231,14 @@ mod tests {
 
     fn lines() -> Vec<StockLine> {
         vec![
-            StockLine { sku: "SKU-1".into(), quantity: 2 },
-            StockLine { sku: "SKU-2".into(), quantity: 1 },
+            StockLine {
+                sku: "SKU-1".into(),
+                quantity: 2,
+            },
+            StockLine {
+                sku: "SKU-2".into(),
+                quantity: 1,
+            },
         ]
     }
 
@@ -239,41 +249,139 @@ mod tests {
             OrderPlaced {
                 order_id: id(1),
                 customer_id: id(2),
-                items: vec![OrderItem { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1250 }],
+                items: vec![OrderItem {
+                    sku: "SKU-1".into(),
+                    quantity: 2,
+                    unit_price_cents: 1250,
+                }],
                 total_cents: 2500,
                 currency: "EUR".into(),
                 payment_method: "pm_card_visa".into(),
                 placed_at: at,
             }
             .into(),
-            OrderApproved { order_id: id(1), customer_id: id(2), total_cents: 2500, currency: "EUR".into(), approved_at: at }.into(),
-            OrderRejected { order_id: id(1), customer_id: id(2), reason: "out of stock".into(), rejected_at: at }.into(),
-            StockReserved { order_id: id(1), lines: lines(), reserved_at: at }.into(),
-            StockRejected { order_id: id(1), reason: "SKU-1 short by 3".into(), rejected_at: at }.into(),
-            StockReleased { order_id: id(1), lines: vec![], released_at: at }.into(),
-            PaymentAuthorized { order_id: id(1), payment_id: "ch_1".into(), amount_cents: 2500, currency: "EUR".into(), authorized_at: at }.into(),
-            PaymentDeclined { order_id: id(1), reason: "card_declined".into(), declined_at: at }.into(),
-            PaymentRefunded { order_id: id(1), payment_id: Some("ch_1".into()), amount_cents: 2500, currency: "EUR".into(), refunded_at: at }.into(),
-            PaymentRefunded { order_id: id(1), payment_id: None, amount_cents: 0, currency: "EUR".into(), refunded_at: at }.into(),
-            NotificationSent { order_id: id(1), customer_id: id(2), template: "order_approved".into(), subject: "Your order".into(), sent_at: at }.into(),
-            ReserveStock { order_id: id(1), lines: lines() }.into(),
-            ReleaseStock { order_id: id(1), reason: "payment declined".into() }.into(),
-            AuthorizePayment { order_id: id(1), customer_id: id(2), amount_cents: 2500, currency: "EUR".into(), payment_method: "pm_card_visa".into() }.into(),
-            RefundPayment { order_id: id(1), reason: "timeout".into() }.into(),
+            OrderApproved {
+                order_id: id(1),
+                customer_id: id(2),
+                total_cents: 2500,
+                currency: "EUR".into(),
+                approved_at: at,
+            }
+            .into(),
+            OrderRejected {
+                order_id: id(1),
+                customer_id: id(2),
+                reason: "out of stock".into(),
+                rejected_at: at,
+            }
+            .into(),
+            StockReserved {
+                order_id: id(1),
+                lines: lines(),
+                reserved_at: at,
+            }
+            .into(),
+            StockRejected {
+                order_id: id(1),
+                reason: "SKU-1 short by 3".into(),
+                rejected_at: at,
+            }
+            .into(),
+            StockReleased {
+                order_id: id(1),
+                lines: vec![],
+                released_at: at,
+            }
+            .into(),
+            PaymentAuthorized {
+                order_id: id(1),
+                payment_id: "ch_1".into(),
+                amount_cents: 2500,
+                currency: "EUR".into(),
+                authorized_at: at,
+            }
+            .into(),
+            PaymentDeclined {
+                order_id: id(1),
+                reason: "card_declined".into(),
+                declined_at: at,
+            }
+            .into(),
+            PaymentRefunded {
+                order_id: id(1),
+                payment_id: Some("ch_1".into()),
+                amount_cents: 2500,
+                currency: "EUR".into(),
+                refunded_at: at,
+            }
+            .into(),
+            PaymentRefunded {
+                order_id: id(1),
+                payment_id: None,
+                amount_cents: 0,
+                currency: "EUR".into(),
+                refunded_at: at,
+            }
+            .into(),
+            NotificationSent {
+                order_id: id(1),
+                customer_id: id(2),
+                template: "order_approved".into(),
+                subject: "Your order".into(),
+                sent_at: at,
+            }
+            .into(),
+            ReserveStock {
+                order_id: id(1),
+                lines: lines(),
+            }
+            .into(),
+            ReleaseStock {
+                order_id: id(1),
+                reason: "payment declined".into(),
+            }
+            .into(),
+            AuthorizePayment {
+                order_id: id(1),
+                customer_id: id(2),
+                amount_cents: 2500,
+                currency: "EUR".into(),
+                payment_method: "pm_card_visa".into(),
+            }
+            .into(),
+            RefundPayment {
+                order_id: id(1),
+                reason: "timeout".into(),
+            }
+            .into(),
             ApproveOrder { order_id: id(1) }.into(),
-            RejectOrder { order_id: id(1), reason: "declined".into() }.into(),
+            RejectOrder {
+                order_id: id(1),
+                reason: "declined".into(),
+            }
+            .into(),
         ]
     }
 
     #[test]
     fn every_message_type_round_trips_through_its_schema() {
         let messages = every_message();
-        let covered: std::collections::BTreeSet<_> = messages.iter().map(|m| m.message_type()).collect();
-        assert_eq!(covered.len(), Message::TYPES.len(), "a message type has no round-trip example");
+        let covered: std::collections::BTreeSet<_> =
+            messages.iter().map(|m| m.message_type()).collect();
+        assert_eq!(
+            covered.len(),
+            Message::TYPES.len(),
+            "a message type has no round-trip example"
+        );
         for message in messages {
             let encoded = message.encode().unwrap();
             assert!(encoded.schema_ref.contains(message.message_type()));
-            let decoded = Message::decode(encoded.message_type, Some(&encoded.schema_ref), &encoded.bytes).unwrap();
+            let decoded = Message::decode(
+                encoded.message_type,
+                Some(&encoded.schema_ref),
+                &encoded.bytes,
+            )
+            .unwrap();
             assert_eq!(decoded, message);
         }
     }
@@ -282,7 +390,12 @@ mod tests {
     fn every_type_has_a_current_and_a_released_schema() {
         for message_type in Message::TYPES {
             assert!(registry::current(message_type).is_some(), "{message_type}");
-            assert!(registry::all_released().iter().any(|e| e.message_type == *message_type), "{message_type}");
+            assert!(
+                registry::all_released()
+                    .iter()
+                    .any(|e| e.message_type == *message_type),
+                "{message_type}"
+            );
         }
     }
 
@@ -298,7 +411,10 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         let reference = registry::current("OrderPlaced").unwrap().reference.clone();
         assert!(Message::decode("OrderPlaced", Some(&reference), &[0xff, 0xff, 0x01]).is_err());
-        assert!(matches!(Message::decode("Nope", None, &[]), Err(CodecError::UnknownType(_))));
+        assert!(matches!(
+            Message::decode("Nope", None, &[]),
+            Err(CodecError::UnknownType(_))
+        ));
         assert!(matches!(
             Message::decode("OrderPlaced", Some("x@00"), &[]),
             Err(CodecError::UnknownSchema(_))

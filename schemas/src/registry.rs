@@ -18,13 +18,28 @@ pub const CURRENT_SOURCES: &[(&str, &str)] = &[
     ("StockReserved", include_str!("../avro/StockReserved.avsc")),
     ("StockRejected", include_str!("../avro/StockRejected.avsc")),
     ("StockReleased", include_str!("../avro/StockReleased.avsc")),
-    ("PaymentAuthorized", include_str!("../avro/PaymentAuthorized.avsc")),
-    ("PaymentDeclined", include_str!("../avro/PaymentDeclined.avsc")),
-    ("PaymentRefunded", include_str!("../avro/PaymentRefunded.avsc")),
-    ("NotificationSent", include_str!("../avro/NotificationSent.avsc")),
+    (
+        "PaymentAuthorized",
+        include_str!("../avro/PaymentAuthorized.avsc"),
+    ),
+    (
+        "PaymentDeclined",
+        include_str!("../avro/PaymentDeclined.avsc"),
+    ),
+    (
+        "PaymentRefunded",
+        include_str!("../avro/PaymentRefunded.avsc"),
+    ),
+    (
+        "NotificationSent",
+        include_str!("../avro/NotificationSent.avsc"),
+    ),
     ("ReserveStock", include_str!("../avro/ReserveStock.avsc")),
     ("ReleaseStock", include_str!("../avro/ReleaseStock.avsc")),
-    ("AuthorizePayment", include_str!("../avro/AuthorizePayment.avsc")),
+    (
+        "AuthorizePayment",
+        include_str!("../avro/AuthorizePayment.avsc"),
+    ),
     ("RefundPayment", include_str!("../avro/RefundPayment.avsc")),
     ("ApproveOrder", include_str!("../avro/ApproveOrder.avsc")),
     ("RejectOrder", include_str!("../avro/RejectOrder.avsc")),
@@ -32,22 +47,70 @@ pub const CURRENT_SOURCES: &[(&str, &str)] = &[
 
 /// The last released version of each schema (`schemas/avro/released/*.avsc`).
 pub const RELEASED_SOURCES: &[(&str, &str)] = &[
-    ("OrderPlaced", include_str!("../avro/released/OrderPlaced.avsc")),
-    ("OrderApproved", include_str!("../avro/released/OrderApproved.avsc")),
-    ("OrderRejected", include_str!("../avro/released/OrderRejected.avsc")),
-    ("StockReserved", include_str!("../avro/released/StockReserved.avsc")),
-    ("StockRejected", include_str!("../avro/released/StockRejected.avsc")),
-    ("StockReleased", include_str!("../avro/released/StockReleased.avsc")),
-    ("PaymentAuthorized", include_str!("../avro/released/PaymentAuthorized.avsc")),
-    ("PaymentDeclined", include_str!("../avro/released/PaymentDeclined.avsc")),
-    ("PaymentRefunded", include_str!("../avro/released/PaymentRefunded.avsc")),
-    ("NotificationSent", include_str!("../avro/released/NotificationSent.avsc")),
-    ("ReserveStock", include_str!("../avro/released/ReserveStock.avsc")),
-    ("ReleaseStock", include_str!("../avro/released/ReleaseStock.avsc")),
-    ("AuthorizePayment", include_str!("../avro/released/AuthorizePayment.avsc")),
-    ("RefundPayment", include_str!("../avro/released/RefundPayment.avsc")),
-    ("ApproveOrder", include_str!("../avro/released/ApproveOrder.avsc")),
-    ("RejectOrder", include_str!("../avro/released/RejectOrder.avsc")),
+    (
+        "OrderPlaced",
+        include_str!("../avro/released/OrderPlaced.avsc"),
+    ),
+    (
+        "OrderApproved",
+        include_str!("../avro/released/OrderApproved.avsc"),
+    ),
+    (
+        "OrderRejected",
+        include_str!("../avro/released/OrderRejected.avsc"),
+    ),
+    (
+        "StockReserved",
+        include_str!("../avro/released/StockReserved.avsc"),
+    ),
+    (
+        "StockRejected",
+        include_str!("../avro/released/StockRejected.avsc"),
+    ),
+    (
+        "StockReleased",
+        include_str!("../avro/released/StockReleased.avsc"),
+    ),
+    (
+        "PaymentAuthorized",
+        include_str!("../avro/released/PaymentAuthorized.avsc"),
+    ),
+    (
+        "PaymentDeclined",
+        include_str!("../avro/released/PaymentDeclined.avsc"),
+    ),
+    (
+        "PaymentRefunded",
+        include_str!("../avro/released/PaymentRefunded.avsc"),
+    ),
+    (
+        "NotificationSent",
+        include_str!("../avro/released/NotificationSent.avsc"),
+    ),
+    (
+        "ReserveStock",
+        include_str!("../avro/released/ReserveStock.avsc"),
+    ),
+    (
+        "ReleaseStock",
+        include_str!("../avro/released/ReleaseStock.avsc"),
+    ),
+    (
+        "AuthorizePayment",
+        include_str!("../avro/released/AuthorizePayment.avsc"),
+    ),
+    (
+        "RefundPayment",
+        include_str!("../avro/released/RefundPayment.avsc"),
+    ),
+    (
+        "ApproveOrder",
+        include_str!("../avro/released/ApproveOrder.avsc"),
+    ),
+    (
+        "RejectOrder",
+        include_str!("../avro/released/RejectOrder.avsc"),
+    ),
 ];
 
 /// One parsed schema and the reference that names it in headers.

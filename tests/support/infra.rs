@@ -38,13 +38,15 @@ static INFRA: OnceLock<Infra> = OnceLock::new();
 /// started or do not answer within their deadline.
 pub fn infra() -> &'static Infra {
     INFRA.get_or_init(|| {
-        sagaflow_common::telemetry::init();
+        sagaflow_common::telemetry::init_for_tests();
         let infra = match (
             std::env::var("SAGAFLOW_TEST_DATABASE_URL"),
             std::env::var("SAGAFLOW_TEST_KAFKA"),
         ) {
             (Ok(postgres_admin_url), Ok(kafka_brokers)) => Infra {
-                description: format!("running infrastructure: {postgres_admin_url} + {kafka_brokers}"),
+                description: format!(
+                    "running infrastructure: {postgres_admin_url} + {kafka_brokers}"
+                ),
                 postgres_admin_url,
                 kafka_brokers,
                 postgres_container: None,
@@ -120,7 +122,13 @@ async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
         .with_env_var("POSTGRES_PASSWORD", "postgres")
         .with_label(LABEL, &owner)
         // Enough connections for many services per test running in parallel.
-        .with_cmd(["postgres", "-c", "max_connections=600", "-c", "shared_buffers=256MB"])
+        .with_cmd([
+            "postgres",
+            "-c",
+            "max_connections=600",
+            "-c",
+            "shared_buffers=256MB",
+        ])
         .start();
 
     // Kafka advertises the address clients must use, so the host port is fixed up front and
@@ -133,10 +141,19 @@ async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
         .with_label(LABEL, &owner)
         .with_env_var("KAFKA_NODE_ID", "1")
         .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
-        .with_env_var("KAFKA_LISTENERS", format!("PLAINTEXT://0.0.0.0:{kafka_port},CONTROLLER://0.0.0.0:9093"))
-        .with_env_var("KAFKA_ADVERTISED_LISTENERS", format!("PLAINTEXT://localhost:{kafka_port}"))
+        .with_env_var(
+            "KAFKA_LISTENERS",
+            format!("PLAINTEXT://0.0.0.0:{kafka_port},CONTROLLER://0.0.0.0:9093"),
+        )
+        .with_env_var(
+            "KAFKA_ADVERTISED_LISTENERS",
+            format!("PLAINTEXT://localhost:{kafka_port}"),
+        )
         .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
-        .with_env_var("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+        .with_env_var(
+            "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        )
         .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
         .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
         .with_env_var("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
@@ -173,15 +190,26 @@ async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
 /// a test binary cannot remove its own containers on exit).
 fn remove_leftovers() {
     let output = std::process::Command::new("docker")
-        .args(["ps", "-a", "--filter", &format!("label={LABEL}"), "--format", &format!("{{{{.ID}}}} {{{{.Label \"{LABEL}\"}}}}")])
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={LABEL}"),
+            "--format",
+            &format!("{{{{.ID}}}} {{{{.Label \"{LABEL}\"}}}}"),
+        ])
         .output();
     let Ok(output) = output else { return };
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let mut parts = line.split_whitespace();
-        let (Some(id), Some(pid)) = (parts.next(), parts.next()) else { continue };
+        let (Some(id), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         let alive = PathBuf::from(format!("/proc/{pid}")).exists();
         if !alive {
-            let _ = std::process::Command::new("docker").args(["rm", "-f", "-v", id]).output();
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", "-v", id])
+                .output();
         }
     }
 }
@@ -195,7 +223,9 @@ async fn wait_for_postgres(url: &str, timeout: Duration) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            Err(e) if Instant::now() > deadline => anyhow::bail!("PostgreSQL at {url} unreachable: {e}"),
+            Err(e) if Instant::now() > deadline => {
+                anyhow::bail!("PostgreSQL at {url} unreachable: {e}")
+            }
             Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -215,7 +245,9 @@ async fn wait_for_kafka(brokers: &str, timeout: Duration) -> anyhow::Result<()> 
             match client.fetch_metadata(None, Duration::from_secs(2)) {
                 Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
                 Ok(_) => {}
-                Err(e) if Instant::now() > deadline => anyhow::bail!("Kafka at {brokers} unreachable: {e}"),
+                Err(e) if Instant::now() > deadline => {
+                    anyhow::bail!("Kafka at {brokers} unreachable: {e}")
+                }
                 Err(_) => {}
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -233,13 +265,18 @@ pub struct TestDatabase {
 
 /// The repository's migrations of one component database.
 pub fn migrations_dir(component: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(component)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(component)
 }
 
 /// Create a fresh database and apply `migrations/<component>/`.
 pub async fn database(component: &str) -> TestDatabase {
     let infra = infra();
-    let name = format!("t_{component}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let name = format!(
+        "t_{component}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let mut admin = PgConnection::connect(&infra.postgres_admin_url)
         .await
         .expect("connect to the test PostgreSQL");
@@ -249,8 +286,12 @@ pub async fn database(component: &str) -> TestDatabase {
         .await
         .expect("create test database");
     let url = database_url(&name);
-    let pool = sagaflow_common::db::connect(&url, 20).await.expect("connect to test database");
-    let migrator = Migrator::new(migrations_dir(component)).await.expect("read migrations");
+    let pool = sagaflow_common::db::connect(&url, 20)
+        .await
+        .expect("connect to test database");
+    let migrator = Migrator::new(migrations_dir(component))
+        .await
+        .expect("read migrations");
     migrator.run(&pool).await.expect("apply migrations");
     TestDatabase { name, url, pool }
 }

@@ -64,11 +64,14 @@ pub async fn read_until(
             "timed out after {timeout:?} reading {topic}: {} records so far",
             records.len()
         );
-        match tokio::time::timeout(remaining.min(Duration::from_millis(500)), consumer.recv()).await {
+        match tokio::time::timeout(remaining.min(Duration::from_millis(500)), consumer.recv()).await
+        {
             Ok(Ok(message)) => records.push(Record {
                 partition: message.partition(),
                 offset: message.offset(),
-                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
                 headers: kafka::header_pairs(message.headers()),
                 payload: message.payload().map(<[u8]>::to_vec),
             }),
@@ -94,12 +97,19 @@ pub async fn read_all(config: &KafkaConfig, logical_topic: &str) -> Vec<Record> 
         let partitions = config.partitions;
         tokio::task::spawn_blocking(move || {
             (0..partitions)
-                .map(|p| probe.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks"))
+                .map(|p| {
+                    probe
+                        .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                        .expect("watermarks")
+                })
                 .collect::<Vec<(i64, i64)>>()
         })
         .await
         .unwrap()
     };
     let expected: i64 = watermarks.iter().map(|(low, high)| high - low).sum();
-    read_until(config, logical_topic, Duration::from_secs(60), |records| records.len() as i64 >= expected).await
+    read_until(config, logical_topic, Duration::from_secs(60), |records| {
+        records.len() as i64 >= expected
+    })
+    .await
 }

@@ -27,5 +27,24 @@ pub fn docker(args: &[&str]) {
         .args(args)
         .output()
         .expect("docker CLI");
-    assert!(output.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The `sagaflow` binary of this workspace (built by `cargo build --workspace`, which
+/// `scripts/test.sh` runs first).
+pub fn sagaflow_binary() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let binary = target.join("debug/sagaflow");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        binary.display()
+    );
+    binary
 }

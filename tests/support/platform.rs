@@ -32,7 +32,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { step_timeout: Duration::from_secs(20), max_attempts: 5 }
+        Options {
+            step_timeout: Duration::from_secs(20),
+            max_attempts: 5,
+        }
     }
 }
 
@@ -48,7 +51,12 @@ pub async fn spawn_platform(options: Options) -> TestApp {
     let provider_shutdown = CancellationToken::new();
     let provider_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let provider_url = format!("http://{}", provider_listener.local_addr().unwrap());
-    let provider = spawn_provider(provider_listener, ProviderFaults::default(), provider_shutdown.clone()).await;
+    let provider = spawn_provider(
+        provider_listener,
+        ProviderFaults::default(),
+        provider_shutdown.clone(),
+    )
+    .await;
     let mut payment_config = PaymentConfig::new(provider_url);
     payment_config.provider_timeout_ms = 500;
     let config = platform::PlatformConfig {
@@ -99,12 +107,27 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "PUT /inventory/{sku}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "PUT /inventory/{sku}: {}",
+            response.status()
+        );
     }
 
     pub async fn stock(&self, sku: &str) -> (i64, i64) {
-        let body: Value = self.http.get(format!("{}/inventory/{sku}", self.base_url)).send().await.unwrap().json().await.unwrap();
-        (body["available"].as_i64().unwrap(), body["reserved"].as_i64().unwrap())
+        let body: Value = self
+            .http
+            .get(format!("{}/inventory/{sku}", self.base_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            body["available"].as_i64().unwrap(),
+            body["reserved"].as_i64().unwrap(),
+        )
     }
 
     /// POST /orders; returns (status, body).
@@ -130,11 +153,25 @@ impl TestApp {
     }
 
     pub async fn order(&self, id: Uuid) -> Value {
-        self.http.get(format!("{}/orders/{id}", self.base_url)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/orders/{id}", self.base_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn saga(&self, id: Uuid) -> Value {
-        self.http.get(format!("{}/sagas/{id}", self.base_url)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/sagas/{id}", self.base_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Wait until the order is APPROVED or REJECTED; returns the order.
@@ -150,7 +187,11 @@ impl TestApp {
     pub async fn saga_terminal(&self, id: Uuid, timeout: Duration) -> Value {
         wait::until(&format!("saga {id} to finish"), timeout, || async {
             let saga = self.saga(id).await;
-            matches!(saga["saga"]["state"].as_str(), Some("APPROVED" | "REJECTED" | "FAILED")).then_some(saga)
+            matches!(
+                saga["saga"]["state"].as_str(),
+                Some("APPROVED" | "REJECTED" | "FAILED")
+            )
+            .then_some(saga)
         })
         .await
     }

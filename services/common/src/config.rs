@@ -6,13 +6,25 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated.
-    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
     /// Prefix for every topic and consumer group (isolates tenants and tests on one cluster).
-    #[arg(long = "topic-prefix", env = "SAGAFLOW_TOPIC_PREFIX", default_value = "")]
+    #[arg(
+        long = "topic-prefix",
+        env = "SAGAFLOW_TOPIC_PREFIX",
+        default_value = ""
+    )]
     pub topic_prefix: String,
     /// Partitions of each topic created at start-up.
-    #[arg(long = "topic-partitions", env = "SAGAFLOW_TOPIC_PARTITIONS", default_value_t = 4)]
+    #[arg(
+        long = "topic-partitions",
+        env = "SAGAFLOW_TOPIC_PARTITIONS",
+        default_value_t = 4
+    )]
     pub partitions: i32,
 }
 
@@ -32,7 +44,9 @@ impl KafkaConfig {
 
     /// The logical topic of a deployment topic name.
     pub fn logical<'a>(&self, topic: &'a str) -> &'a str {
-        topic.strip_prefix(self.topic_prefix.as_str()).unwrap_or(topic)
+        topic
+            .strip_prefix(self.topic_prefix.as_str())
+            .unwrap_or(topic)
     }
 
     /// The deployment's name of a consumer group.

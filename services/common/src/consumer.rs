@@ -141,7 +141,11 @@ pub async fn run<H: Handler>(
     kafka::ensure_topics(&kafka_config, &all).await?;
 
     let consumer = kafka::consumer(&kafka_config, &settings.name)?;
-    let subscribed: Vec<String> = settings.topics.iter().map(|t| kafka_config.topic(t)).collect();
+    let subscribed: Vec<String> = settings
+        .topics
+        .iter()
+        .map(|t| kafka_config.topic(t))
+        .collect();
     consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
     let dead_letters = kafka::producer(&kafka_config)?;
     let worker = Worker {
@@ -218,7 +222,10 @@ impl<H: Handler> Worker<H> {
                 return self.dead_letter(raw, kind, &reason, 1).await;
             }
         };
-        tracing::Span::current().record("messaging.message.id", tracing::field::display(incoming.envelope.message_id));
+        tracing::Span::current().record(
+            "messaging.message.id",
+            tracing::field::display(incoming.envelope.message_id),
+        );
         if !self.handler.accepts(&incoming.envelope.message_type) {
             return Outcome::Skipped;
         }
@@ -243,7 +250,9 @@ impl<H: Handler> Worker<H> {
                 attempts -= 1;
                 warn!(consumer = %self.settings.name, error = %error, "database unavailable; retrying");
             } else if attempts >= self.settings.max_attempts {
-                return self.dead_letter(raw, "failed", &error.to_string(), attempts).await;
+                return self
+                    .dead_letter(raw, "failed", &error.to_string(), attempts)
+                    .await;
             } else {
                 debug!(consumer = %self.settings.name, attempts, error = %error, "handler failed; retrying");
             }
@@ -281,7 +290,13 @@ impl<H: Handler> Worker<H> {
 
     /// Publish the message as it is, plus reason headers, to `<topic>.dlq`; retried until the
     /// broker acknowledges it, because storing the offset without it would lose the message.
-    async fn dead_letter(&self, raw: &BorrowedMessage<'_>, kind: &str, reason: &str, attempts: u32) -> Outcome {
+    async fn dead_letter(
+        &self,
+        raw: &BorrowedMessage<'_>,
+        kind: &str,
+        reason: &str,
+        attempts: u32,
+    ) -> Outcome {
         let source_topic = self.kafka_config.logical(raw.topic()).to_string();
         let dlq = self.kafka_config.topic(&topics::dlq(&source_topic));
         error!(consumer = %self.settings.name, topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), kind, reason, "dead-lettering message");
@@ -290,17 +305,29 @@ impl<H: Handler> Worker<H> {
             (header_names::DLQ_REASON, reason.to_string()),
             (header_names::DLQ_ERROR_KIND, kind.to_string()),
             (header_names::DLQ_SOURCE_TOPIC, source_topic.clone()),
-            (header_names::DLQ_SOURCE_PARTITION, raw.partition().to_string()),
+            (
+                header_names::DLQ_SOURCE_PARTITION,
+                raw.partition().to_string(),
+            ),
             (header_names::DLQ_SOURCE_OFFSET, raw.offset().to_string()),
             (header_names::DLQ_CONSUMER, self.settings.name.clone()),
             (header_names::DLQ_ATTEMPTS, attempts.to_string()),
             (header_names::DLQ_TIME, chrono::Utc::now().to_rfc3339()),
         ];
-        pairs.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v.into_bytes())));
+        pairs.extend(
+            extra
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into_bytes())),
+        );
         loop {
-            let headers = pairs.iter().fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
-                h.insert(rdkafka::message::Header { key: k, value: Some(v) })
-            });
+            let headers = pairs
+                .iter()
+                .fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
+                    h.insert(rdkafka::message::Header {
+                        key: k,
+                        value: Some(v),
+                    })
+                });
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlq).headers(headers);
             if let Some(key) = raw.key() {
                 record = record.key(key);
@@ -328,7 +355,10 @@ impl<H: Handler> Worker<H> {
 enum Unreadable {
     /// A tombstone or a value without our envelope type: nothing to do.
     NotOurs,
-    Poison { kind: &'static str, reason: String },
+    Poison {
+        kind: &'static str,
+        reason: String,
+    },
 }
 
 fn parse(raw: &BorrowedMessage<'_>) -> Result<Incoming, Unreadable> {
@@ -341,17 +371,18 @@ fn parse(raw: &BorrowedMessage<'_>) -> Result<Incoming, Unreadable> {
     let Some(payload) = raw.payload() else {
         return Err(Unreadable::NotOurs);
     };
-    let message = Message::decode(&envelope.message_type, Some(&envelope.schema_ref), payload).map_err(|e| {
-        let kind = match e {
-            CodecError::UnknownType(_) => "unknown_type",
-            CodecError::UnknownSchema(_) => "unknown_schema",
-            CodecError::Avro { .. } => "undecodable",
-        };
-        Unreadable::Poison {
-            kind,
-            reason: e.to_string(),
-        }
-    })?;
+    let message = Message::decode(&envelope.message_type, Some(&envelope.schema_ref), payload)
+        .map_err(|e| {
+            let kind = match e {
+                CodecError::UnknownType(_) => "unknown_type",
+                CodecError::UnknownSchema(_) => "unknown_schema",
+                CodecError::Avro { .. } => "undecodable",
+            };
+            Unreadable::Poison {
+                kind,
+                reason: e.to_string(),
+            }
+        })?;
     Ok(Incoming {
         topic: raw.topic().to_string(),
         partition: raw.partition(),

@@ -31,7 +31,10 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
 }
 
 /// Run a component's migrations.
-pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+pub async fn migrate(
+    pool: &PgPool,
+    migrator: &Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
     migrator.run(pool).await
 }
 

@@ -64,13 +64,21 @@ impl Problem {
 
     /// The service cannot answer now (database down): retry later.
     pub fn unavailable() -> Self {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the service is temporarily unavailable; retry later")
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the service is temporarily unavailable; retry later",
+        )
     }
 
     /// An unexpected failure. The cause is logged, not returned.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred")
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred",
+        )
     }
 }
 
@@ -88,11 +96,14 @@ impl From<sqlx::Error> for Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(&self)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -121,7 +132,9 @@ fn json_problem(rejection: JsonRejection) -> Problem {
             "unsupported-media-type",
             "expected a body with Content-Type: application/json",
         ),
-        JsonRejection::JsonSyntaxError(e) => Problem::new(StatusCode::BAD_REQUEST, "malformed-json", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => {
+            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", e.body_text())
+        }
         JsonRejection::JsonDataError(e) => {
             // "Failed to deserialize the JSON body into the target type: items[0].quantity: ..."
             let text = e.body_text();
@@ -129,11 +142,20 @@ fn json_problem(rejection: JsonRejection) -> Problem {
                 .strip_prefix("Failed to deserialize the JSON body into the target type: ")
                 .unwrap_or(&text)
                 .to_string();
-            let field = detail.split(": ").next().filter(|f| !f.contains(' ')).unwrap_or("body").to_string();
+            let field = detail
+                .split(": ")
+                .next()
+                .filter(|f| !f.contains(' '))
+                .unwrap_or("body")
+                .to_string();
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", detail).with_field(field)
         }
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "the request body is larger than allowed")
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "the request body is larger than allowed",
+            )
         }
         other => Problem::new(StatusCode::BAD_REQUEST, "bad-request", other.body_text()),
     }
@@ -146,7 +168,8 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ])
                 .expect("static buckets are valid")
                 .build_recorder();
@@ -169,7 +192,10 @@ pub struct Readiness {
 pub fn ops_router(readiness: Readiness) -> Router {
     let handle = metrics_handle();
     Router::new()
-        .route("/health/live", get(|| async { Json(json!({"status": "live"})) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"status": "live"})) }),
+        )
         .route("/health/ready", get(move || ready(readiness.clone())))
         .route(
             "/metrics",
@@ -177,7 +203,10 @@ pub fn ops_router(readiness: Readiness) -> Router {
                 let handle = handle.clone();
                 async move {
                     handle.run_upkeep();
-                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        handle.render(),
+                    )
                 }
             }),
         )
@@ -187,19 +216,35 @@ async fn ready(readiness: Readiness) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ok = true;
     for (name, pool) in &readiness.databases {
-        let up = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(pool))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let up = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
         ok &= up;
-        checks.insert(format!("database:{name}"), json!(if up { "up" } else { "down" }));
+        checks.insert(
+            format!("database:{name}"),
+            json!(if up { "up" } else { "down" }),
+        );
     }
     if let Some(kafka) = readiness.kafka {
-        let up = tokio::task::spawn_blocking(move || broker_reachable(&kafka)).await.unwrap_or(false);
+        let up = tokio::task::spawn_blocking(move || broker_reachable(&kafka))
+            .await
+            .unwrap_or(false);
         ok &= up;
         checks.insert("kafka".into(), json!(if up { "up" } else { "down" }));
     }
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks}))).into_response()
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks})),
+    )
+        .into_response()
 }
 
 fn broker_reachable(kafka: &KafkaConfig) -> bool {
@@ -212,7 +257,11 @@ fn broker_reachable(kafka: &KafkaConfig) -> bool {
 }
 
 /// Serve `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

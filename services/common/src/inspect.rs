@@ -35,7 +35,12 @@ pub fn render(
 ) -> Value {
     let header_map: serde_json::Map<String, Value> = headers
         .iter()
-        .map(|(k, v)| (k.clone(), Value::String(String::from_utf8_lossy(v).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Value::String(String::from_utf8_lossy(v).into_owned()),
+            )
+        })
         .collect();
     let schema = headers
         .iter()

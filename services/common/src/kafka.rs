@@ -36,7 +36,10 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::
 
 /// An at-least-once consumer: offsets are auto-committed, but only those explicitly stored
 /// after the database transaction of the message committed (`enable.auto.offset.store=false`).
-pub fn consumer(config: &KafkaConfig, group: &str) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+pub fn consumer(
+    config: &KafkaConfig,
+    group: &str,
+) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
     base(config)
         .set("group.id", config.group(group))
         .set("enable.auto.commit", "true")
@@ -51,7 +54,9 @@ pub fn consumer(config: &KafkaConfig, group: &str) -> Result<StreamConsumer, rdk
 }
 
 /// An admin client.
-pub fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, rdkafka::error::KafkaError> {
+pub fn admin(
+    config: &KafkaConfig,
+) -> Result<AdminClient<DefaultClientContext>, rdkafka::error::KafkaError> {
     base(config).create()
 }
 
@@ -76,9 +81,14 @@ pub async fn ensure_topics(config: &KafkaConfig, logical_topics: &[&str]) -> any
 
 /// Kafka headers from (name, value) pairs.
 pub fn to_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
-    pairs.into_iter().fold(OwnedHeaders::new(), |headers, (key, value)| {
-        headers.insert(Header { key, value: Some(value) })
-    })
+    pairs
+        .into_iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value),
+            })
+        })
 }
 
 /// (name, value) pairs of a message's headers; headers without value are skipped.

@@ -49,7 +49,11 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
 }
 
 /// Apply migrations, waiting for the database to accept connections.
-pub async fn migrate_with_retry(pool: &PgPool, migrator: &Migrator, shutdown: &CancellationToken) -> anyhow::Result<()> {
+pub async fn migrate_with_retry(
+    pool: &PgPool,
+    migrator: &Migrator,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
         match migrator.run(pool).await {

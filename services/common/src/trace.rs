@@ -7,7 +7,11 @@ use rand::Rng;
 /// A new root `traceparent` (sampled).
 pub fn new_root() -> String {
     let mut rng = rand::rng();
-    format!("00-{:032x}-{:016x}-01", rng.random::<u128>() | 1, rng.random::<u64>() | 1)
+    format!(
+        "00-{:032x}-{:016x}-01",
+        rng.random::<u128>() | 1,
+        rng.random::<u64>() | 1
+    )
 }
 
 /// A child of `parent` (same trace id, new span id); a new root when `parent` is absent or
@@ -22,10 +26,15 @@ pub fn child_of(parent: Option<&str>) -> String {
 /// The trace id of a well-formed `traceparent`.
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2) && trace.bytes().any(|b| b != b'0'))
-        .then_some(trace)
+    (hex(version, 2)
+        && hex(trace, 32)
+        && hex(span, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0'))
+    .then_some(trace)
 }
 
 #[cfg(test)]
@@ -43,6 +52,9 @@ mod tests {
     #[test]
     fn garbage_starts_a_new_trace() {
         assert!(trace_id(&child_of(Some("nonsense"))).is_some());
-        assert_eq!(trace_id("00-00000000000000000000000000000000-0000000000000001-01"), None);
+        assert_eq!(
+            trace_id("00-00000000000000000000000000000000-0000000000000001-01"),
+            None
+        );
     }
 }

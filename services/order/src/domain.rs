@@ -35,7 +35,10 @@ pub struct ValidationError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
-    ValidationError { field: field.into(), message: message.into() }
+    ValidationError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Validate and compute the total in minor units.
@@ -50,19 +53,34 @@ pub fn validate(order: &NewOrder) -> Result<i64, ValidationError> {
         return Err(invalid("currency", "an ISO 4217 code like EUR"));
     }
     let method_ok = (1..=64).contains(&order.payment_method.len())
-        && order.payment_method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        && order
+            .payment_method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if !method_ok {
-        return Err(invalid("payment_method", "1-64 characters of [A-Za-z0-9_], e.g. pm_card_visa"));
+        return Err(invalid(
+            "payment_method",
+            "1-64 characters of [A-Za-z0-9_], e.g. pm_card_visa",
+        ));
     }
     let mut total: i64 = 0;
     for (i, line) in order.items.iter().enumerate() {
         let sku_ok = (1..=64).contains(&line.sku.len())
-            && line.sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            && line
+                .sku
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !sku_ok {
-            return Err(invalid(format!("items[{i}].sku"), "1-64 characters of [A-Za-z0-9._-]"));
+            return Err(invalid(
+                format!("items[{i}].sku"),
+                "1-64 characters of [A-Za-z0-9._-]",
+            ));
         }
         if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-            return Err(invalid(format!("items[{i}].quantity"), format!("between 1 and {MAX_QUANTITY}")));
+            return Err(invalid(
+                format!("items[{i}].quantity"),
+                format!("between 1 and {MAX_QUANTITY}"),
+            ));
         }
         if !(0..=MAX_UNIT_PRICE_CENTS).contains(&line.unit_price_cents) {
             return Err(invalid(
@@ -87,8 +105,16 @@ mod tests {
         NewOrder {
             customer_id: Uuid::nil(),
             items: vec![
-                OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1250 },
-                OrderLine { sku: "SKU-2".into(), quantity: 1, unit_price_cents: 500 },
+                OrderLine {
+                    sku: "SKU-1".into(),
+                    quantity: 2,
+                    unit_price_cents: 1250,
+                },
+                OrderLine {
+                    sku: "SKU-2".into(),
+                    quantity: 1,
+                    unit_price_cents: 500,
+                },
             ],
             currency: "EUR".into(),
             payment_method: "pm_card_visa".into(),
@@ -102,15 +128,28 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(Box<dyn Fn(&mut NewOrder)>, &str)> = vec![
+        type Breaker = Box<dyn Fn(&mut NewOrder)>;
+        let cases: Vec<(Breaker, &str)> = vec![
             (Box::new(|o| o.items.clear()), "items"),
-            (Box::new(|o| o.items = vec![o.items[0].clone(); MAX_LINES + 1]), "items"),
+            (
+                Box::new(|o| o.items = vec![o.items[0].clone(); MAX_LINES + 1]),
+                "items",
+            ),
             (Box::new(|o| o.currency = "eur".into()), "currency"),
-            (Box::new(|o| o.payment_method = String::new()), "payment_method"),
-            (Box::new(|o| o.items[1].sku = "bad sku".into()), "items[1].sku"),
+            (
+                Box::new(|o| o.payment_method = String::new()),
+                "payment_method",
+            ),
+            (
+                Box::new(|o| o.items[1].sku = "bad sku".into()),
+                "items[1].sku",
+            ),
             (Box::new(|o| o.items[0].quantity = 0), "items[0].quantity"),
             (Box::new(|o| o.items[0].quantity = -3), "items[0].quantity"),
-            (Box::new(|o| o.items[1].unit_price_cents = -1), "items[1].unit_price_cents"),
+            (
+                Box::new(|o| o.items[1].unit_price_cents = -1),
+                "items[1].unit_price_cents",
+            ),
         ];
         for (break_it, field) in cases {
             let mut o = order();
@@ -122,7 +161,14 @@ mod tests {
     #[test]
     fn the_largest_allowed_order_totals_exactly() {
         let mut o = order();
-        o.items = vec![OrderLine { sku: "A".into(), quantity: MAX_QUANTITY, unit_price_cents: MAX_UNIT_PRICE_CENTS }; MAX_LINES];
+        o.items = vec![
+            OrderLine {
+                sku: "A".into(),
+                quantity: MAX_QUANTITY,
+                unit_price_cents: MAX_UNIT_PRICE_CENTS
+            };
+            MAX_LINES
+        ];
         assert_eq!(validate(&o), Ok(100 * 10_000 * 100_000_000));
     }
 }

@@ -24,7 +24,9 @@ impl Handler for OrderCommands {
             _ => return Ok(()),
         };
         let Some(order) = store::lock(tx, order_id).await? else {
-            return Err(HandlerError::Rejected(format!("order {order_id} does not exist")));
+            return Err(HandlerError::Rejected(format!(
+                "order {order_id} does not exist"
+            )));
         };
         match order.status.as_str() {
             "PENDING" => store::set_status(tx, order_id, target, reason).await?,
@@ -49,7 +51,11 @@ impl Handler for OrderCommands {
             OrderRejected {
                 order_id,
                 customer_id: order.customer_id,
-                reason: order.reason.clone().or(reason.map(str::to_string)).unwrap_or_default(),
+                reason: order
+                    .reason
+                    .clone()
+                    .or(reason.map(str::to_string))
+                    .unwrap_or_default(),
                 rejected_at: now,
             }
             .into()

@@ -49,10 +49,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = match self {
             ApiError::IdempotencyKey(detail) => {
-                Problem::new(StatusCode::BAD_REQUEST, "idempotency-key", detail).with_field("Idempotency-Key")
+                Problem::new(StatusCode::BAD_REQUEST, "idempotency-key", detail)
+                    .with_field("Idempotency-Key")
             }
-            ApiError::KeyReused => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", self.to_string())
-                .with_field("Idempotency-Key"),
+            ApiError::KeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                self.to_string(),
+            )
+            .with_field("Idempotency-Key"),
             ApiError::Invalid { field, message } => Problem::invalid(&field, message),
             ApiError::BadId => Problem::new(StatusCode::BAD_REQUEST, "bad-id", self.to_string()),
             ApiError::NotFound(_) => Problem::not_found(self.to_string()),
@@ -73,23 +78,33 @@ pub fn router(pool: PgPool) -> Router {
 fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let value = headers
         .get("idempotency-key")
-        .ok_or(ApiError::IdempotencyKey("the Idempotency-Key header is required"))?;
+        .ok_or(ApiError::IdempotencyKey(
+            "the Idempotency-Key header is required",
+        ))?;
     let key = value
         .to_str()
         .map_err(|_| ApiError::IdempotencyKey("Idempotency-Key must be visible ASCII"))?
         .trim();
     if key.is_empty() {
-        return Err(ApiError::IdempotencyKey("Idempotency-Key must not be empty"));
+        return Err(ApiError::IdempotencyKey(
+            "Idempotency-Key must not be empty",
+        ));
     }
     if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(ApiError::IdempotencyKey("Idempotency-Key must be at most 255 characters"));
+        return Err(ApiError::IdempotencyKey(
+            "Idempotency-Key must be at most 255 characters",
+        ));
     }
     Ok(key.to_string())
 }
 
 fn accepted(order_id: Uuid, traceparent: &str) -> Response {
     let location = format!("/orders/{order_id}");
-    let mut response = (StatusCode::ACCEPTED, Json(json!({"order_id": order_id, "status": "PENDING"}))).into_response();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({"order_id": order_id, "status": "PENDING"})),
+    )
+        .into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
@@ -105,20 +120,31 @@ async fn place_order(
     ProblemJson(order): ProblemJson<NewOrder>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let total_cents = validate(&order).map_err(|e| ApiError::Invalid { field: e.field, message: e.message })?;
+    let total_cents = validate(&order).map_err(|e| ApiError::Invalid {
+        field: e.field,
+        message: e.message,
+    })?;
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .filter(|v| trace::trace_id(v).is_some())
         .map(str::to_string)
         .unwrap_or_else(trace::new_root);
-    let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&order).map_err(anyhow::Error::from)?));
+    let request_hash = hex::encode(Sha256::digest(
+        serde_json::to_vec(&order).map_err(anyhow::Error::from)?,
+    ));
 
     let order_id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
-    if let Some((existing, hash)) = store::claim_idempotency_key(&mut tx, &key, &request_hash, order_id).await? {
+    if let Some((existing, hash)) =
+        store::claim_idempotency_key(&mut tx, &key, &request_hash, order_id).await?
+    {
         tx.rollback().await?;
-        return if hash == request_hash { Ok(accepted(existing, &traceparent)) } else { Err(ApiError::KeyReused) };
+        return if hash == request_hash {
+            Ok(accepted(existing, &traceparent))
+        } else {
+            Err(ApiError::KeyReused)
+        };
     }
     store::insert_order(&mut tx, order_id, &order, total_cents).await?;
     let placed = OrderPlaced {
@@ -144,14 +170,21 @@ async fn place_order(
         causation_id: None,
         traceparent: Some(traceparent.clone()),
     };
-    enqueue(&mut tx, &placed.into(), &origin).await.map_err(anyhow::Error::from)?;
+    enqueue(&mut tx, &placed.into(), &origin)
+        .await
+        .map_err(anyhow::Error::from)?;
     tx.commit().await?;
     metrics::counter!("orders_placed_total").increment(1);
     Ok(accepted(order_id, &traceparent))
 }
 
-async fn get_order(State(pool): State<PgPool>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_order(
+    State(pool): State<PgPool>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::BadId)?;
-    let order = store::find(&pool, id).await?.ok_or(ApiError::NotFound(id))?;
+    let order = store::find(&pool, id)
+        .await?
+        .ok_or(ApiError::NotFound(id))?;
     Ok(Json(order).into_response())
 }

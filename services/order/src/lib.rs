@@ -22,7 +22,11 @@ pub const NAME: &str = "order-service";
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order");
 
 /// Consume orders.commands until `shutdown`.
-pub async fn run_consumer(pool: PgPool, kafka: KafkaConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_consumer(
+    pool: PgPool,
+    kafka: KafkaConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = ConsumerSettings::new(NAME, &[topics::ORDERS_COMMANDS]);
     consumer::run(pool, kafka, settings, handler::OrderCommands, shutdown).await
 }

@@ -25,7 +25,9 @@ async fn main() -> anyhow::Result<()> {
         http_addr: args.http_addr,
         kafka: args.kafka,
         router: order_service::router,
-        consumer: |pool, kafka, shutdown| Box::pin(order_service::run_consumer(pool, kafka, shutdown)),
+        consumer: |pool, kafka, shutdown| {
+            Box::pin(order_service::run_consumer(pool, kafka, shutdown))
+        },
     })
     .await
 }

@@ -42,14 +42,20 @@ pub async fn claim_idempotency_key(
     if inserted == 1 {
         return Ok(None);
     }
-    let existing: (Uuid, String) = sqlx::query_as("SELECT order_id, request_hash FROM idempotency_keys WHERE key = $1")
-        .bind(key)
-        .fetch_one(&mut **tx)
-        .await?;
+    let existing: (Uuid, String) =
+        sqlx::query_as("SELECT order_id, request_hash FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_one(&mut **tx)
+            .await?;
     Ok(Some(existing))
 }
 
-pub async fn insert_order(tx: &mut Tx, id: Uuid, order: &NewOrder, total_cents: i64) -> Result<(), sqlx::Error> {
+pub async fn insert_order(
+    tx: &mut Tx,
+    id: Uuid,
+    order: &NewOrder,
+    total_cents: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method)
          VALUES ($1, $2, 'PENDING', $3, $4, $5, $6)",
@@ -64,7 +70,6 @@ pub async fn insert_order(tx: &mut Tx, id: Uuid, order: &NewOrder, total_cents: 
     .await?;
     Ok(())
 }
-
 
 macro_rules! columns {
     () => {
@@ -82,13 +87,22 @@ pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<OrderRow>, sqlx::Err
 /// Lock the order row: every transaction that writes messages for an order holds it, which
 /// keeps the order's outbox rows in commit order.
 pub async fn lock(tx: &mut Tx, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", columns!(), " FROM orders WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM orders WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await
 }
 
-pub async fn set_status(tx: &mut Tx, id: Uuid, status: &str, reason: Option<&str>) -> Result<(), sqlx::Error> {
+pub async fn set_status(
+    tx: &mut Tx,
+    id: Uuid,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE orders SET status = $2, reason = $3, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(status)
