@@ -86,6 +86,26 @@ pub async fn serve(
     }
 }
 
+/// Start an embedded broker on a free loopback port; returns its address.
+pub async fn spawn_on_free_port(shutdown: CancellationToken) -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let address = format!("127.0.0.1:{port}");
+    let listen = address.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve(&listen, &listen, shutdown).await {
+            tracing::error!(error = %e, "embedded broker failed");
+        }
+    });
+    // Wait until it accepts connections.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&address).await.is_ok() {
+            return Ok(address);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("embedded broker did not listen on {address}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         payment: PaymentConfig::new(provider_url.clone()),
         saga: args.saga.clone(),
         pool_size: 8,
+        request_timeout: Duration::from_secs(10),
     };
     let mut platform = wait_for_broker_then_start(config).await?;
     inventory_service::seed(
@@ -155,6 +156,7 @@ async fn wait_for_broker_then_start(
             payment: config.payment.clone(),
             saga: config.saga.clone(),
             pool_size: config.pool_size,
+            request_timeout: config.request_timeout,
         };
         match platform::start(attempt).await {
             Ok(platform) => return Ok(platform),
@@ -192,7 +194,7 @@ Ctrl-C stops everything.
 }
 
 /// `postgres://u@h:p/name?x` → (`postgres://u@h:p`, `name`).
-fn split_database(url: &str) -> (String, String) {
+pub(crate) fn split_database(url: &str) -> (String, String) {
     let (without_query, _) = url.split_once('?').unwrap_or((url, ""));
     match without_query.rsplit_once('/') {
         Some((server, name))
@@ -207,7 +209,7 @@ fn split_database(url: &str) -> (String, String) {
     }
 }
 
-async fn ensure_database(server_url: &str, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn ensure_database(server_url: &str, name: &str) -> anyhow::Result<String> {
     let mut admin = PgConnection::connect(&format!("{server_url}/postgres"))
         .await
         .with_context(|| format!("connecting to PostgreSQL at {server_url}"))?;
@@ -227,7 +229,7 @@ async fn ensure_database(server_url: &str, name: &str) -> anyhow::Result<String>
 }
 
 /// Start (or reuse) a PostgreSQL cluster under `data_dir/postgres`; returns its server URL.
-async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
+pub(crate) async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
     let bin = find_pg_bin().context(
         "PostgreSQL is neither given nor installed: set DATABASE_URL=postgres://user:pass@host:5432/sagaflow, \
          or install PostgreSQL (e.g. apt-get install postgresql) so `sagaflow dev` can start a throwaway cluster",

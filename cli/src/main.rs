@@ -1,6 +1,7 @@
 //! `sagaflow`: the platform's command line — run the embedded broker, watch topics, and
 //! (as the platform grows) run everything in one process, replay, manage dead letters, bench.
 
+mod bench;
 mod broker;
 mod dev;
 mod tail;
@@ -25,8 +26,19 @@ enum Command {
     Broker(broker::BrokerArgs),
     /// Run the whole platform in one process (embedded broker, local PostgreSQL if needed).
     Dev(Box<dev::DevArgs>),
+    /// Benchmarks, each against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
     /// Print each message of a topic as one JSON line (key, headers, decoded value).
     Tail(tail::TailArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The outbox relay: commit→ack latency at a steady rate, backlog drain rate, vs raw produce.
+    Relay(bench::RelayBenchArgs),
 }
 
 #[tokio::main]
@@ -42,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tail(args) => tail::run(args).await,
         Command::Dev(args) => dev::run(*args, shutdown).await,
+        Command::Bench { which: BenchCommand::Relay(args) } => bench::run(args, shutdown).await,
     }
 }
 

@@ -7,7 +7,7 @@ use outbox_relay::{Relay, RelayConfig};
 use payment_service::PaymentConfig;
 use saga_orchestrator::SagaConfig;
 use sagaflow_common::KafkaConfig;
-use sagaflow_common::http::{Readiness, ops_router, serve};
+use sagaflow_common::http::{Readiness, ops_router, serve, with_request_timeout};
 use sagaflow_common::{db, kafka};
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
@@ -55,11 +55,14 @@ pub struct PlatformConfig {
     pub saga: SagaConfig,
     /// Connections per database pool.
     pub pool_size: u32,
+    /// Bound of one HTTP request, slow clients included.
+    pub request_timeout: std::time::Duration,
 }
 
 /// A running platform.
 pub struct Platform {
     pub pools: Pools,
+    request_timeout: std::time::Duration,
     pub shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
 }
@@ -139,6 +142,7 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     info!(prefix = %config.kafka.topic_prefix, brokers = %config.kafka.brokers, "platform started");
     Ok(Platform {
         pools,
+        request_timeout: config.request_timeout,
         shutdown,
         tasks,
     })
@@ -154,17 +158,17 @@ async fn named(
 impl Platform {
     /// Every HTTP route of every component, plus health and metrics.
     pub fn router(&self, kafka: &KafkaConfig) -> Router {
-        order_service::router(self.pools.order.clone())
+        let api = order_service::router(self.pools.order.clone())
             .merge(inventory_service::router(self.pools.inventory.clone()))
             .merge(payment_service::router(self.pools.payment.clone()))
             .merge(notification_service::router(
                 self.pools.notification.clone(),
             ))
-            .merge(saga_orchestrator::router(self.pools.saga.clone()))
-            .merge(ops_router(Readiness {
-                databases: self.pools.named(),
-                kafka: Some(kafka.clone()),
-            }))
+            .merge(saga_orchestrator::router(self.pools.saga.clone()));
+        with_request_timeout(api, self.request_timeout).merge(ops_router(Readiness {
+            databases: self.pools.named(),
+            kafka: Some(kafka.clone()),
+        }))
     }
 
     /// Serve [`Platform::router`] on `listener` until shutdown.

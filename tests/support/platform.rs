@@ -28,6 +28,7 @@ pub struct TestApp {
 pub struct Options {
     pub step_timeout: Duration,
     pub max_attempts: u32,
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
@@ -35,6 +36,7 @@ impl Default for Options {
         Options {
             step_timeout: Duration::from_secs(20),
             max_attempts: 5,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -75,6 +77,7 @@ pub async fn spawn_platform(options: Options) -> TestApp {
             sweep_interval_ms: 100,
         },
         pool_size: 8,
+        request_timeout: options.request_timeout,
     };
     let mut platform = platform::start(config).await.expect("platform starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

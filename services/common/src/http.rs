@@ -256,6 +256,20 @@ fn broker_reachable(kafka: &KafkaConfig) -> bool {
     consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
 }
 
+/// Bound every request (reading a slow client's body included) to `limit`: 408 Problem JSON.
+pub fn with_request_timeout(router: Router, limit: Duration) -> Router {
+    router.layer(axum::middleware::from_fn(move |request: Request, next: axum::middleware::Next| async move {
+        match tokio::time::timeout(limit, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => Problem::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request took too long (slow client?)")
+                .into_response(),
+        }
+    }))
+}
+
+/// The largest request body accepted (413 above it).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Serve `router` on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,

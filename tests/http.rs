@@ -1,0 +1,144 @@
+//! HTTP hardening of `POST /orders`: every client mistake gets a clear Problem JSON status
+//! (never a 5xx), names the field where there is one, and writes nothing.
+
+use std::time::Duration;
+
+use sagaflow_tests::broker_lock;
+use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+async fn raw_post(app: &TestApp, content_type: Option<&str>, body: Vec<u8>, key: Option<&str>) -> (u16, String, Value) {
+    let mut request = app.http.post(format!("{}/orders", app.base_url)).body(body);
+    if let Some(ct) = content_type {
+        request = request.header("Content-Type", ct);
+    }
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let ct = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, ct, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn rows(app: &TestApp) -> (i64, i64) {
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&app.pools.order).await.unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&app.pools.order).await.unwrap();
+    (orders, outbox)
+}
+
+fn valid() -> Value {
+    order_body(&[("SKU-1", 2, 1250)], "pm_card_visa")
+}
+
+#[tokio::test]
+async fn client_mistakes_get_problem_json_naming_the_field_and_write_nothing() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options::default()).await;
+    let json_ct = Some("application/json");
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut body = valid();
+        edit(&mut body);
+        serde_json::to_vec(&body).unwrap()
+    };
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
+        ("malformed JSON", json_ct, b"{\"customer_id\": ".to_vec(), 400, None),
+        ("wrong content type", Some("text/plain"), serde_json::to_vec(&valid()).unwrap(), 415, None),
+        ("no content type", None, serde_json::to_vec(&valid()).unwrap(), 415, None),
+        ("unknown field", json_ct, with(&|b| b["coupon"] = json!("FREE")), 422, Some("coupon")),
+        ("wrong type", json_ct, with(&|b| b["items"][0]["quantity"] = json!("two")), 422, Some("items[0].quantity")),
+        ("zero quantity", json_ct, with(&|b| b["items"][0]["quantity"] = json!(0)), 422, Some("items[0].quantity")),
+        ("negative quantity", json_ct, with(&|b| b["items"][0]["quantity"] = json!(-1)), 422, Some("items[0].quantity")),
+        ("overflowing amount", json_ct, with(&|b| b["items"][0]["unit_price_cents"] = json!(1e30)), 422, Some("items[0].unit_price_cents")),
+        ("price above the limit", json_ct, with(&|b| b["items"][0]["unit_price_cents"] = json!(i64::MAX)), 422, Some("items[0].unit_price_cents")),
+        ("too many lines", json_ct, with(&|b| b["items"] = json!(vec![json!({"sku": "A", "quantity": 1, "unit_price_cents": 1}); 101])), 422, Some("items")),
+        ("no lines", json_ct, with(&|b| b["items"] = json!([])), 422, Some("items")),
+        ("bad currency", json_ct, with(&|b| b["currency"] = json!("euro")), 422, Some("currency")),
+        ("bad customer id", json_ct, with(&|b| b["customer_id"] = json!("nope")), 422, Some("customer_id")),
+        ("body over the limit", json_ct, with(&|b| b["payment_method"] = json!("x".repeat(100 * 1024))), 413, None),
+    ];
+    for (name, content_type, body, expected, field) in cases {
+        let (status, ct, problem) = raw_post(&app, content_type, body, Some(&Uuid::new_v4().to_string())).await;
+        assert_eq!(status, expected, "{name}: {problem}");
+        assert_eq!(ct, "application/problem+json", "{name}");
+        assert_eq!(problem["status"], expected, "{name}: {problem}");
+        assert!(problem["detail"].is_string(), "{name}: {problem}");
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{name}: {problem}");
+        }
+        let detail = problem["detail"].as_str().unwrap().to_lowercase();
+        assert!(!detail.contains("sqlx") && !detail.contains("postgres"), "{name}: internals leaked: {detail}");
+    }
+    assert_eq!(rows(&app).await, (0, 0), "no rows written for any rejected request");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_rules() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options::default()).await;
+    let body = serde_json::to_vec(&valid()).unwrap();
+    let ct = Some("application/json");
+
+    let (status, _, problem) = raw_post(&app, ct, body.clone(), None).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("Idempotency-Key")), "missing key");
+    let (status, _, _) = raw_post(&app, ct, body.clone(), Some(&"k".repeat(256))).await;
+    assert_eq!(status, 400, "key over 255 characters");
+    assert_eq!(rows(&app).await, (0, 0));
+
+    let (first, _, created) = raw_post(&app, ct, body.clone(), Some("key-1")).await;
+    let (again, _, replay) = raw_post(&app, ct, body.clone(), Some("key-1")).await;
+    assert_eq!((first, again), (202, 202));
+    assert_eq!(created, replay, "same key + same body → the same response");
+    let other = serde_json::to_vec(&order_body(&[("SKU-1", 3, 1250)], "pm_card_visa")).unwrap();
+    let (status, _, problem) = raw_post(&app, ct, other, Some("key-1")).await;
+    assert_eq!(status, 422, "same key + different body: {problem}");
+    assert_eq!(rows(&app).await, (1, 1));
+
+    // 50 concurrent requests with one key: one order, no 5xx.
+    let body = serde_json::to_vec(&valid()).unwrap();
+    let requests = (0..50).map(|_| raw_post(&app, ct, body.clone(), Some("key-concurrent")));
+    let responses = futures::future::join_all(requests).await;
+    let ids: std::collections::BTreeSet<String> = responses
+        .iter()
+        .map(|(status, _, body)| {
+            assert_eq!(*status, 202, "{body}");
+            body["order_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one order for one key");
+    assert_eq!(rows(&app).await, (2, 2));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_client_times_out_with_408() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options { request_timeout: Duration::from_secs(1), ..Options::default() }).await;
+    let address = app.base_url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // Announce a body and send only part of it, then stall.
+    let head = format!(
+        "POST /orders HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nIdempotency-Key: slow\r\nContent-Length: 500\r\n\r\n{{\"customer_id\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            response.extend_from_slice(&buf[..n]);
+            if n == 0 || response.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server answered instead of waiting for ever");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(rows(&app).await, (0, 0));
+    app.stop().await;
+}
