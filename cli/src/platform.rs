@@ -24,6 +24,7 @@ pub struct DatabaseUrls {
     pub payment: String,
     pub notification: String,
     pub saga: String,
+    pub query: String,
 }
 
 /// One pool per service database.
@@ -34,6 +35,7 @@ pub struct Pools {
     pub payment: PgPool,
     pub notification: PgPool,
     pub saga: PgPool,
+    pub query: PgPool,
 }
 
 impl Pools {
@@ -46,8 +48,16 @@ impl Pools {
             ("saga".into(), self.saga.clone()),
         ]
     }
+
+    /// Every pool with its name, the query database included (it has no outbox).
+    fn all_named(&self) -> Vec<(String, PgPool)> {
+        let mut all = self.named();
+        all.push(("query".into(), self.query.clone()));
+        all
+    }
 }
 
+#[derive(Clone)]
 pub struct PlatformConfig {
     pub databases: DatabaseUrls,
     pub kafka: KafkaConfig,
@@ -80,6 +90,7 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
         payment: db::connect(&urls.payment, size).await?,
         notification: db::connect(&urls.notification, size).await?,
         saga: db::connect(&urls.saga, size).await?,
+        query: db::connect(&urls.query, size).await?,
     };
     order_service::MIGRATOR.run(&pools.order).await?;
     inventory_service::MIGRATOR.run(&pools.inventory).await?;
@@ -88,6 +99,7 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
         .run(&pools.notification)
         .await?;
     saga_orchestrator::MIGRATOR.run(&pools.saga).await?;
+    query_service::MIGRATOR.run(&pools.query).await?;
 
     let mut all_topics: Vec<String> = topics::ALL.iter().map(|t| t.to_string()).collect();
     all_topics.extend(topics::ALL.iter().map(|t| topics::dlq(t)));
@@ -139,6 +151,16 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
             s.clone(),
         ),
     ));
+    tasks.spawn(named(
+        "query-service",
+        query_service::run_with(
+            pools.query.clone(),
+            k.clone(),
+            query_service::Rules::from_env().map_err(anyhow::Error::msg)?,
+            consumer_groups(),
+            s.clone(),
+        ),
+    ));
     info!(prefix = %config.kafka.topic_prefix, brokers = %config.kafka.brokers, "platform started");
     Ok(Platform {
         pools,
@@ -146,6 +168,26 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
         shutdown,
         tasks,
     })
+}
+
+/// Every consumer group of the platform, for the `consumer_group_lag` metric.
+fn consumer_groups() -> Vec<query_service::lag::Group> {
+    use query_service::lag::Group;
+    vec![
+        Group::new(order_service::NAME, &[topics::ORDERS_COMMANDS]),
+        Group::new(inventory_service::NAME, &[topics::INVENTORY_COMMANDS]),
+        Group::new(payment_service::NAME, &[topics::PAYMENT_COMMANDS]),
+        Group::new(notification_service::NAME, &[topics::ORDERS_EVENTS]),
+        Group::new(
+            saga_orchestrator::NAME,
+            &[
+                topics::ORDERS_EVENTS,
+                topics::INVENTORY_EVENTS,
+                topics::PAYMENT_EVENTS,
+            ],
+        ),
+        Group::new(query_service::NAME, &query_service::topics()),
+    ]
 }
 
 async fn named(
@@ -164,9 +206,10 @@ impl Platform {
             .merge(notification_service::router(
                 self.pools.notification.clone(),
             ))
-            .merge(saga_orchestrator::router(self.pools.saga.clone()));
+            .merge(saga_orchestrator::router(self.pools.saga.clone()))
+            .merge(query_service::router(self.pools.query.clone()));
         with_request_timeout(api, self.request_timeout).merge(ops_router(Readiness {
-            databases: self.pools.named(),
+            databases: self.pools.all_named(),
             kafka: Some(kafka.clone()),
         }))
     }
@@ -209,6 +252,18 @@ impl Platform {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Crash: abort every component at whatever point it is (no graceful shutdown), as a
+    /// killed process would. Uncommitted transactions roll back; stored offsets may be lost.
+    pub async fn kill(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        // A dead process's connections close, and PostgreSQL rolls back what they held open;
+        // without this, aborted transactions would sit idle holding row locks.
+        for (_, pool) in self.pools.named() {
+            pool.close().await;
+        }
     }
 
     /// Stop every component and wait for them.

@@ -54,7 +54,9 @@ pub fn infra() -> &'static Infra {
             },
             _ => start_containers(),
         };
-        eprintln!("[sagaflow-tests] {}", infra.description);
+        // Straight to the stderr handle, past libtest's capture: CI checks this line.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "[sagaflow-tests] {}", infra.description);
         infra
     })
 }
@@ -115,9 +117,12 @@ async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
     let (kafka_name, kafka_tag) = image_from_env("SAGAFLOW_TEST_KAFKA_IMAGE", DEFAULT_KAFKA_IMAGE);
     let owner = std::process::id().to_string();
 
+    // A fixed host port, so a restarted container (fault tests) comes back at the same address.
+    let pg_host_port = free_port();
     let postgres = GenericImage::new(&pg_name, &pg_tag)
         .with_exposed_port(5432.tcp())
         .with_wait_for(WaitFor::Nothing)
+        .with_mapped_port(pg_host_port, 5432.tcp())
         .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
         .with_env_var("POSTGRES_PASSWORD", "postgres")
         .with_label(LABEL, &owner)

@@ -21,6 +21,7 @@ pub struct TestApp {
     pub kafka: KafkaConfig,
     pub provider: ProviderControl,
     platform: Option<Platform>,
+    config: platform::PlatformConfig,
     provider_shutdown: CancellationToken,
 }
 
@@ -42,12 +43,13 @@ impl Default for Options {
 }
 
 pub async fn spawn_platform(options: Options) -> TestApp {
-    let (order, inventory, payment, notification, saga) = tokio::join!(
+    let (order, inventory, payment, notification, saga, query) = tokio::join!(
         database("order"),
         database("inventory"),
         database("payment"),
         database("notification"),
         database("saga"),
+        database("query"),
     );
     let kafka = kafka();
     let provider_shutdown = CancellationToken::new();
@@ -68,6 +70,7 @@ pub async fn spawn_platform(options: Options) -> TestApp {
             payment: payment.url,
             notification: notification.url,
             saga: saga.url,
+            query: query.url,
         },
         kafka: kafka.clone(),
         payment: payment_config,
@@ -79,7 +82,7 @@ pub async fn spawn_platform(options: Options) -> TestApp {
         pool_size: 8,
         request_timeout: options.request_timeout,
     };
-    let mut platform = platform::start(config).await.expect("platform starts");
+    let mut platform = platform::start(config.clone()).await.expect("platform starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base_url = format!("http://{}", listener.local_addr().unwrap());
     platform.serve(listener, &kafka);
@@ -90,6 +93,7 @@ pub async fn spawn_platform(options: Options) -> TestApp {
         kafka,
         provider,
         platform: Some(platform),
+        config,
         provider_shutdown,
     }
 }
@@ -100,6 +104,20 @@ impl TestApp {
             platform.stop().await.expect("platform stops cleanly");
         }
         self.provider_shutdown.cancel();
+    }
+
+    /// Kill every component mid-flight (tasks aborted, no graceful stop), then start them again
+    /// on the same databases and topics, serving HTTP on a new port.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(platform) = self.platform.take() {
+            platform.kill().await;
+        }
+        let mut platform = platform::start(self.config.clone()).await.expect("platform restarts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.base_url = format!("http://{}", listener.local_addr().unwrap());
+        platform.serve(listener, &self.kafka);
+        self.pools = platform.pools.clone();
+        self.platform = Some(platform);
     }
 
     pub async fn set_stock(&self, sku: &str, available: i64) {

@@ -46,7 +46,9 @@ pub fn consumer(
         .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", "6000")
+        // A member that stops polling (a stuck handler) gives its partitions back.
+        .set("max.poll.interval.ms", "60000")
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "10")
         .set("topic.metadata.refresh.interval.ms", "5000")

@@ -1,8 +1,8 @@
 //! The payment handler against PostgreSQL and the simulated provider (no Kafka: messages are
 //! delivered the way the consumer does, inside a transaction that commits on success).
 //!
-//! Needs `SAGAFLOW_TEST_DATABASE_URL` (a superuser URL; scripts/test.sh sets it): each test
-//! creates its own database. Without it the tests report that they were skipped.
+//! Runs against the integration harness's PostgreSQL (`sagaflow_tests::infra()`: a
+//! testcontainer, or `SAGAFLOW_TEST_DATABASE_URL`); each test creates its own database.
 
 use std::time::Duration;
 
@@ -51,12 +51,10 @@ impl Env {
     }
 }
 
-/// A fresh database and provider, or `None` (skipped) without a test database.
+/// A fresh database (on the integration harness's PostgreSQL: a testcontainer, or
+/// `SAGAFLOW_TEST_DATABASE_URL`) and provider. Always `Some`.
 async fn env(settings: impl FnOnce(ClientSettings) -> ClientSettings) -> Option<Env> {
-    let Ok(admin_url) = std::env::var("SAGAFLOW_TEST_DATABASE_URL") else {
-        eprintln!("skipped: SAGAFLOW_TEST_DATABASE_URL is not set");
-        return None;
-    };
+    let admin_url = sagaflow_tests::infra().postgres_admin_url.clone();
     let database = format!("payment_test_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&admin_url)
         .await

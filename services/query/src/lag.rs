@@ -1,0 +1,165 @@
+//! Consumer lag, sampled every second:
+//! - `consumer_group_lag{group, topic}`: messages past each group's committed offsets;
+//! - `projection_lag_messages{projection}`: messages past what the live tables applied (from
+//!   `projection_positions`, exact: written in the same transaction as the effect), also
+//!   served in every read response as `freshness`.
+//!
+//! Watermarks are stored in `topic_watermarks` so the HTTP handlers never call Kafka.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sagaflow_common::KafkaConfig;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::projection::Projection;
+
+/// A consumer group and the logical topics it reads.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub topics: Vec<&'static str>,
+}
+
+impl Group {
+    pub fn new(name: &str, topics: &[&'static str]) -> Self {
+        Group {
+            name: name.to_string(),
+            topics: topics.to_vec(),
+        }
+    }
+}
+
+/// One sample: (topic, partition, low, high, query-service's committed offset) and per
+/// group (name, topic, lag).
+struct Sample {
+    watermarks: Vec<(String, i32, i64, i64, Option<i64>)>,
+    group_lag: Vec<(String, String, i64)>,
+}
+
+/// Sample every `interval` until `shutdown`. Failures (broker away) skip a sample.
+pub async fn run(
+    pool: PgPool,
+    kafka: KafkaConfig,
+    groups: Vec<Group>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let (kafka_config, groups_now) = (kafka.clone(), groups.clone());
+        match tokio::task::spawn_blocking(move || sample(&kafka_config, &groups_now)).await? {
+            Ok(sample) => {
+                if let Err(e) = record(&pool, &sample).await {
+                    debug!(error = %e, "recording lag failed");
+                }
+            }
+            Err(e) => debug!(error = %e, "lag sample failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+fn sample(kafka: &KafkaConfig, groups: &[Group]) -> anyhow::Result<Sample> {
+    let timeout = Duration::from_secs(5);
+    let client = |group: &str| -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("broker.address.family", "v4")
+            .set("group.id", kafka.group(group))
+            .set("enable.auto.commit", "false")
+            .set("log_level", "3")
+            .create()
+    };
+    let probe = client("sagaflow-lag")?;
+    let mut topics: Vec<&'static str> = Projection::ALL
+        .iter()
+        .flat_map(|p| p.topics().iter().copied())
+        .chain(groups.iter().flat_map(|g| g.topics.iter().copied()))
+        .collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let mut watermarks = Vec::new();
+    for logical in &topics {
+        let topic = kafka.topic(logical);
+        let metadata = probe.fetch_metadata(Some(&topic), timeout)?;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) = probe.fetch_watermarks(&topic, partition.id(), timeout)?;
+            watermarks.push((logical.to_string(), partition.id(), low, high, None));
+        }
+    }
+    let mut group_lag = Vec::new();
+    for group in groups {
+        let consumer = client(&group.name)?;
+        for logical in &group.topics {
+            let mut query = TopicPartitionList::new();
+            let parts: Vec<_> = watermarks.iter().filter(|w| w.0 == *logical).collect();
+            for (_, partition, _, _, _) in &parts {
+                query.add_partition(&kafka.topic(logical), *partition);
+            }
+            let committed = consumer.committed_offsets(query, timeout)?;
+            let committed_at = |partition: i32| match committed
+                .find_partition(&kafka.topic(logical), partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            let lag: i64 = parts
+                .iter()
+                .map(|(_, partition, low, high, _)| {
+                    (high - committed_at(*partition).unwrap_or(*low).max(*low)).max(0)
+                })
+                .sum();
+            group_lag.push((group.name.clone(), logical.to_string(), lag));
+            if group.name == crate::NAME {
+                for w in watermarks.iter_mut().filter(|w| w.0 == *logical) {
+                    w.4 = committed_at(w.1);
+                }
+            }
+        }
+    }
+    Ok(Sample {
+        watermarks,
+        group_lag,
+    })
+}
+
+async fn record(pool: &PgPool, sample: &Sample) -> Result<(), sqlx::Error> {
+    for (group, topic, lag) in &sample.group_lag {
+        metrics::gauge!("consumer_group_lag", "group" => group.clone(), "topic" => topic.clone())
+            .set(*lag as f64);
+    }
+    let mut tx = pool.begin().await?;
+    for (topic, partition, low, high, committed) in &sample.watermarks {
+        sqlx::query(
+            "INSERT INTO topic_watermarks (topic, kafka_partition, low_watermark, high_watermark,
+                                           committed_offset, sampled_at)
+             VALUES ($1, $2, $3, $4, $5, now())
+             ON CONFLICT (topic, kafka_partition) DO UPDATE SET low_watermark = EXCLUDED.low_watermark,
+                high_watermark = EXCLUDED.high_watermark, committed_offset = EXCLUDED.committed_offset,
+                sampled_at = EXCLUDED.sampled_at",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(low)
+        .bind(high)
+        .bind(committed)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    for projection in Projection::ALL {
+        let freshness = crate::http::freshness(pool, projection).await?;
+        if let Some(lag) = freshness.lag_messages {
+            metrics::gauge!("projection_lag_messages", "projection" => projection.name())
+                .set(lag as f64);
+        }
+    }
+    Ok(())
+}

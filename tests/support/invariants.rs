@@ -1,0 +1,149 @@
+//! The invariants every fault test ends with. A violation fails the test with what broke.
+//!
+//! - every committed order is terminal (no PENDING left) and every saga terminal, none FAILED
+//!   unless allowed;
+//! - stock conserved: per SKU, available + reserved = initial, and reserved = quantities of
+//!   approved orders;
+//! - charges − refunds = the sum of approved orders, and the provider agrees;
+//! - every outbox row of every database is published and on its topic;
+//! - no effect applied twice: at most one charge per order, one notification per order event.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use sagaflow_schemas::topics;
+use sqlx::PgPool;
+
+use crate::kafka_probe::read_all;
+use crate::platform::TestApp;
+use crate::wait;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub orders: i64,
+    pub approved: i64,
+    pub rejected: i64,
+    pub published_messages: usize,
+}
+
+/// Wait until every order and saga is terminal (within `settle`), then check everything.
+pub async fn check(app: &TestApp, initial_stock: &HashMap<String, i64>, settle: Duration) -> Report {
+    wait::until("every order and saga to be terminal", settle, || async {
+        let pending: i64 = scalar(&app.pools.order, "SELECT count(*) FROM orders WHERE status = 'PENDING'").await;
+        let open: i64 = scalar(&app.pools.saga, "SELECT count(*) FROM sagas WHERE deadline IS NOT NULL").await;
+        let backlog = outbox_backlog(app).await;
+        let settled = pending == 0 && open == 0 && backlog == 0;
+        if !settled {
+            eprintln!("not settled: {pending} pending orders, {open} open sagas, {backlog} unpublished outbox rows");
+        }
+        settled.then_some(())
+    })
+    .await;
+    let failed: i64 = scalar(&app.pools.saga, "SELECT count(*) FROM sagas WHERE state = 'FAILED'").await;
+    assert_eq!(failed, 0, "no saga FAILED");
+
+    // Stock.
+    let approved_lines: Vec<(serde_json::Value,)> =
+        sqlx::query_as("SELECT items FROM orders WHERE status = 'APPROVED'").fetch_all(&app.pools.order).await.unwrap();
+    let mut sold: HashMap<String, i64> = HashMap::new();
+    for (items,) in approved_lines {
+        for item in items.as_array().unwrap() {
+            *sold.entry(item["sku"].as_str().unwrap().to_string()).or_default() += item["quantity"].as_i64().unwrap();
+        }
+    }
+    for (sku, initial) in initial_stock {
+        let (available, reserved): (i32, i32) = sqlx::query_as("SELECT available, reserved FROM stock WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&app.pools.inventory)
+            .await
+            .unwrap();
+        assert_eq!((available + reserved) as i64, *initial, "{sku}: stock conserved");
+        assert_eq!(reserved as i64, sold.get(sku).copied().unwrap_or(0), "{sku}: reserved = sold");
+    }
+
+    // Money.
+    let approved_total: i64 =
+        scalar(&app.pools.order, "SELECT COALESCE(sum(total_cents), 0)::bigint FROM orders WHERE status = 'APPROVED'").await;
+    let net: i64 = scalar(
+        &app.pools.payment,
+        "SELECT (COALESCE(sum(amount_cents) FILTER (WHERE charge_id IS NOT NULL), 0)
+               - COALESCE(sum(amount_cents) FILTER (WHERE refund_id IS NOT NULL), 0))::bigint FROM payments",
+    )
+    .await;
+    assert_eq!(net, approved_total, "charges - refunds = approved totals");
+    let charges: i64 = scalar(&app.pools.payment, "SELECT count(*) FROM payments WHERE charge_id IS NOT NULL").await;
+    let stats = app.provider.stats();
+    assert_eq!(stats.charges as i64, charges, "the provider charged once per recorded charge");
+
+    // Notifications: one per terminal order, never two.
+    let notifications: i64 = scalar(&app.pools.notification, "SELECT count(*) FROM notifications").await;
+    let (orders, approved, rejected): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'APPROVED'), count(*) FILTER (WHERE status = 'REJECTED') FROM orders",
+    )
+    .fetch_one(&app.pools.order)
+    .await
+    .unwrap();
+    wait::until("one notification per terminal order", settle, || async {
+        let n: i64 = scalar(&app.pools.notification, "SELECT count(*) FROM notifications").await;
+        (n == orders).then_some(())
+    })
+    .await;
+    assert!(notifications <= orders);
+
+    // Every event of every database is on its topic. Rows published after the snapshot (a
+    // retried command re-announcing a state) cannot be expected in it.
+    let snapshot_at = chrono::Utc::now();
+    let mut on_topics = BTreeSet::new();
+    for topic in topics::ALL {
+        for record in read_all(&app.kafka, topic).await {
+            // Poison test messages carry no valid envelope; they are not outbox rows.
+            if let Ok(envelope) = sagaflow_schemas::Envelope::from_headers(
+                record.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            ) {
+                on_topics.insert(envelope.message_id);
+            }
+        }
+    }
+    let mut published = 0;
+    for pool in databases(app) {
+        let ids: Vec<(uuid::Uuid, String, String, Option<chrono::DateTime<chrono::Utc>>)> =
+            sqlx::query_as("SELECT message_id, topic, message_type, published_at FROM outbox")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        for (id, topic, message_type, published_at) in ids {
+            if published_at.is_none_or(|at| at > snapshot_at) {
+                continue;
+            }
+            assert!(
+                on_topics.contains(&id),
+                "outbox message {id} ({message_type} on {topic}, published at {published_at:?}) is on its topic"
+            );
+            published += 1;
+        }
+    }
+    Report { orders, approved, rejected, published_messages: published }
+}
+
+fn databases(app: &TestApp) -> [&PgPool; 5] {
+    [&app.pools.order, &app.pools.inventory, &app.pools.payment, &app.pools.notification, &app.pools.saga]
+}
+
+async fn outbox_backlog(app: &TestApp) -> i64 {
+    let mut total = 0;
+    for pool in databases(app) {
+        total += scalar(pool, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await;
+    }
+    total
+}
+
+async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+    // A restarted PostgreSQL may need a moment: retry a few times.
+    for _ in 0..50 {
+        if let Ok(value) = sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("query failed repeatedly: {sql}");
+}
