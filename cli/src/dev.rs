@@ -85,7 +85,14 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         None => (local_cluster(&args.data_dir).await?, "sagaflow".to_string()),
     };
     let mut names = Vec::new();
-    for service in ["order", "inventory", "payment", "notification", "saga"] {
+    for service in [
+        "order",
+        "inventory",
+        "payment",
+        "notification",
+        "saga",
+        "query",
+    ] {
         names.push(ensure_database(&server_url, &format!("{base}_{service}")).await?);
     }
     let url = |i: usize| format!("{server_url}/{}", names[i]);
@@ -109,6 +116,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             payment: url(2),
             notification: url(3),
             saga: url(4),
+            query: url(5),
         },
         kafka: kafka.clone(),
         payment: PaymentConfig::new(provider_url.clone()),
@@ -174,7 +182,7 @@ fn print_banner(http: &str, brokers: &str, provider: &str, prefix: &str) {
     println!(
         r#"
 Sagaflow is running.
-  HTTP API         http://{http}   (orders, inventory, sagas, payments, notifications)
+  HTTP API         http://{http}   (orders, inventory, sagas, payments, notifications, views)
   health / metrics http://{http}/health/ready   http://{http}/metrics
   Kafka            {brokers}
   payment provider {provider}   (pm_card_visa approves, pm_card_chargeDeclined declines)

@@ -26,19 +26,26 @@ enum Command {
     Broker(broker::BrokerArgs),
     /// Run the whole platform in one process (embedded broker, local PostgreSQL if needed).
     Dev(Box<dev::DevArgs>),
-    /// Benchmarks, each against a baseline measured in the same run.
-    Bench {
-        #[command(subcommand)]
-        which: BenchCommand,
-    },
+    /// Benchmarks, each against a baseline measured in the same run: the order saga end to
+    /// end (`sagaflow bench`), or the relay alone (`sagaflow bench relay`).
+    Bench(Box<bench::BenchArgs>),
     /// Print each message of a topic as one JSON line (key, headers, decoded value).
     Tail(tail::TailArgs),
+    /// Rebuild read models from the topics while the live views keep answering.
+    Replay(Box<sagaflow_cli::replay::ReplayArgs>),
+    /// Dead-lettered messages: show them with their reasons, send them back.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// The outbox relay: commit→ack latency at a steady rate, backlog drain rate, vs raw produce.
-    Relay(bench::RelayBenchArgs),
+enum DlqCommand {
+    /// Show the messages parked in `<topic>.dlq` with their reasons.
+    List(sagaflow_cli::dlq::ListArgs),
+    /// Send parked messages back to their source topic (all, or `--id` ones).
+    Redrive(sagaflow_cli::dlq::RedriveArgs),
 }
 
 #[tokio::main]
@@ -53,8 +60,15 @@ async fn main() -> anyhow::Result<()> {
             broker::serve(&listen, &advertise, shutdown).await
         }
         Command::Tail(args) => tail::run(args).await,
+        Command::Replay(args) => sagaflow_cli::replay::run(*args, shutdown).await,
+        Command::Dlq {
+            action: DlqCommand::List(args),
+        } => sagaflow_cli::dlq::list(args).await,
+        Command::Dlq {
+            action: DlqCommand::Redrive(args),
+        } => sagaflow_cli::dlq::redrive_command(args).await,
         Command::Dev(args) => dev::run(*args, shutdown).await,
-        Command::Bench { which: BenchCommand::Relay(args) } => bench::run(args, shutdown).await,
+        Command::Bench(args) => bench::run(*args, shutdown).await,
     }
 }
 

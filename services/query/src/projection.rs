@@ -289,7 +289,7 @@ async fn apply_orders(
         sqlx::query(sql(format!(
             "UPDATE {orders} SET status = $2, status_rank = $3, status_at = $4, status_event_id = $5,
                     reason = $6
-             WHERE order_id = $1 AND $3 > -1"
+             WHERE order_id = $1 AND (status_rank, status_at, status_event_id) < ($3, $4, $5)"
         )))
         .bind(order_id)
         .bind(status)

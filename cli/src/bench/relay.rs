@@ -22,6 +22,8 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::stats::percentile;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayBenchArgs {
     /// PostgreSQL server URL (a scratch database is created there); default: the dev cluster.
@@ -47,14 +49,23 @@ pub struct RelayBenchArgs {
 }
 
 fn message(order_id: Uuid) -> Message {
-    RejectOrder { order_id, reason: "benchmark row of a typical size: out of stock for SKU-1".into() }.into()
+    RejectOrder {
+        order_id,
+        reason: "benchmark row of a typical size: out of stock for SKU-1".into(),
+    }
+    .into()
 }
 
 fn origin(order_id: Uuid) -> Origin {
-    Origin { source: "bench", correlation_id: order_id, causation_id: None, traceparent: None }
+    Origin {
+        source: "bench",
+        correlation_id: order_id,
+        causation_id: None,
+        traceparent: None,
+    }
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(super) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -64,19 +75,15 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let brokers = match &args.kafka_brokers {
         Some(b) => b.clone(),
         None => crate::broker::spawn_on_free_port(shutdown.clone()).await?,
     };
-    let mut config = KafkaConfig::new(brokers, format!("bench{}.", &Uuid::new_v4().simple().to_string()[..6]));
+    let mut config = KafkaConfig::new(
+        brokers,
+        format!("bench{}.", &Uuid::new_v4().simple().to_string()[..6]),
+    );
     config.partitions = 4;
     kafka::ensure_topics(&config, &[topics::ORDERS_COMMANDS]).await?;
     let server = match &args.database_url {
@@ -95,9 +102,13 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
     let topic = config.topic(topics::ORDERS_COMMANDS);
     let progress = bar(baseline_n as u64, "baseline");
     let started = Instant::now();
-    let keys: Vec<String> = (0..baseline_n).map(|_| Uuid::now_v7().to_string()).collect();
+    let keys: Vec<String> = (0..baseline_n)
+        .map(|_| Uuid::now_v7().to_string())
+        .collect();
     let sends = keys.iter().map(|key| {
-        let record = FutureRecord::to(&topic).key(key.as_bytes()).payload(encoded.bytes.as_slice());
+        let record = FutureRecord::to(&topic)
+            .key(key.as_bytes())
+            .payload(encoded.bytes.as_slice());
         let progress = progress.clone();
         let send = producer.send(record, Duration::from_secs(30));
         async move {
@@ -114,7 +125,12 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
 
     // 2. Steady rate with the relay running.
     let stop_relay = CancellationToken::new();
-    let relay = Relay::new(pool.clone(), producer.clone(), config.clone(), RelayConfig::new("bench"));
+    let relay = Relay::new(
+        pool.clone(),
+        producer.clone(),
+        config.clone(),
+        RelayConfig::new("bench"),
+    );
     let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
     let total = (args.rate * args.duration) as usize;
     let commits: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>> = Arc::default();
@@ -146,12 +162,19 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
     wait_drained(&pool).await?;
     stop_relay.cancel();
     relay_task.await??;
-    let published: Vec<(Uuid, DateTime<Utc>)> =
-        sqlx::query_as("SELECT message_id, published_at FROM outbox WHERE published_at IS NOT NULL").fetch_all(&pool).await?;
+    let published: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT message_id, published_at FROM outbox WHERE published_at IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await?;
     let commits = commits.lock().await;
     let mut latencies: Vec<f64> = published
         .iter()
-        .filter_map(|(id, at)| commits.get(id).map(|c| (*at - *c).num_microseconds().unwrap_or(0) as f64 / 1000.0))
+        .filter_map(|(id, at)| {
+            commits
+                .get(id)
+                .map(|c| (*at - *c).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+        })
         .map(|ms| ms.max(0.0))
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
@@ -162,7 +185,12 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
     let progress = bar(args.drain_rows as u64, "backlog");
     write_backlog(&pool, args.drain_rows, &progress).await?;
     progress.finish();
-    let relay = Relay::new(pool.clone(), producer.clone(), config.clone(), RelayConfig::new("bench"));
+    let relay = Relay::new(
+        pool.clone(),
+        producer.clone(),
+        config.clone(),
+        RelayConfig::new("bench"),
+    );
     let progress = bar(args.drain_rows as u64, "drain");
     let started = Instant::now();
     let mut drained = 0;
@@ -192,9 +220,20 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
         println!("{report}");
     } else {
         println!("\nrelay benchmark (same broker, same database, same run)");
-        println!("  raw produce baseline        {:>10.0} msg/s", produce_per_s);
-        println!("  steady rate                 {:>10} rows/s for {} s ({} rows)", args.rate, args.duration, latencies.len());
-        println!("  commit→ack p50 / p99        {:>10.2} / {:.2} ms", p50, p99);
+        println!(
+            "  raw produce baseline        {:>10.0} msg/s",
+            produce_per_s
+        );
+        println!(
+            "  steady rate                 {:>10} rows/s for {} s ({} rows)",
+            args.rate,
+            args.duration,
+            latencies.len()
+        );
+        println!(
+            "  commit→ack p50 / p99        {:>10.2} / {:.2} ms",
+            p50, p99
+        );
         println!(
             "  backlog drain               {:>10.0} rows/s ({drained} rows, {:.0}% of raw produce)",
             drain_per_s,
@@ -208,11 +247,17 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
 async fn wait_drained(pool: &PgPool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(pool)
+                .await?;
         if pending == 0 {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{pending} rows still pending after 120 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{pending} rows still pending after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,214 @@
+//! Pure helpers of the benchmarks: percentiles, the open-loop schedule, the ramp decision.
+//! No I/O and no clocks here, so all of it is unit-tested.
+
+use std::time::Duration;
+
+/// Nearest-rank percentile (`p` in 0..=1) of an ascending slice; NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let p = p.clamp(0.0, 1.0);
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// p50 / p95 / p99 of unsorted samples (sorted in place).
+pub fn summary(samples: &mut [f64]) -> Percentiles {
+    samples.sort_by(f64::total_cmp);
+    Percentiles {
+        p50: percentile(samples, 0.50),
+        p95: percentile(samples, 0.95),
+        p99: percentile(samples, 0.99),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// Open loop: request `i` of a run at `rate`/s is due at `i / rate` after the start, whatever
+/// happened to the requests before it. Latency is measured from this intended time, so a
+/// stall delays every request due during it (no coordinated omission).
+pub fn due(i: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(i as f64 / rate)
+}
+
+/// Requests in a step of `secs` at `rate`/s (at least one).
+pub fn requests_in(rate: f64, secs: f64) -> u64 {
+    ((rate * secs).round() as u64).max(1)
+}
+
+/// The next rate of a geometric ramp (always at least one more request per second).
+pub fn next_rate(rate: f64, factor: f64) -> f64 {
+    (rate * factor).max(rate + 1.0).round()
+}
+
+/// What a ramp step measured.
+#[derive(Debug, Clone, Default)]
+pub struct StepOutcome {
+    /// Offered (scheduled) requests.
+    pub offered: u64,
+    /// Requests answered 202.
+    pub accepted: u64,
+    /// Requests that failed (transport error, non-202, client saturated).
+    pub errors: u64,
+    /// HTTP accept latency p99 from the intended send time (ms).
+    pub accept_p99_ms: f64,
+    /// Accepted orders whose saga reached APPROVED or REJECTED within the grace period.
+    pub completed: u64,
+    /// POST → terminal status p99 from the intended send time (ms), over completed sagas.
+    pub saga_p99_ms: f64,
+}
+
+/// Bounds of a sustainable step.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_accept_p99_ms: f64,
+    pub max_saga_p99_ms: f64,
+    /// Share of offered requests that may fail or go missing.
+    pub max_loss: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// HTTP kept up: (almost) every offered order was accepted, fast enough.
+    pub accept_ok: bool,
+    /// The sagas kept up as well: (almost) every accepted order completed, fast enough.
+    pub saga_ok: bool,
+}
+
+/// Whether a step's rate is sustainable: accepted ≥ (1 − loss) × offered with p99 under the
+/// bound, and completed ≥ (1 − loss) × accepted with saga p99 under its bound.
+pub fn judge(step: &StepOutcome, limits: &Limits) -> Verdict {
+    let offered = step.offered.max(1) as f64;
+    let accept_ok = step.accepted as f64 >= (1.0 - limits.max_loss) * offered
+        && step.errors as f64 <= limits.max_loss * offered
+        && step.accept_p99_ms <= limits.max_accept_p99_ms;
+    let saga_ok = accept_ok
+        && step.completed as f64 >= (1.0 - limits.max_loss) * step.accepted.max(1) as f64
+        && step.saga_p99_ms <= limits.max_saga_p99_ms;
+    Verdict { accept_ok, saga_ok }
+}
+
+/// `value / baseline`, rounded to three decimals (NaN-safe: 0 when the baseline is 0).
+pub fn ratio(value: f64, baseline: f64) -> f64 {
+    if baseline > 0.0 && value.is_finite() {
+        (value / baseline * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    }
+}
+
+/// Milliseconds rounded to two decimals; NaN (no samples) becomes JSON null via `Option`.
+pub fn ms(value: f64) -> Option<f64> {
+    value.is_finite().then(|| (value * 100.0).round() / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut samples: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let p = summary(&mut samples);
+        assert_eq!(p.p50, 51.0);
+        assert_eq!(p.p95, 95.0);
+        assert_eq!(p.p99, 99.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+        assert_eq!(percentile(&[1.0, 2.0], 1.5), 2.0);
+    }
+
+    #[test]
+    fn the_schedule_is_fixed_by_rate_not_by_answers() {
+        assert_eq!(due(0, 100.0), Duration::ZERO);
+        assert_eq!(due(50, 100.0), Duration::from_millis(500));
+        assert_eq!(due(3000, 1000.0), Duration::from_secs(3));
+        assert_eq!(requests_in(250.0, 2.0), 500);
+        assert_eq!(requests_in(0.1, 1.0), 1);
+    }
+
+    #[test]
+    fn the_ramp_grows_geometrically_and_always_grows() {
+        assert_eq!(next_rate(100.0, 1.5), 150.0);
+        assert_eq!(next_rate(1.0, 1.1), 2.0);
+    }
+
+    fn step() -> StepOutcome {
+        StepOutcome {
+            offered: 1000,
+            accepted: 1000,
+            errors: 0,
+            accept_p99_ms: 10.0,
+            completed: 1000,
+            saga_p99_ms: 200.0,
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_accept_p99_ms: 100.0,
+        max_saga_p99_ms: 1000.0,
+        max_loss: 0.01,
+    };
+
+    #[test]
+    fn a_step_within_bounds_is_sustainable() {
+        let verdict = judge(&step(), &LIMITS);
+        assert_eq!(
+            verdict,
+            Verdict {
+                accept_ok: true,
+                saga_ok: true
+            }
+        );
+    }
+
+    #[test]
+    fn slow_or_lossy_accepts_fail_both() {
+        let slow = StepOutcome {
+            accept_p99_ms: 150.0,
+            ..step()
+        };
+        assert!(!judge(&slow, &LIMITS).accept_ok);
+        assert!(!judge(&slow, &LIMITS).saga_ok);
+        let lossy = StepOutcome {
+            accepted: 980,
+            errors: 20,
+            ..step()
+        };
+        assert!(!judge(&lossy, &LIMITS).accept_ok);
+    }
+
+    #[test]
+    fn sagas_falling_behind_fail_only_the_saga_verdict() {
+        let behind = StepOutcome {
+            completed: 900,
+            ..step()
+        };
+        assert_eq!(
+            judge(&behind, &LIMITS),
+            Verdict {
+                accept_ok: true,
+                saga_ok: false
+            }
+        );
+        let slow = StepOutcome {
+            saga_p99_ms: 1500.0,
+            ..step()
+        };
+        assert!(!judge(&slow, &LIMITS).saga_ok);
+    }
+
+    #[test]
+    fn ratios_and_milliseconds_round() {
+        assert_eq!(ratio(500.0, 1000.0), 0.5);
+        assert_eq!(ratio(1.0, 3.0), 0.333);
+        assert_eq!(ratio(5.0, 0.0), 0.0);
+        assert_eq!(ms(1.23456), Some(1.23));
+        assert_eq!(ms(f64::NAN), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! `sagaflow dlq list <topic>` and `sagaflow dlq redrive <topic> [--id ...]`.
+//!
+//! `list` shows what is parked in `<topic>.dlq` with the reason the consumer gave.
+//! `redrive` republishes parked messages, byte for byte with their envelope headers, to the
+//! topic they came from (`dlq_source_topic`), without the `dlq_*` headers. The message id is
+//! unchanged, so each consumer's inbox applies a redriven message at most once: redriving
+//! twice, or redriving a message some consumers had applied, is harmless. Kafka cannot delete
+//! from the DLQ; a redriven message stays there as history.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use sagaflow_common::{KafkaConfig, inspect, kafka};
+use sagaflow_schemas::{header_names, topics};
+use serde_json::json;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Source topic (e.g. orders.events) or its DLQ (orders.events.dlq).
+    pub topic: String,
+    /// One JSON object per message (key, headers, decoded value) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedriveArgs {
+    /// Source topic (e.g. orders.events) or its DLQ (orders.events.dlq).
+    pub topic: String,
+    /// Only these message ids (`ce_id`); repeatable. All parked messages without it.
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+}
+
+/// One parked message.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl DeadLetter {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub fn message_id(&self) -> Option<String> {
+        self.header(header_names::ID)
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.header(header_names::DLQ_REASON)
+    }
+}
+
+/// The logical source topic of `topic`, whether given as the source or as its DLQ.
+pub fn source_topic(topic: &str) -> &str {
+    topic.strip_suffix(".dlq").unwrap_or(topic)
+}
+
+/// Everything currently parked for `topic` (read up to the high watermarks, no group).
+pub async fn read(kafka_config: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let dlq = kafka_config.topic(&topics::dlq(source_topic(topic)));
+    let client = || {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &kafka_config.brokers)
+            .set("broker.address.family", "v4")
+            .set("group.id", kafka_config.group("sagaflow-dlq"))
+            .set("enable.auto.commit", "false")
+            .set("log_level", "3");
+        config
+    };
+    let probe: BaseConsumer = client().create()?;
+    let ends: HashMap<i32, (i64, i64)> = {
+        let dlq = dlq.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let timeout = Duration::from_secs(10);
+            let metadata = probe.fetch_metadata(Some(&dlq), timeout)?;
+            let mut ends = HashMap::new();
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                let marks = probe.fetch_watermarks(&dlq, partition.id(), timeout)?;
+                ends.insert(partition.id(), marks);
+            }
+            Ok(ends)
+        })
+        .await??
+    };
+    let mut pending: HashMap<i32, i64> = ends
+        .iter()
+        .filter(|(_, (low, high))| high > low)
+        .map(|(p, (_, high))| (*p, *high))
+        .collect();
+    let mut out = Vec::new();
+    if pending.is_empty() {
+        return Ok(out);
+    }
+    let consumer: StreamConsumer = client().create()?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, (low, _)) in &ends {
+        assignment.add_partition_offset(&dlq, *partition, Offset::Offset(*low))?;
+    }
+    consumer.assign(&assignment)?;
+    while !pending.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out reading {dlq}"))??;
+        out.push(DeadLetter {
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            headers: kafka::header_pairs(message.headers()),
+            payload: message.payload().map(<[u8]>::to_vec),
+        });
+        if pending
+            .get(&message.partition())
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            pending.remove(&message.partition());
+        }
+    }
+    out.sort_by_key(|d| (d.timestamp_ms, d.partition, d.offset));
+    Ok(out)
+}
+
+/// Republish the parked messages of `topic` whose id is in `ids` (all when empty) to their
+/// source topics; returns those sent, after the broker acknowledged each.
+pub async fn redrive(
+    kafka_config: &KafkaConfig,
+    topic: &str,
+    ids: &[String],
+) -> anyhow::Result<Vec<DeadLetter>> {
+    let parked = read(kafka_config, topic).await?;
+    let chosen: Vec<DeadLetter> = parked
+        .into_iter()
+        .filter(|d| ids.is_empty() || d.message_id().is_some_and(|id| ids.contains(&id)))
+        .collect();
+    if let Some(missing) = ids
+        .iter()
+        .find(|id| !chosen.iter().any(|d| d.message_id().as_ref() == Some(id)))
+    {
+        anyhow::bail!("no parked message with id {missing} in {topic}.dlq");
+    }
+    let producer = kafka::producer(kafka_config)?;
+    for letter in &chosen {
+        let source = letter
+            .header(header_names::DLQ_SOURCE_TOPIC)
+            .unwrap_or_else(|| source_topic(topic).to_string());
+        let target = kafka_config.topic(&source);
+        let headers = kafka::to_headers(
+            letter
+                .headers
+                .iter()
+                .filter(|(k, _)| !k.starts_with("dlq_"))
+                .filter_map(|(k, v)| Some((k.as_str(), std::str::from_utf8(v).ok()?))),
+        );
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&target).headers(headers);
+        if let Some(key) = &letter.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = &letter.payload {
+            record = record.payload(payload);
+        }
+        producer
+            .send(record, Duration::from_secs(15))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("redriving to {target}: {e}"))?;
+    }
+    Ok(chosen)
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let parked = read(&args.kafka, &args.topic).await?;
+    let dlq = topics::dlq(source_topic(&args.topic));
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        for d in &parked {
+            let line = inspect::render(
+                &dlq,
+                d.partition,
+                d.offset,
+                d.timestamp_ms,
+                d.key.as_deref(),
+                &d.headers,
+                d.payload.as_deref(),
+            );
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "{} parked message(s) in {dlq}", parked.len())?;
+    for d in &parked {
+        let h = |name| d.header(name).unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "id": h(header_names::ID),
+                "type": h(header_names::TYPE),
+                "key": d.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                "source": format!("{}/{}@{}", h(header_names::DLQ_SOURCE_TOPIC), h(header_names::DLQ_SOURCE_PARTITION), h(header_names::DLQ_SOURCE_OFFSET)),
+                "consumer": h(header_names::DLQ_CONSUMER),
+                "kind": h(header_names::DLQ_ERROR_KIND),
+                "attempts": h(header_names::DLQ_ATTEMPTS),
+                "parked_at": h(header_names::DLQ_TIME),
+                "reason": h(header_names::DLQ_REASON),
+            })
+        )?;
+    }
+    Ok(())
+}
+
+pub async fn redrive_command(args: RedriveArgs) -> anyhow::Result<()> {
+    let sent = redrive(&args.kafka, &args.topic, &args.ids).await?;
+    for d in &sent {
+        println!(
+            "redriven {} ({}) to {}",
+            d.message_id().unwrap_or_else(|| "-".into()),
+            d.header(header_names::TYPE).unwrap_or_else(|| "-".into()),
+            d.header(header_names::DLQ_SOURCE_TOPIC)
+                .unwrap_or_else(|| source_topic(&args.topic).to_string())
+        );
+    }
+    println!("{} message(s) redriven", sent.len());
+    Ok(())
+}
