@@ -260,27 +260,33 @@ fn broker_reachable(kafka: &KafkaConfig) -> bool {
 /// JSON), and record `http_request_duration_seconds{method, route, status}`.
 pub fn with_request_timeout(router: Router, limit: Duration) -> Router {
     // route_layer: runs after routing, so the matched route template is known (bounded labels).
-    router.route_layer(axum::middleware::from_fn(move |request: Request, next: axum::middleware::Next| async move {
-        let started = std::time::Instant::now();
-        let method = request.method().to_string();
-        let route = request
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-        let response = match tokio::time::timeout(limit, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => Problem::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request took too long (slow client?)")
+    router.route_layer(axum::middleware::from_fn(
+        move |request: Request, next: axum::middleware::Next| async move {
+            let started = std::time::Instant::now();
+            let method = request.method().to_string();
+            let route = request
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+            let response = match tokio::time::timeout(limit, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the request took too long (slow client?)",
+                )
                 .into_response(),
-        };
-        metrics::histogram!(
-            "http_request_duration_seconds",
-            "method" => method,
-            "route" => route,
-            "status" => response.status().as_u16().to_string()
-        )
-        .record(started.elapsed().as_secs_f64());
-        response
-    }))
+            };
+            metrics::histogram!(
+                "http_request_duration_seconds",
+                "method" => method,
+                "route" => route,
+                "status" => response.status().as_u16().to_string()
+            )
+            .record(started.elapsed().as_secs_f64());
+            response
+        },
+    ))
 }
 
 /// The largest request body accepted (413 above it).

@@ -34,7 +34,26 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let pool = crate::db::connect_lazy(&component.database_url, 16)?;
     migrate_with_retry(&pool, component.migrator, &shutdown).await?;
-    let router = (component.router)(pool.clone()).merge(ops_router(Readiness {
+    // Components create the topics they touch (brokers may stall on topics never created).
+    let mut topics: Vec<String> = sagaflow_schemas::topics::ALL
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    topics.extend(
+        sagaflow_schemas::topics::ALL
+            .iter()
+            .map(|t| sagaflow_schemas::topics::dlq(t)),
+    );
+    crate::kafka::ensure_topics(
+        &component.kafka,
+        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await?;
+    let api = crate::http::with_request_timeout(
+        (component.router)(pool.clone()),
+        std::time::Duration::from_secs(10),
+    );
+    let router = api.merge(ops_router(Readiness {
         databases: vec![(component.name.to_string(), pool.clone())],
         kafka: Some(component.kafka.clone()),
     }));

@@ -72,7 +72,9 @@ pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
-        .layer(axum::extract::DefaultBodyLimit::max(sagaflow_common::http::MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            sagaflow_common::http::MAX_BODY_BYTES,
+        ))
         .with_state(pool)
 }
 
