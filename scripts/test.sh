@@ -23,7 +23,7 @@ if [ -z "${SAGAFLOW_TEST_DATABASE_URL:-}" ] || [ -z "${SAGAFLOW_TEST_KAFKA:-}" ]
 fi
 
 status=0
-cargo test --workspace "$@" || status=$?
+cargo test --workspace --no-fail-fast "$@" || status=$?
 if command -v docker >/dev/null 2>&1; then
     leftovers=$(docker ps -aq --filter label=sagaflow-tests 2>/dev/null || true)
     [ -z "$leftovers" ] || docker rm -f -v $leftovers >/dev/null 2>&1 || true

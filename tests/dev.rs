@@ -11,7 +11,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Kills the child when the test ends, however it ends.
@@ -26,7 +30,12 @@ impl Drop for Child {
 #[tokio::test]
 async fn sagaflow_dev_runs_the_platform_in_one_process() {
     let infra = infra();
-    let server = infra.postgres_admin_url.rsplit_once('/').unwrap().0.to_string();
+    let server = infra
+        .postgres_admin_url
+        .rsplit_once('/')
+        .unwrap()
+        .0
+        .to_string();
     let base = format!("dev_{}", &Uuid::new_v4().simple().to_string()[..8]);
     let (http_port, broker_port, provider_port) = (free_port(), free_port(), free_port());
     let child = tokio::process::Command::new(sagaflow_binary())
@@ -35,7 +44,10 @@ async fn sagaflow_dev_runs_the_platform_in_one_process() {
         .env_remove("KAFKA_BROKERS")
         .env("SAGAFLOW_BROKER_PORT", broker_port.to_string())
         .env("SAGAFLOW_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("SIMULATED_PROVIDER_ADDR", format!("127.0.0.1:{provider_port}"))
+        .env(
+            "SIMULATED_PROVIDER_ADDR",
+            format!("127.0.0.1:{provider_port}"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -44,10 +56,18 @@ async fn sagaflow_dev_runs_the_platform_in_one_process() {
     let _child = Child(child);
     let base_url = format!("http://127.0.0.1:{http_port}");
     let http = reqwest::Client::new();
-    wait::until("sagaflow dev to be ready", Duration::from_secs(60), || async {
-        let response = http.get(format!("{base_url}/health/ready")).send().await.ok()?;
-        (response.status() == 200).then_some(())
-    })
+    wait::until(
+        "sagaflow dev to be ready",
+        Duration::from_secs(60),
+        || async {
+            let response = http
+                .get(format!("{base_url}/health/ready"))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(())
+        },
+    )
     .await;
 
     let mut ids = Vec::new();
@@ -64,15 +84,33 @@ async fn sagaflow_dev_runs_the_platform_in_one_process() {
         ids.push(body["order_id"].as_str().unwrap().to_string());
     }
     for (id, expected) in ids.iter().zip(["APPROVED", "REJECTED"]) {
-        let status = wait::until(&format!("order {id} to finish"), Duration::from_secs(10), || async {
-            let order: Value = http.get(format!("{base_url}/orders/{id}")).send().await.ok()?.json().await.ok()?;
-            let status = order["status"].as_str()?.to_string();
-            (status != "PENDING").then_some(status)
-        })
+        let status = wait::until(
+            &format!("order {id} to finish"),
+            Duration::from_secs(10),
+            || async {
+                let order: Value = http
+                    .get(format!("{base_url}/orders/{id}"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let status = order["status"].as_str()?.to_string();
+                (status != "PENDING").then_some(status)
+            },
+        )
         .await;
         assert_eq!(status, expected, "order {id}");
     }
-    let metrics = http.get(format!("{base_url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "outbox_published_total",
         "outbox_backlog",
@@ -117,8 +155,13 @@ async fn the_trace_id_of_the_post_is_on_every_message_of_the_saga() {
             if record.key.as_deref() != Some(&id.to_string()) {
                 continue;
             }
-            let traceparent = record.header(header_names::TRACEPARENT).expect("traceparent header");
-            assert!(traceparent.contains(trace), "{topic}: {traceparent} continues the POST's trace");
+            let traceparent = record
+                .header(header_names::TRACEPARENT)
+                .expect("traceparent header");
+            assert!(
+                traceparent.contains(trace),
+                "{topic}: {traceparent} continues the POST's trace"
+            );
             types.push(record.header(header_names::TYPE).unwrap());
         }
     }
@@ -126,8 +169,14 @@ async fn the_trace_id_of_the_post_is_on_every_message_of_the_saga() {
     assert_eq!(
         types,
         [
-            "ApproveOrder", "AuthorizePayment", "NotificationSent", "OrderApproved", "OrderPlaced", "PaymentAuthorized",
-            "ReserveStock", "StockReserved"
+            "ApproveOrder",
+            "AuthorizePayment",
+            "NotificationSent",
+            "OrderApproved",
+            "OrderPlaced",
+            "PaymentAuthorized",
+            "ReserveStock",
+            "StockReserved"
         ],
         "every message of the saga"
     );

@@ -26,7 +26,11 @@ async fn stocked(app: &TestApp, units: i64) -> HashMap<String, i64> {
 /// Place `n` mixed orders (some declined, some too large); returns the acknowledged ids.
 async fn place_mixed(app: &TestApp, n: usize) -> Vec<Uuid> {
     let requests = (0..n).map(|i| {
-        let method = if i % 6 == 0 { "pm_card_chargeDeclined" } else { "pm_card_visa" };
+        let method = if i % 6 == 0 {
+            "pm_card_chargeDeclined"
+        } else {
+            "pm_card_visa"
+        };
         let quantity = if i % 17 == 0 { 500 } else { (i % 3 + 1) as i64 };
         let body = order_body(&[(SKUS[i % 3], quantity, 100 + i as i64)], method);
         async move { app.post_order(&body, &Uuid::new_v4().to_string()).await }
@@ -68,7 +72,10 @@ async fn every_component_killed_repeatedly_during_sagas_loses_and_duplicates_not
     }
     let last_kill = Instant::now();
     let report = invariants::check(&app, &initial, Duration::from_secs(30)).await;
-    assert!(last_kill.elapsed() < Duration::from_secs(30), "all terminal within 30 s of the last kill");
+    assert!(
+        last_kill.elapsed() < Duration::from_secs(30),
+        "all terminal within 30 s of the last kill"
+    );
     assert_eq!(report.orders as usize, orders.len());
     assert!(report.approved > 0 && report.rejected > 0, "{report:?}");
     assert_no_state_went_backwards(&app).await;
@@ -89,13 +96,26 @@ async fn poison_unknown_and_envelope_less_messages_are_dead_lettered_and_the_par
             (header_names::ID.to_string(), id),
             (header_names::TYPE.to_string(), ce_type.to_string()),
             (header_names::SOURCE.to_string(), "fault-test".to_string()),
-            (header_names::TIME.to_string(), chrono::Utc::now().to_rfc3339()),
-            (header_names::SCHEMA.to_string(), sagaflow_schemas::registry::current("ReserveStock").unwrap().reference.clone()),
+            (
+                header_names::TIME.to_string(),
+                chrono::Utc::now().to_rfc3339(),
+            ),
+            (
+                header_names::SCHEMA.to_string(),
+                sagaflow_schemas::registry::current("ReserveStock")
+                    .unwrap()
+                    .reference
+                    .clone(),
+            ),
             (header_names::CORRELATION_ID.to_string(), correlation),
         ]
     };
     let poison: Vec<(&str, Vec<(String, String)>, Vec<u8>)> = vec![
-        ("undecodable", envelope("ReserveStock"), vec![0xff, 0xff, 0xff, 0xff, 0x01]),
+        (
+            "undecodable",
+            envelope("ReserveStock"),
+            vec![0xff, 0xff, 0xff, 0xff, 0x01],
+        ),
         ("unknown_type", envelope("FrobnicateStock"), vec![0x00]),
         ("malformed_envelope", vec![], b"{\"not\":\"avro\"}".to_vec()),
     ];
@@ -104,7 +124,13 @@ async fn poison_unknown_and_envelope_less_messages_are_dead_lettered_and_the_par
         let key = format!("poison-{i}");
         let headers = clients::to_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         producer
-            .send(FutureRecord::to(&topic).key(&key).payload(payload).headers(headers), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(payload)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)
             .unwrap();
@@ -113,15 +139,30 @@ async fn poison_unknown_and_envelope_less_messages_are_dead_lettered_and_the_par
     for order in &orders {
         app.terminal(*order, Duration::from_secs(60)).await;
     }
-    let dead = read_until(&app.kafka, &topics::dlq(topics::INVENTORY_COMMANDS), Duration::from_secs(60), |r| r.len() >= 12).await;
+    let dead = read_until(
+        &app.kafka,
+        &topics::dlq(topics::INVENTORY_COMMANDS),
+        Duration::from_secs(60),
+        |r| r.len() >= 12,
+    )
+    .await;
     assert_eq!(dead.len(), 12);
     for (kind, _, _) in &poison {
-        let of_kind: Vec<_> = dead.iter().filter(|r| r.header(header_names::DLQ_ERROR_KIND).as_deref() == Some(*kind)).collect();
+        let of_kind: Vec<_> = dead
+            .iter()
+            .filter(|r| r.header(header_names::DLQ_ERROR_KIND).as_deref() == Some(*kind))
+            .collect();
         assert_eq!(of_kind.len(), 4, "{kind}");
         for record in of_kind {
             assert!(!record.header(header_names::DLQ_REASON).unwrap().is_empty());
-            assert_eq!(record.header(header_names::DLQ_SOURCE_TOPIC).as_deref(), Some(topics::INVENTORY_COMMANDS));
-            assert_eq!(record.header(header_names::DLQ_CONSUMER).as_deref(), Some("inventory-service"));
+            assert_eq!(
+                record.header(header_names::DLQ_SOURCE_TOPIC).as_deref(),
+                Some(topics::INVENTORY_COMMANDS)
+            );
+            assert_eq!(
+                record.header(header_names::DLQ_CONSUMER).as_deref(),
+                Some("inventory-service")
+            );
             assert!(record.key.as_deref().unwrap().starts_with("poison-"));
         }
     }
@@ -169,14 +210,24 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_order() {
             Ok(r) => panic!("unexpected {} while PostgreSQL restarts", r.status()),
             Err(e) => panic!("request hung or failed instead of answering 503: {e}"),
         }
-        assert!(elapsed < Duration::from_secs(10), "a request took {elapsed:?}: handlers must answer, not hang");
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "a request took {elapsed:?}: handlers must answer, not hang"
+        );
         i += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(restarted);
-    eprintln!("{} acknowledged, {unavailable} answered 503 while PostgreSQL restarted", acknowledged.len());
+    eprintln!(
+        "{} acknowledged, {unavailable} answered 503 while PostgreSQL restarted",
+        acknowledged.len()
+    );
     let report = invariants::check(&app, &initial, Duration::from_secs(60)).await;
-    assert_eq!(report.orders as usize, acknowledged.len(), "every acknowledged order exists, no other");
+    assert_eq!(
+        report.orders as usize,
+        acknowledged.len(),
+        "every acknowledged order exists, no other"
+    );
     for id in &acknowledged {
         assert_ne!(app.order(*id).await["status"], "PENDING");
     }
@@ -192,7 +243,11 @@ async fn broker_frozen_longer_than_the_delivery_timeout_recovers_without_loss_or
         return;
     };
     let _alone = broker_lock().write().await;
-    let app = spawn_platform(Options { step_timeout: Duration::from_secs(60), ..Options::default() }).await;
+    let app = spawn_platform(Options {
+        step_timeout: Duration::from_secs(60),
+        ..Options::default()
+    })
+    .await;
     let initial = stocked(&app, 200).await;
     let first = place_mixed(&app, 40).await;
     docker(&["pause", &broker]);

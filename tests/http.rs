@@ -9,7 +9,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-async fn raw_post(app: &TestApp, content_type: Option<&str>, body: Vec<u8>, key: Option<&str>) -> (u16, String, Value) {
+async fn raw_post(
+    app: &TestApp,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    key: Option<&str>,
+) -> (u16, String, Value) {
     let mut request = app.http.post(format!("{}/orders", app.base_url)).body(body);
     if let Some(ct) = content_type {
         request = request.header("Content-Type", ct);
@@ -19,13 +24,23 @@ async fn raw_post(app: &TestApp, content_type: Option<&str>, body: Vec<u8>, key:
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
-    let ct = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let ct = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     (status, ct, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn rows(app: &TestApp) -> (i64, i64) {
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&app.pools.order).await.unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&app.pools.order).await.unwrap();
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.pools.order)
+        .await
+        .unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pools.order)
+        .await
+        .unwrap();
     (orders, outbox)
 }
 
@@ -44,23 +59,113 @@ async fn client_mistakes_get_problem_json_naming_the_field_and_write_nothing() {
         serde_json::to_vec(&body).unwrap()
     };
     let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
-        ("malformed JSON", json_ct, b"{\"customer_id\": ".to_vec(), 400, None),
-        ("wrong content type", Some("text/plain"), serde_json::to_vec(&valid()).unwrap(), 415, None),
-        ("no content type", None, serde_json::to_vec(&valid()).unwrap(), 415, None),
-        ("unknown field", json_ct, with(&|b| b["coupon"] = json!("FREE")), 422, Some("coupon")),
-        ("wrong type", json_ct, with(&|b| b["items"][0]["quantity"] = json!("two")), 422, Some("items[0].quantity")),
-        ("zero quantity", json_ct, with(&|b| b["items"][0]["quantity"] = json!(0)), 422, Some("items[0].quantity")),
-        ("negative quantity", json_ct, with(&|b| b["items"][0]["quantity"] = json!(-1)), 422, Some("items[0].quantity")),
-        ("overflowing amount", json_ct, with(&|b| b["items"][0]["unit_price_cents"] = json!(1e30)), 422, Some("items[0].unit_price_cents")),
-        ("price above the limit", json_ct, with(&|b| b["items"][0]["unit_price_cents"] = json!(i64::MAX)), 422, Some("items[0].unit_price_cents")),
-        ("too many lines", json_ct, with(&|b| b["items"] = json!(vec![json!({"sku": "A", "quantity": 1, "unit_price_cents": 1}); 101])), 422, Some("items")),
-        ("no lines", json_ct, with(&|b| b["items"] = json!([])), 422, Some("items")),
-        ("bad currency", json_ct, with(&|b| b["currency"] = json!("euro")), 422, Some("currency")),
-        ("bad customer id", json_ct, with(&|b| b["customer_id"] = json!("nope")), 422, Some("customer_id")),
-        ("body over the limit", json_ct, with(&|b| b["payment_method"] = json!("x".repeat(100 * 1024))), 413, None),
+        (
+            "malformed JSON",
+            json_ct,
+            b"{\"customer_id\": ".to_vec(),
+            400,
+            None,
+        ),
+        (
+            "wrong content type",
+            Some("text/plain"),
+            serde_json::to_vec(&valid()).unwrap(),
+            415,
+            None,
+        ),
+        (
+            "no content type",
+            None,
+            serde_json::to_vec(&valid()).unwrap(),
+            415,
+            None,
+        ),
+        (
+            "unknown field",
+            json_ct,
+            with(&|b| b["coupon"] = json!("FREE")),
+            422,
+            Some("coupon"),
+        ),
+        (
+            "wrong type",
+            json_ct,
+            with(&|b| b["items"][0]["quantity"] = json!("two")),
+            422,
+            Some("items[0].quantity"),
+        ),
+        (
+            "zero quantity",
+            json_ct,
+            with(&|b| b["items"][0]["quantity"] = json!(0)),
+            422,
+            Some("items[0].quantity"),
+        ),
+        (
+            "negative quantity",
+            json_ct,
+            with(&|b| b["items"][0]["quantity"] = json!(-1)),
+            422,
+            Some("items[0].quantity"),
+        ),
+        (
+            "overflowing amount",
+            json_ct,
+            with(&|b| b["items"][0]["unit_price_cents"] = json!(1e30)),
+            422,
+            Some("items[0].unit_price_cents"),
+        ),
+        (
+            "price above the limit",
+            json_ct,
+            with(&|b| b["items"][0]["unit_price_cents"] = json!(i64::MAX)),
+            422,
+            Some("items[0].unit_price_cents"),
+        ),
+        (
+            "too many lines",
+            json_ct,
+            with(&|b| {
+                b["items"] = json!(vec![
+                    json!({"sku": "A", "quantity": 1, "unit_price_cents": 1});
+                    101
+                ])
+            }),
+            422,
+            Some("items"),
+        ),
+        (
+            "no lines",
+            json_ct,
+            with(&|b| b["items"] = json!([])),
+            422,
+            Some("items"),
+        ),
+        (
+            "bad currency",
+            json_ct,
+            with(&|b| b["currency"] = json!("euro")),
+            422,
+            Some("currency"),
+        ),
+        (
+            "bad customer id",
+            json_ct,
+            with(&|b| b["customer_id"] = json!("nope")),
+            422,
+            Some("customer_id"),
+        ),
+        (
+            "body over the limit",
+            json_ct,
+            with(&|b| b["payment_method"] = json!("x".repeat(100 * 1024))),
+            413,
+            None,
+        ),
     ];
     for (name, content_type, body, expected, field) in cases {
-        let (status, ct, problem) = raw_post(&app, content_type, body, Some(&Uuid::new_v4().to_string())).await;
+        let (status, ct, problem) =
+            raw_post(&app, content_type, body, Some(&Uuid::new_v4().to_string())).await;
         assert_eq!(status, expected, "{name}: {problem}");
         assert_eq!(ct, "application/problem+json", "{name}");
         assert_eq!(problem["status"], expected, "{name}: {problem}");
@@ -69,9 +174,16 @@ async fn client_mistakes_get_problem_json_naming_the_field_and_write_nothing() {
             assert_eq!(problem["field"], field, "{name}: {problem}");
         }
         let detail = problem["detail"].as_str().unwrap().to_lowercase();
-        assert!(!detail.contains("sqlx") && !detail.contains("postgres"), "{name}: internals leaked: {detail}");
+        assert!(
+            !detail.contains("sqlx") && !detail.contains("postgres"),
+            "{name}: internals leaked: {detail}"
+        );
     }
-    assert_eq!(rows(&app).await, (0, 0), "no rows written for any rejected request");
+    assert_eq!(
+        rows(&app).await,
+        (0, 0),
+        "no rows written for any rejected request"
+    );
     app.stop().await;
 }
 
@@ -83,7 +195,11 @@ async fn idempotency_key_rules() {
     let ct = Some("application/json");
 
     let (status, _, problem) = raw_post(&app, ct, body.clone(), None).await;
-    assert_eq!((status, problem["field"].as_str()), (400, Some("Idempotency-Key")), "missing key");
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (400, Some("Idempotency-Key")),
+        "missing key"
+    );
     let (status, _, _) = raw_post(&app, ct, body.clone(), Some(&"k".repeat(256))).await;
     assert_eq!(status, 400, "key over 255 characters");
     assert_eq!(rows(&app).await, (0, 0));
@@ -116,7 +232,11 @@ async fn idempotency_key_rules() {
 #[tokio::test]
 async fn a_slow_client_times_out_with_408() {
     let _broker = broker_lock().read().await;
-    let app = spawn_platform(Options { request_timeout: Duration::from_secs(1), ..Options::default() }).await;
+    let app = spawn_platform(Options {
+        request_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
     let address = app.base_url.trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     // Announce a body and send only part of it, then stall.
@@ -136,7 +256,10 @@ async fn a_slow_client_times_out_with_408() {
         }
     })
     .await;
-    assert!(read.is_ok(), "the server answered instead of waiting for ever");
+    assert!(
+        read.is_ok(),
+        "the server answered instead of waiting for ever"
+    );
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(rows(&app).await, (0, 0));

@@ -88,7 +88,9 @@ pub async fn serve(
 
 /// Start an embedded broker on a free loopback port; returns its address.
 pub async fn spawn_on_free_port(shutdown: CancellationToken) -> anyhow::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let address = format!("127.0.0.1:{port}");
     let listen = address.clone();
     tokio::spawn(async move {

@@ -82,7 +82,9 @@ pub async fn spawn_platform(options: Options) -> TestApp {
         pool_size: 8,
         request_timeout: options.request_timeout,
     };
-    let mut platform = platform::start(config.clone()).await.expect("platform starts");
+    let mut platform = platform::start(config.clone())
+        .await
+        .expect("platform starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base_url = format!("http://{}", listener.local_addr().unwrap());
     platform.serve(listener, &kafka);
@@ -112,7 +114,9 @@ impl TestApp {
         if let Some(platform) = self.platform.take() {
             platform.kill().await;
         }
-        let mut platform = platform::start(self.config.clone()).await.expect("platform restarts");
+        let mut platform = platform::start(self.config.clone())
+            .await
+            .expect("platform restarts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.base_url = format!("http://{}", listener.local_addr().unwrap());
         platform.serve(listener, &self.kafka);

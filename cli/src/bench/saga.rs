@@ -104,10 +104,19 @@ const GRACE: Duration = Duration::from_secs(3);
 const DRAIN: Duration = Duration::from_secs(45);
 
 pub async fn run(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tokio::select! {
+    let result = tokio::select! {
         result = bench(args, shutdown.clone()) => result,
         _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
+    };
+    if result.is_ok() {
+        // The report is out and the platform stopped. Leave now: tearing the runtime down
+        // with the embedded broker's tasks and librdkafka's threads still alive can block for
+        // a long time on connections to a broker that is already gone.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(0);
     }
+    result
 }
 
 async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
