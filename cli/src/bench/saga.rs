@@ -381,7 +381,13 @@ async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Resu
         print_table(&report, &steps);
     }
 
-    platform.stop().await?;
+    // Bounded: a consumer leaving its group on the embedded broker can hang.
+    if tokio::time::timeout(Duration::from_secs(15), platform.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the platform did not stop within 15 s; leaving anyway");
+    }
     if !args.keep_databases {
         for name in &databases {
             let _ = drop_database(&server, name).await;
