@@ -110,7 +110,9 @@ async fn poison_unknown_and_envelope_less_messages_are_dead_lettered_and_the_par
             (header_names::CORRELATION_ID.to_string(), correlation),
         ]
     };
-    let poison: Vec<(&str, Vec<(String, String)>, Vec<u8>)> = vec![
+    /// (expected dlq_error_kind, headers, payload)
+    type Poison<'a> = (&'a str, Vec<(String, String)>, Vec<u8>);
+    let poison: Vec<Poison> = vec![
         (
             "undecodable",
             envelope("ReserveStock"),

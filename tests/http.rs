@@ -58,7 +58,9 @@ async fn client_mistakes_get_problem_json_naming_the_field_and_write_nothing() {
         edit(&mut body);
         serde_json::to_vec(&body).unwrap()
     };
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
+    /// (case, content type, body, expected status, field named in the problem)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             json_ct,

@@ -34,7 +34,10 @@ impl RelayConfig {
         RelayConfig {
             name: name.into(),
             // OUTBOX_BATCH_SIZE overrides; a pass keeps this many messages in flight.
-            batch_size: std::env::var("OUTBOX_BATCH_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(500),
+            batch_size: std::env::var("OUTBOX_BATCH_SIZE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(500),
             poll_interval: Duration::from_millis(500),
             retention: Duration::from_secs(24 * 3600),
             send_timeout: Duration::from_secs(5),
