@@ -62,6 +62,8 @@ pub struct Relay {
     hooks: RelayHooks,
     /// Set when a send failed in a way only a new producer recovers from.
     producer_poisoned: std::sync::atomic::AtomicBool,
+    /// Lowest id the next pass looks at (0: all pending rows).
+    resume_from: std::sync::atomic::AtomicI64,
 }
 
 #[derive(FromRow)]
@@ -74,11 +76,11 @@ struct Pending {
     created_at: DateTime<Utc>,
 }
 
-/// The heads of keys: pending rows with no earlier pending row of the same key.
+/// The heads of keys: pending rows with no earlier pending row of the same key, from id $2 on.
 const CLAIM_HEADS: &str = "
     SELECT id, topic, msg_key, payload, headers, created_at
       FROM outbox o
-     WHERE published_at IS NULL AND parked_at IS NULL
+     WHERE published_at IS NULL AND parked_at IS NULL AND id >= $2
        AND NOT EXISTS (SELECT 1 FROM outbox e
                         WHERE e.msg_key = o.msg_key AND e.id < o.id
                           AND e.published_at IS NULL AND e.parked_at IS NULL)
@@ -100,6 +102,7 @@ impl Relay {
             config,
             hooks: RelayHooks::default(),
             producer_poisoned: Default::default(),
+            resume_from: Default::default(),
         }
     }
 
@@ -111,11 +114,25 @@ impl Relay {
     /// One pass: claim up to `batch_size` heads, publish them, mark the acknowledged ones.
     /// Returns how many rows were claimed.
     pub async fn publish_once(&self) -> anyhow::Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // While a backlog drains (full batches), each pass starts after the previous one's
+        // claims instead of walking again through the index entries of rows just published.
+        // Any pass that is not full starts from 0 again, so rows skipped meanwhile (a late
+        // commit, a row locked by another replica) are found as soon as the backlog is gone.
+        let from = self.resume_from.load(Relaxed);
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Pending> = sqlx::query_as(CLAIM_HEADS)
             .bind(self.config.batch_size)
+            .bind(from)
             .fetch_all(&mut *tx)
             .await?;
+        let full = rows.len() as i64 >= self.config.batch_size;
+        let next = if full {
+            rows.last().map_or(0, |r| r.id + 1)
+        } else {
+            0
+        };
+        self.resume_from.store(next, Relaxed);
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);
