@@ -101,10 +101,7 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     saga_orchestrator::MIGRATOR.run(&pools.saga).await?;
     query_service::MIGRATOR.run(&pools.query).await?;
 
-    let mut all_topics: Vec<String> = topics::ALL.iter().map(|t| t.to_string()).collect();
-    all_topics.extend(topics::ALL.iter().map(|t| topics::dlq(t)));
-    let all: Vec<&str> = all_topics.iter().map(String::as_str).collect();
-    kafka::ensure_topics(&config.kafka, &all).await?;
+    kafka::ensure_all_topics(&config.kafka).await?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();

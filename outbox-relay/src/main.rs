@@ -10,7 +10,6 @@ use clap::Parser;
 use outbox_relay::{Relay, RelayConfig};
 use sagaflow_common::http::{Readiness, ops_router, serve};
 use sagaflow_common::{KafkaConfig, db, kafka, runner};
-use sagaflow_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -49,13 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(runner::cancel_on_signal(shutdown.clone()));
 
-    let mut all: Vec<String> = topics::ALL.iter().map(|t| t.to_string()).collect();
-    all.extend(topics::ALL.iter().map(|t| topics::dlq(t)));
-    kafka::ensure_topics(
-        &args.kafka,
-        &all.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await?;
+    kafka::ensure_all_topics(&args.kafka).await?;
     let producer = kafka::producer(&args.kafka)?;
 
     let mut pools = Vec::new();

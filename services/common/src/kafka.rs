@@ -81,6 +81,14 @@ pub async fn ensure_topics(config: &KafkaConfig, logical_topics: &[&str]) -> any
     Ok(())
 }
 
+/// Create every domain topic and its dead-letter topic (prefixed) that does not exist yet.
+pub async fn ensure_all_topics(config: &KafkaConfig) -> anyhow::Result<()> {
+    use sagaflow_schemas::topics;
+    let mut all: Vec<String> = topics::ALL.iter().map(|t| t.to_string()).collect();
+    all.extend(topics::ALL.iter().map(|t| topics::dlq(t)));
+    ensure_topics(config, &all.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
 /// Kafka headers from (name, value) pairs.
 pub fn to_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
     pairs

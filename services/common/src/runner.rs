@@ -35,20 +35,7 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
     let pool = crate::db::connect_lazy(&component.database_url, 16)?;
     migrate_with_retry(&pool, component.migrator, &shutdown).await?;
     // Components create the topics they touch (brokers may stall on topics never created).
-    let mut topics: Vec<String> = sagaflow_schemas::topics::ALL
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
-    topics.extend(
-        sagaflow_schemas::topics::ALL
-            .iter()
-            .map(|t| sagaflow_schemas::topics::dlq(t)),
-    );
-    crate::kafka::ensure_topics(
-        &component.kafka,
-        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await?;
+    crate::kafka::ensure_all_topics(&component.kafka).await?;
     let api = crate::http::with_request_timeout(
         (component.router)(pool.clone()),
         std::time::Duration::from_secs(10),
