@@ -27,8 +27,9 @@ impl Drop for Child {
     }
 }
 
-#[tokio::test]
-async fn sagaflow_dev_runs_the_platform_in_one_process() {
+/// `sagaflow dev` as a subprocess on the test PostgreSQL (its own database), its embedded
+/// broker and HTTP on free ports, ready. Killed when the returned guard drops.
+async fn start_dev(extra_env: &[(&str, String)]) -> (Child, String) {
     let infra = infra();
     let server = infra
         .postgres_admin_url
@@ -38,22 +39,28 @@ async fn sagaflow_dev_runs_the_platform_in_one_process() {
         .to_string();
     let base = format!("dev_{}", &Uuid::new_v4().simple().to_string()[..8]);
     let (http_port, broker_port, provider_port) = (free_port(), free_port(), free_port());
-    let child = tokio::process::Command::new(sagaflow_binary())
+    let mut command = tokio::process::Command::new(sagaflow_binary());
+    command
         .arg("dev")
         .env("DATABASE_URL", format!("{server}/{base}"))
         .env_remove("KAFKA_BROKERS")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("SAGAFLOW_BROKER_PORT", broker_port.to_string())
         .env("SAGAFLOW_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env(
             "SIMULATED_PROVIDER_ADDR",
             format!("127.0.0.1:{provider_port}"),
-        )
+        );
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("start sagaflow dev");
-    let _child = Child(child);
+    let child = Child(child);
     let base_url = format!("http://127.0.0.1:{http_port}");
     let http = reqwest::Client::new();
     wait::until(
@@ -69,6 +76,13 @@ async fn sagaflow_dev_runs_the_platform_in_one_process() {
         },
     )
     .await;
+    (child, base_url)
+}
+
+#[tokio::test]
+async fn sagaflow_dev_runs_the_platform_in_one_process() {
+    let (_child, base_url) = start_dev(&[]).await;
+    let http = reqwest::Client::new();
 
     let mut ids = Vec::new();
     for method in ["pm_card_visa", "pm_card_chargeDeclined"] {
@@ -181,4 +195,137 @@ async fn the_trace_id_of_the_post_is_on_every_message_of_the_saga() {
         "every message of the saga"
     );
     app.stop().await;
+}
+
+/// A span as an OTLP collector received it.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    name: String,
+}
+
+/// A minimal OTLP/HTTP trace collector (`POST /v1/traces`, protobuf) on a free port.
+async fn start_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                    return axum::http::StatusCode::BAD_REQUEST;
+                };
+                let mut sink = sink.lock().unwrap();
+                for span in request
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .flat_map(|s| &s.spans)
+                {
+                    sink.push(ExportedSpan {
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        name: span.name.clone(),
+                    });
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, spans)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn an_orders_spans_are_exported_over_otlp_as_one_connected_trace() {
+    let (collector, spans) = start_collector().await;
+    let (_child, base_url) = start_dev(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let response = http
+        .post(format!("{base_url}/orders"))
+        .header("Idempotency-Key", Uuid::new_v4().to_string())
+        .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+        .json(&order_body(&[("SKU-1", 1, 999)], "pm_card_visa"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let answered = response
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        answered.contains(trace),
+        "the response continues the trace: {answered}"
+    );
+
+    // Every hop of the saga: the request, then one consumer span per message of it.
+    let mut expected = vec!["POST /orders".to_string()];
+    for topic in [
+        topics::ORDERS_EVENTS,
+        topics::INVENTORY_COMMANDS,
+        topics::INVENTORY_EVENTS,
+        topics::PAYMENT_COMMANDS,
+        topics::PAYMENT_EVENTS,
+        topics::ORDERS_COMMANDS,
+    ] {
+        expected.push(format!("{topic} process"));
+    }
+    let of_trace = wait::until(
+        "the saga's spans at the collector",
+        Duration::from_secs(30),
+        || async {
+            let of_trace: Vec<ExportedSpan> = spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.trace_id == trace)
+                .cloned()
+                .collect();
+            expected
+                .iter()
+                .all(|name| of_trace.iter().any(|s| &s.name == name))
+                .then_some(of_trace)
+        },
+    )
+    .await;
+    // One connected trace: the request span is the caller's child, and every other span's
+    // parent is a span of the same trace (no hop started a new one or lost its parent).
+    let root = of_trace.iter().find(|s| s.name == "POST /orders").unwrap();
+    assert_eq!(
+        root.parent_span_id, caller_span,
+        "POST /orders continues the caller's span"
+    );
+    for span in &of_trace {
+        if span.span_id == root.span_id {
+            continue;
+        }
+        assert!(
+            of_trace.iter().any(|p| p.span_id == span.parent_span_id),
+            "span {:?} has its parent {} in the trace",
+            span.name,
+            span.parent_span_id
+        );
+    }
 }

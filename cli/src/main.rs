@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod dev;
 mod tail;
+mod topics;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,9 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Print each message of a topic as one JSON line (key, headers, decoded value).
     Tail(tail::TailArgs),
+    /// Create every domain topic and its dead-letter topic if missing (partitions from
+    /// `--topic-partitions` / SAGAFLOW_TOPIC_PARTITIONS), then list them with their partitions.
+    Topics(topics::TopicsArgs),
     /// Rebuild read models from the topics while the live views keep answering.
     Replay(Box<sagaflow_cli::replay::ReplayArgs>),
     /// Dead-lettered messages: show them with their reasons, send them back.
@@ -54,12 +58,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    match cli.command {
+    let result = match cli.command {
         Command::Broker(args) => {
             let (listen, advertise) = args.resolve();
             broker::serve(&listen, &advertise, shutdown).await
         }
         Command::Tail(args) => tail::run(args).await,
+        Command::Topics(args) => topics::run(args).await,
         Command::Replay(args) => sagaflow_cli::replay::run(*args, shutdown).await,
         Command::Dlq {
             action: DlqCommand::List(args),
@@ -69,7 +74,9 @@ async fn main() -> anyhow::Result<()> {
         } => sagaflow_cli::dlq::redrive_command(args).await,
         Command::Dev(args) => dev::run(*args, shutdown).await,
         Command::Bench(args) => bench::run(*args, shutdown).await,
-    }
+    };
+    sagaflow_common::telemetry::shutdown();
+    result
 }
 
 /// Cancel on Ctrl-C or SIGTERM (containers are stopped with SIGTERM).

@@ -35,7 +35,8 @@ pub struct Origin {
     pub correlation_id: Uuid,
     /// The message that caused this one.
     pub causation_id: Option<Uuid>,
-    /// The caller's trace context; each enqueued message gets a child span of it.
+    /// The trace the message belongs to; it carries the current span when that is part of
+    /// this trace (see `trace::for_message`).
     pub traceparent: Option<String>,
 }
 
@@ -71,7 +72,7 @@ pub async fn enqueue(tx: &mut Tx, message: &Message, origin: &Origin) -> Result<
         origin.causation_id,
         encoded.schema_ref,
     );
-    envelope.traceparent = Some(trace::child_of(origin.traceparent.as_deref()));
+    envelope.traceparent = Some(trace::for_message(origin.traceparent.as_deref()));
     let headers: serde_json::Map<String, serde_json::Value> = envelope
         .to_headers()
         .into_iter()

@@ -77,5 +77,6 @@ async fn main() -> anyhow::Result<()> {
     }
     shutdown.cancel();
     http.await??;
+    sagaflow_common::telemetry::shutdown();
     Ok(())
 }

@@ -37,5 +37,6 @@ async fn main() -> anyhow::Result<()> {
     let result = saga_orchestrator::run(pool, args.kafka, args.saga, shutdown.clone()).await;
     shutdown.cancel();
     http.await??;
+    sagaflow_common::telemetry::shutdown();
     result
 }

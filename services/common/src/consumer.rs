@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use crate::KafkaConfig;
 use crate::db::{self, Tx};
 use crate::kafka;
+use crate::trace;
 
 /// A decoded message with where it came from.
 #[derive(Debug, Clone)]
@@ -191,13 +192,18 @@ impl<H: Handler> Worker<H> {
             };
             let span = info_span!(
                 "consume",
+                otel.name = format!("{} process", raw.topic()),
+                otel.kind = "consumer",
                 messaging.system = "kafka",
+                messaging.operation.type = "process",
                 messaging.destination.name = raw.topic(),
                 messaging.kafka.destination.partition = raw.partition(),
                 messaging.kafka.message.offset = raw.offset(),
                 messaging.consumer.group.name = %self.settings.name,
                 messaging.message.id = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
             );
+            trace::continue_from(&span, traceparent(&raw).as_deref());
             let started = Instant::now();
             let outcome = self.process(&raw).instrument(span).await;
             metrics::counter!("consumer_messages_total", "group" => self.group(), "outcome" => outcome.label()).increment(1);
@@ -359,6 +365,17 @@ enum Unreadable {
         kind: &'static str,
         reason: String,
     },
+}
+
+/// The message's `traceparent` header: its consumer span continues the producer's trace.
+fn traceparent(raw: &BorrowedMessage<'_>) -> Option<String> {
+    use rdkafka::message::Headers as _;
+    raw.headers()?
+        .iter()
+        .find(|h| h.key == header_names::TRACEPARENT)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_string)
 }
 
 fn parse(raw: &BorrowedMessage<'_>) -> Result<Incoming, Unreadable> {

@@ -51,6 +51,7 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
     let result = consumer.await;
     shutdown.cancel();
     http.await??;
+    crate::telemetry::shutdown();
     result
 }
 

@@ -12,6 +12,7 @@ use sagaflow_schemas::{OrderItem, OrderPlaced};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{NewOrder, validate};
@@ -122,17 +123,37 @@ async fn place_order(
     headers: HeaderMap,
     ProblemJson(order): ProblemJson<NewOrder>,
 ) -> Result<Response, ApiError> {
+    // The server span of the order's trace: a child of the caller's `traceparent` if it sent
+    // one; the OrderPlaced row written below carries this span to every later hop.
+    let span = tracing::info_span!(
+        "POST /orders",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/orders",
+        trace_id = tracing::field::Empty,
+    );
+    trace::continue_from(
+        &span,
+        headers.get("traceparent").and_then(|v| v.to_str().ok()),
+    );
+    place_order_in_span(pool, headers, order)
+        .instrument(span)
+        .await
+}
+
+async fn place_order_in_span(
+    pool: PgPool,
+    headers: HeaderMap,
+    order: NewOrder,
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let total_cents = validate(&order).map_err(|e| ApiError::Invalid {
         field: e.field,
         message: e.message,
     })?;
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| trace::trace_id(v).is_some())
-        .map(str::to_string)
-        .unwrap_or_else(trace::new_root);
+    let traceparent = trace::current().unwrap_or_else(|| {
+        trace::child_of(headers.get("traceparent").and_then(|v| v.to_str().ok()))
+    });
     let request_hash = hex::encode(Sha256::digest(
         serde_json::to_vec(&order).map_err(anyhow::Error::from)?,
     ));

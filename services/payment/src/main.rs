@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     let served = server.await.context("HTTP server task")?;
     pool.close().await;
+    telemetry::shutdown();
     consumed.context("consumer")?;
     served.context("HTTP server")?;
     info!("{NAME} stopped");
