@@ -1,8 +1,11 @@
 //! HTTP hardening of `POST /orders`: every client mistake gets a clear Problem JSON status
-//! (never a 5xx), names the field where there is one, and writes nothing.
+//! (never a 5xx), names the field where there is one, and writes nothing. With a JWT secret
+//! configured: 401 without a valid token, 403 on admin routes without the admin role, 429 with
+//! `Retry-After` per client over the rate limit.
 
 use std::time::Duration;
 
+use sagaflow_common::auth::{self, ApiSecurity, Claims};
 use sagaflow_tests::broker_lock;
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
 use serde_json::{Value, json};
@@ -266,4 +269,246 @@ async fn a_slow_client_times_out_with_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(rows(&app).await, (0, 0));
     app.stop().await;
+}
+
+const SECRET: &str = "http-test-secret-0123456789-abcdefghijklmnop";
+
+fn token(sub: &str, roles: &[&str]) -> String {
+    let claims = Claims::new(sub, Duration::from_secs(600), roles);
+    auth::mint(SECRET, &claims, None, None).unwrap()
+}
+
+/// (status, WWW-Authenticate, Retry-After, content type, body) of a request.
+async fn send(request: reqwest::RequestBuilder) -> (u16, String, String, String, Value) {
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let (challenge, retry_after, ct) = (
+        header("www-authenticate"),
+        header("retry-after"),
+        header("content-type"),
+    );
+    let status = response.status().as_u16();
+    (
+        status,
+        challenge,
+        retry_after,
+        ct,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn with_a_secret_the_api_needs_a_valid_token_and_admin_routes_the_admin_role() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options {
+        security: ApiSecurity::default().with_secret(SECRET),
+        ..Options::default()
+    })
+    .await;
+    let body = valid();
+    let post = || {
+        app.http
+            .post(format!("{}/orders", app.base_url))
+            .header("Idempotency-Key", Uuid::new_v4().to_string())
+            .json(&body)
+    };
+    let expired = auth::mint(
+        SECRET,
+        &Claims {
+            sub: "alice".into(),
+            exp: unix_now() - 3600,
+            nbf: None,
+            roles: vec![],
+        },
+        None,
+        None,
+    )
+    .unwrap();
+    let forged = auth::mint(
+        "not-the-secret-not-the-secret-not-the-secret",
+        &Claims::new("alice", Duration::from_secs(600), &["admin"]),
+        None,
+        None,
+    )
+    .unwrap();
+    // (case, Authorization header, whether the challenge names invalid_token)
+    let cases: Vec<(&str, Option<String>, bool)> = vec![
+        ("no token", None, false),
+        ("expired token", Some(format!("Bearer {expired}")), true),
+        ("wrong signature", Some(format!("Bearer {forged}")), true),
+        ("not a JWT", Some("Bearer abc.def.ghi".into()), true),
+        (
+            "basic scheme",
+            Some(format!("Basic {}", token("alice", &[]))),
+            true,
+        ),
+    ];
+    for (name, authorization, invalid_token) in cases {
+        let mut request = post();
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        let (status, challenge, _, ct, problem) = send(request).await;
+        assert_eq!(status, 401, "{name}: {problem}");
+        assert!(challenge.starts_with("Bearer"), "{name}: {challenge}");
+        assert_eq!(
+            challenge.contains(r#"error="invalid_token""#),
+            invalid_token,
+            "{name}: {challenge}"
+        );
+        assert_eq!(ct, "application/problem+json", "{name}");
+        assert_eq!(problem["status"], 401, "{name}: {problem}");
+        let detail = problem["detail"].as_str().unwrap().to_lowercase();
+        assert!(
+            !detail.contains("jsonwebtoken") && !detail.contains("signature"),
+            "{name}: internals leaked: {detail}"
+        );
+    }
+    assert_eq!(
+        rows(&app).await,
+        (0, 0),
+        "nothing written without a valid token"
+    );
+
+    // A valid (non-admin) token: the order is placed and can be read back.
+    let user = token("alice", &["customer"]);
+    let (status, _, _, _, created) = send(post().bearer_auth(&user)).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["order_id"].as_str().unwrap();
+    let (status, _, _, _, order) = send(
+        app.http
+            .get(format!("{}/orders/{id}", app.base_url))
+            .bearer_auth(&user),
+    )
+    .await;
+    assert_eq!(
+        (status, order["order_id"].as_str()),
+        (200, Some(id)),
+        "{order}"
+    );
+    assert_eq!(rows(&app).await, (1, 1));
+
+    // Admin routes: 403 for the user, 200 for an admin.
+    let admin = token("ops", &["admin"]);
+    let overdue = || app.http.get(format!("{}/sagas/overdue", app.base_url));
+    let (status, challenge, _, ct, problem) = send(overdue().bearer_auth(&user)).await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(ct, "application/problem+json");
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+    let (status, _, _, _, body) = send(overdue().bearer_auth(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, ..) = send(overdue()).await;
+    assert_eq!(status, 401, "admin route without a token");
+
+    // Restocking is admin; reading stock is public.
+    let restock = |t: &str| {
+        app.http
+            .put(format!("{}/inventory/SKU-AUTH", app.base_url))
+            .bearer_auth(t)
+            .json(&json!({"available": 7}))
+    };
+    let (status, _, _, _, problem) = send(restock(&user)).await;
+    assert_eq!(status, 403, "{problem}");
+    let stock = |t: &str| {
+        app.http
+            .get(format!("{}/inventory/SKU-AUTH", app.base_url))
+            .bearer_auth(t)
+    };
+    let (status, ..) = send(stock(&user)).await;
+    assert_eq!(status, 404, "the user's PUT wrote nothing");
+    let (status, _, _, _, body) = send(restock(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _, _, body) = send(stock(&user)).await;
+    assert_eq!(
+        (status, body["available"].as_i64()),
+        (200, Some(7)),
+        "{body}"
+    );
+
+    // Health and metrics stay open for orchestrators.
+    for path in ["/health/live", "/health/ready", "/metrics"] {
+        let (status, ..) = send(app.http.get(format!("{}{path}", app.base_url))).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_are_not_limited() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options {
+        security: ApiSecurity::default()
+            .with_secret(SECRET)
+            .with_rate_limit(5, 5),
+        ..Options::default()
+    })
+    .await;
+    let get = |t: &str| {
+        app.http
+            .get(format!("{}/orders/{}", app.base_url, Uuid::new_v4()))
+            .bearer_auth(t)
+    };
+    let alice = token("alice", &[]);
+    let started = std::time::Instant::now();
+    let responses = futures::future::join_all((0..20).map(|_| send(get(&alice)))).await;
+    let elapsed = started.elapsed();
+    let mut allowed = 0;
+    let mut limited = 0;
+    for (status, _, retry_after, ct, body) in &responses {
+        match status {
+            404 => allowed += 1,
+            429 => {
+                limited += 1;
+                let secs: u64 = retry_after
+                    .parse()
+                    .unwrap_or_else(|_| panic!("Retry-After: {retry_after:?}"));
+                assert!(secs >= 1, "Retry-After {secs}");
+                assert_eq!(ct, "application/problem+json");
+                assert_eq!(body["status"], 429, "{body}");
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    // Burst 5, then 5 per second: no more can have passed in the time the burst took.
+    let ceiling = 5 + (5.0 * elapsed.as_secs_f64()).ceil() as usize;
+    assert!(
+        limited > 0,
+        "20 requests at once from one client: none limited"
+    );
+    assert!(
+        allowed <= ceiling,
+        "{allowed} allowed in {elapsed:?}, at most {ceiling} expected"
+    );
+
+    // Another client (another `sub`) has its own budget.
+    let bob = token("bob", &[]);
+    for _ in 0..5 {
+        let (status, _, _, _, body) = send(get(&bob)).await;
+        assert_eq!(status, 404, "bob is not limited by alice's traffic: {body}");
+    }
+    // The limit is visible in the metrics (which are themselves never limited).
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("http_rate_limited_total"), "{metrics}");
+    app.stop().await;
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

@@ -16,6 +16,7 @@ use payment_service::{PaymentConfig, ProviderFaults, spawn_provider};
 use saga_orchestrator::SagaConfig;
 use sagaflow_cli::platform::{self, DatabaseUrls};
 use sagaflow_common::KafkaConfig;
+use sagaflow_common::auth::ApiSecurity;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -55,6 +56,8 @@ pub struct DevArgs {
     pub provider_addr: String,
     #[command(flatten)]
     pub saga: SagaConfig,
+    #[command(flatten)]
+    pub security: ApiSecurity,
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -123,6 +126,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         saga: args.saga.clone(),
         pool_size: 8,
         request_timeout: Duration::from_secs(10),
+        security: args.security.clone(),
     };
     let mut platform = wait_for_broker_then_start(config).await?;
     inventory_service::seed(
@@ -140,6 +144,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         &brokers,
         &provider_url,
         &args.topic_prefix,
+        &args.security,
     );
 
     let stopper = platform.shutdown.clone();
@@ -165,6 +170,7 @@ async fn wait_for_broker_then_start(
             saga: config.saga.clone(),
             pool_size: config.pool_size,
             request_timeout: config.request_timeout,
+            security: config.security.clone(),
         };
         match platform::start(attempt).await {
             Ok(platform) => return Ok(platform),
@@ -177,8 +183,14 @@ async fn wait_for_broker_then_start(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("platform did not start")))
 }
 
-fn print_banner(http: &str, brokers: &str, provider: &str, prefix: &str) {
+fn print_banner(http: &str, brokers: &str, provider: &str, prefix: &str, security: &ApiSecurity) {
     let topic = format!("{prefix}orders.events");
+    let security_line = security.describe();
+    let token_hint = if security.authentication_enabled() {
+        "\n  Every API call needs -H \"Authorization: Bearer $(sagaflow token --admin)\" (same SAGAFLOW_JWT_SECRET).\n"
+    } else {
+        "\n  The API is OPEN (development): anyone who reaches the port may call every route.\n"
+    };
     println!(
         r#"
 Sagaflow is running.
@@ -186,7 +198,7 @@ Sagaflow is running.
   health / metrics http://{http}/health/ready   http://{http}/metrics
   Kafka            {brokers}
   payment provider {provider}   (pm_card_visa approves, pm_card_chargeDeclined declines)
-
+  security         {security_line}{token_hint}
 Place an order:
   curl -si http://{http}/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $(uuidgen || date +%s%N)" \
     -d '{{"customer_id":"0190b6d2-0000-7000-8000-000000000001","items":[{{"sku":"SKU-1","quantity":2,"unit_price_cents":1250}}],"currency":"EUR","payment_method":"pm_card_visa"}}'

@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod dev;
 mod tail;
+mod token;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Topics(topics::TopicsArgs),
     /// Rebuild read models from the topics while the live views keep answering.
     Replay(Box<sagaflow_cli::replay::ReplayArgs>),
+    /// Print a signed bearer token for the API (HS256 with SAGAFLOW_JWT_SECRET).
+    Token(token::TokenArgs),
     /// Dead-lettered messages: show them with their reasons, send them back.
     Dlq {
         #[command(subcommand)]
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
             broker::serve(&listen, &advertise, shutdown).await
         }
         Command::Tail(args) => tail::run(args).await,
+        Command::Token(args) => token::run(args),
         Command::Topics(args) => topics::run(args).await,
         Command::Replay(args) => sagaflow_cli::replay::run(*args, shutdown).await,
         Command::Dlq {

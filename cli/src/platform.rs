@@ -7,6 +7,7 @@ use outbox_relay::{Relay, RelayConfig};
 use payment_service::PaymentConfig;
 use saga_orchestrator::SagaConfig;
 use sagaflow_common::KafkaConfig;
+use sagaflow_common::auth::{ApiSecurity, protect};
 use sagaflow_common::http::{Readiness, ops_router, serve, with_request_timeout};
 use sagaflow_common::{db, kafka};
 use sagaflow_schemas::topics;
@@ -67,12 +68,15 @@ pub struct PlatformConfig {
     pub pool_size: u32,
     /// Bound of one HTTP request, slow clients included.
     pub request_timeout: std::time::Duration,
+    /// Authentication and rate limit of the API routes; the default is open (development).
+    pub security: ApiSecurity,
 }
 
 /// A running platform.
 pub struct Platform {
     pub pools: Pools,
     request_timeout: std::time::Duration,
+    security: ApiSecurity,
     pub shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
 }
@@ -162,6 +166,7 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     Ok(Platform {
         pools,
         request_timeout: config.request_timeout,
+        security: config.security.clone(),
         shutdown,
         tasks,
     })
@@ -205,6 +210,8 @@ impl Platform {
             ))
             .merge(saga_orchestrator::router(self.pools.saga.clone()))
             .merge(query_service::router(self.pools.query.clone()));
+        // Authentication and rate limit in front of the API only: health and metrics stay open.
+        let api = protect(api, &self.security);
         with_request_timeout(api, self.request_timeout).merge(ops_router(Readiness {
             databases: self.pools.all_named(),
             kafka: Some(kafka.clone()),

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use sagaflow_common::auth;
 use sagaflow_common::http::Problem;
 use serde_json::json;
 use sqlx::PgPool;
@@ -12,11 +13,14 @@ use uuid::Uuid;
 
 use crate::store;
 
+/// Admin routes only: saga state and the overdue list are for operators.
 pub fn router(pool: PgPool) -> Router {
-    Router::new()
-        .route("/sagas/overdue", get(overdue))
-        .route("/sagas/{id}", get(saga))
-        .with_state(pool)
+    let admin = auth::admin_only(
+        Router::new()
+            .route("/sagas/overdue", get(overdue))
+            .route("/sagas/{id}", get(saga)),
+    );
+    admin.with_state(pool)
 }
 
 async fn saga(State(pool): State<PgPool>, Path(id): Path<String>) -> Result<Response, Problem> {

@@ -3,7 +3,8 @@
 use clap::Parser;
 use saga_orchestrator::SagaConfig;
 use sagaflow_common::KafkaConfig;
-use sagaflow_common::http::{Readiness, ops_router, serve};
+use sagaflow_common::auth::{ApiSecurity, protect};
+use sagaflow_common::http::{Readiness, ops_router, serve, with_request_timeout};
 use sagaflow_common::runner;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,8 @@ struct Args {
     kafka: KafkaConfig,
     #[command(flatten)]
     saga: SagaConfig,
+    #[command(flatten)]
+    security: ApiSecurity,
 }
 
 #[tokio::main]
@@ -28,7 +31,11 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(runner::cancel_on_signal(shutdown.clone()));
     let pool = sagaflow_common::db::connect_lazy(&args.database_url, 16)?;
     runner::migrate_with_retry(&pool, &saga_orchestrator::MIGRATOR, &shutdown).await?;
-    let router = saga_orchestrator::router(pool.clone()).merge(ops_router(Readiness {
+    let api = with_request_timeout(
+        protect(saga_orchestrator::router(pool.clone()), &args.security),
+        std::time::Duration::from_secs(10),
+    );
+    let router = api.merge(ops_router(Readiness {
         databases: vec![("saga".into(), pool.clone())],
         kafka: Some(args.kafka.clone()),
     }));

@@ -8,6 +8,7 @@ use payment_service::{PaymentConfig, ProviderControl, ProviderFaults, spawn_prov
 use saga_orchestrator::SagaConfig;
 use sagaflow_cli::platform::{self, DatabaseUrls, Platform, Pools};
 use sagaflow_common::KafkaConfig;
+use sagaflow_common::auth::ApiSecurity;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,6 +31,8 @@ pub struct Options {
     pub step_timeout: Duration,
     pub max_attempts: u32,
     pub request_timeout: Duration,
+    /// Authentication and rate limit of the API (default: open, no limit).
+    pub security: ApiSecurity,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             step_timeout: Duration::from_secs(20),
             max_attempts: 5,
             request_timeout: Duration::from_secs(10),
+            security: ApiSecurity::default(),
         }
     }
 }
@@ -81,6 +85,7 @@ pub async fn spawn_platform(options: Options) -> TestApp {
         },
         pool_size: 8,
         request_timeout: options.request_timeout,
+        security: options.security,
     };
     let mut platform = platform::start(config.clone())
         .await

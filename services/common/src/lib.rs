@@ -2,6 +2,7 @@
 //! the at-least-once consumer with inbox and dead-letter topic, and the HTTP plumbing
 //! (health, readiness, metrics, Problem JSON errors).
 
+pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod db;

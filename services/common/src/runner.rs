@@ -24,6 +24,8 @@ pub struct Component {
     pub http_addr: String,
     pub kafka: KafkaConfig,
     pub router: fn(PgPool) -> Router,
+    /// Authentication and rate limit of `router` (health and metrics stay open).
+    pub security: crate::auth::ApiSecurity,
     pub consumer: fn(PgPool, KafkaConfig, CancellationToken) -> ConsumerFuture,
 }
 
@@ -37,7 +39,7 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
     // Components create the topics they touch (brokers may stall on topics never created).
     crate::kafka::ensure_all_topics(&component.kafka).await?;
     let api = crate::http::with_request_timeout(
-        (component.router)(pool.clone()),
+        crate::auth::protect((component.router)(pool.clone()), &component.security),
         std::time::Duration::from_secs(10),
     );
     let router = api.merge(ops_router(Readiness {

@@ -6,8 +6,9 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
+use sagaflow_common::auth;
 use sagaflow_common::http::{Problem, ProblemJson};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -15,11 +16,11 @@ use sqlx::PgPool;
 use crate::domain::{self, StockRow};
 use crate::store;
 
-/// `GET` and `PUT /inventory/{sku}`.
+/// `GET` (public) and `PUT /inventory/{sku}` (admin: restocking changes what can be sold).
 pub fn router(pool: PgPool) -> Router {
-    Router::new()
-        .route("/inventory/{sku}", get(get_stock).put(set_stock))
-        .with_state(pool)
+    let public = Router::new().route("/inventory/{sku}", get(get_stock));
+    let admin = auth::admin_only(Router::new().route("/inventory/{sku}", put(set_stock)));
+    public.merge(admin).with_state(pool)
 }
 
 /// Body of `PUT /inventory/{sku}`.

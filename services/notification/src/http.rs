@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::store::{self, Recorded};
 
-/// `GET /notifications`.
+/// `GET /notifications`. Public: any authenticated caller (see `sagaflow_common::auth`).
 pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/notifications", get(list))

@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use sagaflow_common::KafkaConfig;
+use sagaflow_common::auth::ApiSecurity;
 use sagaflow_common::runner::{self, Component};
 
 #[derive(Debug, Parser)]
@@ -16,6 +17,8 @@ struct Args {
     http_addr: String,
     #[command(flatten)]
     kafka: KafkaConfig,
+    #[command(flatten)]
+    security: ApiSecurity,
 }
 
 #[tokio::main]
@@ -27,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
         migrator: &notification_service::MIGRATOR,
         http_addr: args.http_addr,
         kafka: args.kafka,
+        security: args.security,
         router: notification_service::router,
         consumer: |pool, kafka, shutdown| {
             Box::pin(notification_service::run_consumer(pool, kafka, shutdown))

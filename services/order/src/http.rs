@@ -69,6 +69,7 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Public routes: any authenticated caller (see `sagaflow_common::auth`).
 pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/orders", post(place_order))

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use sagaflow_common::KafkaConfig;
+use sagaflow_common::auth::ApiSecurity;
 use sagaflow_common::runner::{self, Component};
 
 #[derive(Debug, Parser)]
@@ -13,6 +14,8 @@ struct Args {
     http_addr: String,
     #[command(flatten)]
     kafka: KafkaConfig,
+    #[command(flatten)]
+    security: ApiSecurity,
 }
 
 #[tokio::main]
@@ -24,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         migrator: &order_service::MIGRATOR,
         http_addr: args.http_addr,
         kafka: args.kafka,
+        security: args.security,
         router: order_service::router,
         consumer: |pool, kafka, shutdown| {
             Box::pin(order_service::run_consumer(pool, kafka, shutdown))

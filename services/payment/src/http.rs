@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::store::{self, PaymentRow};
 
-/// The payment API routes.
+/// The payment API routes. Public: any authenticated caller (see `sagaflow_common::auth`).
 pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/payments/{order_id}", get(get_payment))

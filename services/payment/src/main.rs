@@ -12,12 +12,16 @@ use payment_service::{
     MIGRATOR, NAME, PaymentConfig, ProviderFaults, router, run_consumer, spawn_provider,
 };
 use sagaflow_common::KafkaConfig;
-use sagaflow_common::http::{Readiness, ops_router, serve};
+use sagaflow_common::auth::{ApiSecurity, protect};
+use sagaflow_common::http::{Readiness, ops_router, serve, with_request_timeout};
 use sagaflow_common::{db, kafka, telemetry};
 use sagaflow_schemas::topics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// Bound of one HTTP request, slow clients included.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +45,8 @@ struct Args {
     kafka: KafkaConfig,
     #[command(flatten)]
     payment: PaymentConfig,
+    #[command(flatten)]
+    security: ApiSecurity,
 }
 
 #[tokio::main]
@@ -76,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    let app = router(pool.clone()).merge(ops_router(Readiness {
+    let api = with_request_timeout(protect(router(pool.clone()), &args.security), TIMEOUT);
+    let app = api.merge(ops_router(Readiness {
         databases: vec![("payment".into(), pool.clone())],
         kafka: Some(args.kafka.clone()),
     }));

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::projection::Projection;
 
+/// Public routes: any authenticated caller (see `sagaflow_common::auth`).
 pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/views/orders/{id}", get(order))
