@@ -58,8 +58,6 @@ async fn assert_no_state_went_backwards(app: &TestApp) {
 }
 
 #[tokio::test]
-#[ignore = "known issue: on the embedded tansu broker, partitions held by crashed group members are \
-            not handed to the restarted members within 30 s (run with --ignored to reproduce)"]
 async fn every_component_killed_repeatedly_during_sagas_loses_and_duplicates_nothing() {
     let _broker = broker_lock().read().await;
     let mut app = spawn_platform(Options::default()).await;
@@ -237,8 +235,8 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_order() {
 }
 
 #[tokio::test]
-#[ignore = "known issue: after the tansu broker is frozen past the session timeout, consumer groups \
-            do not resume (relay recovers, consumers stay idle); run with --ignored to reproduce"]
+#[ignore = "under investigation: after the broker is frozen past the session timeout, the sagas \
+            do not all finish within 120 s; run with --ignored"]
 async fn broker_frozen_longer_than_the_delivery_timeout_recovers_without_loss_or_duplicates() {
     let Some(broker) = infra().kafka_container.clone() else {
         eprintln!("skipped: needs the harness's broker container");

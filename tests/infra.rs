@@ -144,3 +144,83 @@ async fn broker_round_trip_with_headers_group_commit_and_resume() {
     assert!(extra.is_err(), "no redelivery after the committed offset");
     assert!(infra().kafka_brokers.contains("127.0.0.1"));
 }
+
+/// A member that resumes from a committed offset in the middle of a record batch (the usual
+/// case after a crash or rebalance: producers batch, consumers commit per message) gets the
+/// rest of that batch and everything after it — nothing skipped, nothing stuck. The embedded
+/// broker needed a patch for this (vendor/README.md).
+#[tokio::test]
+async fn a_consumer_resuming_inside_a_batch_gets_the_rest_of_it() {
+    let config = kafka();
+    clients::ensure_topics(&config, &["probe-batch"])
+        .await
+        .expect("create topic");
+    let topic = config.topic("probe-batch");
+    // Lingering producer: the 20 sends below leave as one batch on partition 0.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("broker.address.family", "v4")
+        .set("linger.ms", "200")
+        .create()
+        .unwrap();
+    let send = |i: usize| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            let value = i.to_string();
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&topic)
+                        .partition(0)
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("broker acknowledged")
+        }
+    };
+    let acks = futures::future::join_all((0..20).map(send)).await;
+    let base = acks.iter().map(|d| d.offset).min().unwrap();
+
+    let group = "probe-batch-group";
+    let first = clients::consumer(&config, group).unwrap();
+    first.subscribe(&[&topic]).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let message = tokio::time::timeout(Duration::from_secs(30), first.recv())
+            .await
+            .expect("a message within 30 s")
+            .unwrap();
+        first.store_offset_from_message(&message).unwrap();
+        seen.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
+    }
+    first
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit offsets");
+    drop(first);
+
+    // The committed offset is base + 7: inside the batch.
+    let second = clients::consumer(&config, group).unwrap();
+    second.subscribe(&[&topic]).unwrap();
+    let later = futures::future::join_all((20..23).map(send)).await;
+    assert!(later.iter().all(|d| d.offset >= base + 20));
+    while seen.len() < 23 {
+        let message = tokio::time::timeout(Duration::from_secs(30), second.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the rest of the batch within 30 s; got {} of 23: {seen:?}",
+                    seen.len()
+                )
+            })
+            .unwrap();
+        seen.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
+    }
+    seen.sort_by_key(|s| s.parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..23).map(|i| i.to_string()).collect();
+    assert_eq!(
+        seen, expected,
+        "each message exactly once across the restart"
+    );
+}

@@ -15,6 +15,7 @@ use sagaflow_common::consumer::{self, ConsumerSettings};
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use engine::sweep_once;
 pub use http::router;
@@ -75,12 +76,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let policy = config.policy();
-    let sweeper = tokio::spawn(engine::sweep_deadlines(
+    // Aborted with this future: a crashed orchestrator leaves no sweeper behind.
+    let sweeper = AbortOnDropHandle::new(tokio::spawn(engine::sweep_deadlines(
         pool.clone(),
         policy,
         Duration::from_millis(config.sweep_interval_ms),
         shutdown.clone(),
-    ));
+    )));
     let settings = ConsumerSettings::new(
         NAME,
         &[

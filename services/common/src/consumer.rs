@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_schemas::{CodecError, Envelope, Message, header_names, topics};
@@ -176,7 +176,7 @@ impl<H: Handler> Worker<H> {
         self.kafka_config.group(&self.settings.name)
     }
 
-    async fn consume(&self, consumer: &StreamConsumer) {
+    async fn consume(&self, consumer: &kafka::GroupConsumer) {
         loop {
             let received = tokio::select! {
                 _ = self.shutdown.cancelled() => return,

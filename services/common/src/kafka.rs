@@ -3,12 +3,15 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+
+use tracing::{info, warn};
 
 use crate::KafkaConfig;
 
@@ -34,14 +37,46 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::
         .create()
 }
 
+/// A group member's context: logs every assignment and revocation and keeps the
+/// `consumer_assigned_partitions{group}` gauge, so a member that holds nothing while its group
+/// lags is visible.
+pub struct GroupContext {
+    group: String,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let gauge = metrics::gauge!("consumer_assigned_partitions", "group" => self.group.clone());
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                gauge.set(partitions.count() as f64);
+                info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                gauge.set(0.0);
+                info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Error(e) => {
+                warn!(messaging.consumer.group.name = %self.group, error = %e, "rebalance failed");
+            }
+        }
+    }
+}
+
+/// A consumer group member (see [`consumer`]).
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
 /// An at-least-once consumer: offsets are auto-committed, but only those explicitly stored
 /// after the database transaction of the message committed (`enable.auto.offset.store=false`).
 pub fn consumer(
     config: &KafkaConfig,
     group: &str,
-) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
+    let group = config.group(group);
     base(config)
-        .set("group.id", config.group(group))
+        .set("group.id", &group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
@@ -52,7 +87,7 @@ pub fn consumer(
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "10")
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .create()
+        .create_with_context(GroupContext { group })
 }
 
 /// An admin client.

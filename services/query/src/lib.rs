@@ -29,6 +29,7 @@ use sagaflow_common::KafkaConfig;
 use sagaflow_common::consumer::{self, ConsumerSettings};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use handler::QueryHandler;
 pub use http::router;
@@ -73,13 +74,14 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     // A child token: stopping the sampler must not stop the caller's other components.
     let sampler_stop = shutdown.child_token();
-    let sampler = tokio::spawn(lag::run(
+    // Aborted with this future: a crashed query service leaves no sampler behind.
+    let sampler = AbortOnDropHandle::new(tokio::spawn(lag::run(
         pool.clone(),
         kafka.clone(),
         groups,
         Duration::from_secs(1),
         sampler_stop.clone(),
-    ));
+    )));
     let settings = ConsumerSettings::new(NAME, &topics());
     let handler = QueryHandler::new(rules, &kafka.topic_prefix);
     let result = consumer::run(pool, kafka, settings, handler, shutdown).await;
