@@ -89,6 +89,9 @@ pub struct ConsumerSettings {
     pub max_attempts: u32,
     /// First retry delay (doubles, with jitter, up to 2 s).
     pub first_backoff: Duration,
+    /// A member out of its group this long is replaced by a new one (self-healing after
+    /// broker outages; see [`run`]).
+    pub rejoin_after: Duration,
 }
 
 impl ConsumerSettings {
@@ -101,6 +104,7 @@ impl ConsumerSettings {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5),
             first_backoff: Duration::from_millis(50),
+            rejoin_after: Duration::from_secs(20),
         }
     }
 }
@@ -141,13 +145,11 @@ pub async fn run<H: Handler>(
     let all: Vec<&str> = dlq_topics.iter().map(String::as_str).collect();
     kafka::ensure_topics(&kafka_config, &all).await?;
 
-    let consumer = kafka::consumer(&kafka_config, &settings.name)?;
     let subscribed: Vec<String> = settings
         .topics
         .iter()
         .map(|t| kafka_config.topic(t))
         .collect();
-    consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
     let dead_letters = kafka::producer(&kafka_config)?;
     let worker = Worker {
         pool,
@@ -157,8 +159,28 @@ pub async fn run<H: Handler>(
         dead_letters,
         shutdown,
     };
-    worker.consume(&consumer).await;
-    Ok(())
+    loop {
+        let consumer = kafka::consumer(&worker.kafka_config, &worker.settings.name)?;
+        consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
+        match worker.consume(&consumer).await {
+            Ended::Stopped => return Ok(()),
+            Ended::OutOfGroup(out_for) => {
+                // Seen after a broker outage longer than the session timeout: the client kept
+                // its connections but never rejoined. A new member (the old one leaves as it
+                // drops) resumes from the committed offsets; the inbox absorbs redeliveries.
+                warn!(consumer = %worker.settings.name, out_for_s = out_for.as_secs(), "member out of its group too long; rejoining with a new member");
+                metrics::counter!("consumer_rejoins_total", "group" => worker.group()).increment(1);
+            }
+        }
+    }
+}
+
+/// Why [`Worker::consume`] returned.
+enum Ended {
+    /// Shutdown (or an interrupted message).
+    Stopped,
+    /// The member was out of its group longer than `rejoin_after`.
+    OutOfGroup(Duration),
 }
 
 struct Worker<H> {
@@ -176,11 +198,19 @@ impl<H: Handler> Worker<H> {
         self.kafka_config.group(&self.settings.name)
     }
 
-    async fn consume(&self, consumer: &kafka::GroupConsumer) {
+    async fn consume(&self, consumer: &kafka::GroupConsumer) -> Ended {
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
         loop {
             let received = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return Ended::Stopped,
                 received = consumer.recv() => received,
+                _ = watch.tick() => {
+                    let out_for = consumer.context().out_of_group_for();
+                    if out_for > self.settings.rejoin_after {
+                        return Ended::OutOfGroup(out_for);
+                    }
+                    continue;
+                }
             };
             let raw = match received {
                 Ok(raw) => raw,
@@ -210,7 +240,7 @@ impl<H: Handler> Worker<H> {
             metrics::histogram!("consumer_handle_seconds", "group" => self.group())
                 .record(started.elapsed().as_secs_f64());
             if outcome == Outcome::Interrupted {
-                return;
+                return Ended::Stopped;
             }
             if let Err(e) = consumer.store_offset_from_message(&raw) {
                 // The offset is re-stored with the next message of the partition; a

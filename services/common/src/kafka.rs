@@ -1,6 +1,6 @@
 //! Kafka clients configured the way the delivery guarantees need them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
@@ -37,14 +37,57 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::
         .create()
 }
 
-/// A group member's context: logs every assignment and revocation and keeps the
-/// `consumer_assigned_partitions{group}` gauge, so a member that holds nothing while its group
-/// lags is visible.
+/// A group member's context: logs every assignment and revocation, keeps the
+/// `consumer_assigned_partitions{group}` gauge, and watches the member's group state (from
+/// librdkafka's statistics) so a member that cannot get back into its group is noticed.
 pub struct GroupContext {
     group: String,
+    /// (last statistics seen, last seen in its group — state `up`, join state `steady`);
+    /// both start at creation.
+    seen: std::sync::Mutex<(Instant, Instant)>,
 }
 
-impl ClientContext for GroupContext {}
+impl GroupContext {
+    fn new(group: String) -> Self {
+        let now = Instant::now();
+        GroupContext {
+            group,
+            seen: std::sync::Mutex::new((now, now)),
+        }
+    }
+
+    /// How long the member has been out of its group, by its latest statistics. Zero when
+    /// the statistics are stale: they are served only while the consumer is polled, and a
+    /// member busy with one message for a while is not out of its group.
+    pub fn out_of_group_for(&self) -> Duration {
+        let Ok(seen) = self.seen.lock() else {
+            return Duration::ZERO;
+        };
+        let (stats, in_group) = *seen;
+        if stats.elapsed() > Duration::from_secs(5) {
+            return Duration::ZERO;
+        }
+        stats.saturating_duration_since(in_group)
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        // Only the group state is needed; parse just that (the full typed statistics expect
+        // fields some brokers' clients leave out).
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let in_group = stats["cgrp"]["state"] == "up" && stats["cgrp"]["join_state"] == "steady";
+        if let Ok(mut seen) = self.seen.lock() {
+            let now = Instant::now();
+            seen.0 = now;
+            if in_group {
+                seen.1 = now;
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -87,7 +130,9 @@ pub fn consumer(
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "10")
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .create_with_context(GroupContext { group })
+        // Feeds GroupContext's group-state watch.
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(GroupContext::new(group))
 }
 
 /// An admin client.
