@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::FutureRecord;
 use sagaflow_common::kafka as clients;
 use sagaflow_schemas::{header_names, topics};
-use sagaflow_tests::kafka_probe::read_until;
+use sagaflow_tests::kafka_probe::{Record, read_until};
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
-use sagaflow_tests::{broker_lock, docker, infra, invariants};
+use sagaflow_tests::{broker_lock, docker, infra, invariants, wait};
 use uuid::Uuid;
 
 const SKUS: [&str; 3] = ["SKU-F1", "SKU-F2", "SKU-F3"];
@@ -258,5 +258,317 @@ async fn broker_frozen_longer_than_the_delivery_timeout_recovers_without_loss_or
     docker(&["unpause", &broker]);
     let report = invariants::check(&app, &initial, Duration::from_secs(120)).await;
     assert_eq!(report.orders as usize, first.len() + during.len());
+    app.stop().await;
+}
+
+/// `POST /_control/inventory`: the dev/test fault switch of the ReleaseStock compensation
+/// (services/inventory/src/faults.rs); returns the switch as it now is.
+async fn inventory_faults(app: &TestApp, update: serde_json::Value) -> serde_json::Value {
+    let response = app
+        .http
+        .post(format!("{}/_control/inventory", app.base_url))
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.unwrap()
+}
+
+async fn inventory_fault_view(app: &TestApp) -> serde_json::Value {
+    app.http
+        .get(format!("{}/_control/inventory", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The value of a counter without labels on this process's `/metrics` (0 when not yet
+/// recorded). Counters are process-wide: compare before and after.
+async fn counter(app: &TestApp, name: &str) -> f64 {
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The saga's history rows that re-sent the compensation on a deadline.
+fn compensation_retries(saga: &serde_json::Value) -> Vec<serde_json::Value> {
+    saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| {
+            h["trigger"] == "DEADLINE"
+                && h["from_state"] == "COMPENSATING"
+                && h["to_state"] == "COMPENSATING"
+        })
+        .cloned()
+        .collect()
+}
+
+fn at(row: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    row["at"].as_str().unwrap().parse().unwrap()
+}
+
+/// The ReleaseStock commands of `order` the inventory consumer dead-lettered, once `n` are there.
+async fn dead_lettered_releases(app: &TestApp, order: Uuid, n: usize) -> Vec<Record> {
+    let of_order = |records: &[Record]| -> Vec<Record> {
+        records
+            .iter()
+            .filter(|r| {
+                r.key.as_deref() == Some(order.to_string().as_str())
+                    && r.header(header_names::TYPE).as_deref() == Some("ReleaseStock")
+            })
+            .cloned()
+            .collect()
+    };
+    let records = read_until(
+        &app.kafka,
+        &topics::dlq(topics::INVENTORY_COMMANDS),
+        Duration::from_secs(30),
+        |records| of_order(records).len() >= n,
+    )
+    .await;
+    of_order(&records)
+}
+
+const STEP: Duration = Duration::from_secs(2);
+
+/// A declined card makes the saga compensate with ReleaseStock; the switch makes the first two
+/// ReleaseStock commands fail on every delivery attempt. Each is retried by the consumer, then
+/// dead-lettered; the saga re-sends the compensation on its deadline with a doubling backoff;
+/// the third ReleaseStock releases the stock, once, and the saga ends REJECTED.
+#[tokio::test]
+async fn a_compensation_failing_twice_is_retried_with_backoff_and_the_saga_ends_rejected() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options {
+        step_timeout: STEP,
+        max_attempts: 4,
+        ..Options::default()
+    })
+    .await;
+    let sku = "SKU-FC-RETRY";
+    app.set_stock(sku, 10).await;
+    let initial = HashMap::from([(sku.to_string(), 10)]);
+    let armed = inventory_faults(&app, serde_json::json!({"fail_releases": 2})).await;
+    assert_eq!(armed["fail_releases"], 2, "{armed}");
+
+    let order = app.place(&[(sku, 3, 400)], "pm_card_chargeDeclined").await;
+    let saga = app.saga_terminal(order, Duration::from_secs(45)).await;
+    assert_eq!(saga["saga"]["state"], "REJECTED", "{saga}");
+
+    // The compensation was re-sent twice on its deadline, with a doubling backoff.
+    let history = saga["history"].as_array().unwrap();
+    let started = history
+        .iter()
+        .find(|h| h["to_state"] == "COMPENSATING" && h["from_state"] == "AUTHORIZING_PAYMENT")
+        .unwrap_or_else(|| panic!("compensation started: {history:?}"));
+    assert!(
+        started["note"].as_str().unwrap().contains("card_declined"),
+        "{started}"
+    );
+    let retries = compensation_retries(&saga);
+    assert_eq!(retries.len(), 2, "two failed compensations: {history:?}");
+    for (i, retry) in retries.iter().enumerate() {
+        assert_eq!(retry["note"], format!("retry {} of COMPENSATING", i + 1));
+        assert_eq!(retry["commands"], serde_json::json!(["ReleaseStock"]));
+    }
+    let step = chrono::Duration::from_std(STEP).unwrap();
+    let slack = chrono::Duration::milliseconds(200);
+    assert!(
+        at(&retries[0]) - at(started) >= step - slack,
+        "first retry after the step timeout: {history:?}"
+    );
+    assert!(
+        at(&retries[1]) - at(&retries[0]) >= step * 2 - slack,
+        "second retry after twice the step timeout: {history:?}"
+    );
+    let released: Vec<_> = history
+        .iter()
+        .filter(|h| h["trigger"] == "StockReleased" && h["from_state"] != h["to_state"])
+        .collect();
+    assert_eq!(released.len(), 1, "{history:?}");
+    assert!(
+        at(released[0]) > at(&retries[1]),
+        "released by the third command"
+    );
+
+    // Each failed command was retried by the consumer, then dead-lettered.
+    let view = inventory_fault_view(&app).await;
+    assert_eq!(view["failed_commands"], 2, "{view}");
+    assert_eq!(view["fail_releases"], 0, "{view}");
+    let dead = dead_lettered_releases(&app, order, 2).await;
+    assert_eq!(dead.len(), 2);
+    for record in &dead {
+        let attempts: u32 = record
+            .header(header_names::DLQ_ATTEMPTS)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(attempts > 1, "the consumer retried before dead-lettering");
+        assert!(
+            record
+                .header(header_names::DLQ_REASON)
+                .unwrap()
+                .contains("injected fault")
+        );
+    }
+    assert!(view["failed_attempts"].as_u64().unwrap() >= 4, "{view}");
+
+    // The compensation took effect exactly once.
+    assert_eq!(app.stock(sku).await, (10, 0), "stock released once");
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inbox WHERE consumer = 'inventory-service' AND message_type = 'ReleaseStock'",
+    )
+    .fetch_one(&app.pools.inventory)
+    .await
+    .unwrap();
+    assert_eq!(
+        applied, 1,
+        "one ReleaseStock applied, the failed ones rolled back"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&app.pools.inventory)
+        .await
+        .unwrap();
+    assert_eq!(status, "RELEASED");
+    let done = app.terminal(order, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "REJECTED", "{done}");
+
+    invariants::check(&app, &initial, Duration::from_secs(60)).await;
+    app.stop().await;
+}
+
+/// The same compensation failing forever: after `max_attempts` re-sends the saga is FAILED —
+/// not REJECTED, not left waiting — and the alert is raised (`saga_failed_total` on /metrics,
+/// an ERROR log "ALERT: saga FAILED"). Nothing pretends the order is done: it stays PENDING
+/// (no OrderRejected, no notification) and its stock stays reserved for an operator.
+#[tokio::test]
+async fn a_compensation_failing_forever_ends_failed_with_an_alert_never_silently_done() {
+    let _broker = broker_lock().read().await;
+    let max_attempts = 2;
+    let app = spawn_platform(Options {
+        step_timeout: STEP,
+        max_attempts,
+        ..Options::default()
+    })
+    .await;
+    let sku = "SKU-FC-FOREVER";
+    app.set_stock(sku, 10).await;
+    let initial = HashMap::from([(sku.to_string(), 10)]);
+    let alerts_before = counter(&app, "saga_failed_total").await;
+    inventory_faults(&app, serde_json::json!({"fail_releases_forever": true})).await;
+
+    let order = app.place(&[(sku, 3, 400)], "pm_card_chargeDeclined").await;
+    let saga = app.saga_terminal(order, Duration::from_secs(45)).await;
+    assert_eq!(saga["saga"]["state"], "FAILED", "{saga}");
+    assert!(
+        saga["saga"]["deadline"].is_null(),
+        "a FAILED saga waits for nothing"
+    );
+    assert_eq!(saga["saga"]["attempts"], max_attempts + 1);
+
+    // Re-sent max_attempts times with a doubling backoff, then FAILED on the next deadline.
+    let history = saga["history"].as_array().unwrap();
+    let retries = compensation_retries(&saga);
+    assert_eq!(retries.len(), max_attempts as usize, "{history:?}");
+    let step = chrono::Duration::from_std(STEP).unwrap();
+    let slack = chrono::Duration::milliseconds(200);
+    assert!(
+        at(&retries[1]) - at(&retries[0]) >= step * 2 - slack,
+        "{history:?}"
+    );
+    let last = history
+        .iter()
+        .find(|h| h["to_state"] == "FAILED")
+        .unwrap_or_else(|| panic!("{history:?}"));
+    assert_eq!(
+        (&last["from_state"], &last["to_state"], &last["trigger"]),
+        (
+            &serde_json::json!("COMPENSATING"),
+            &serde_json::json!("FAILED"),
+            &serde_json::json!("DEADLINE")
+        ),
+        "{history:?}"
+    );
+    assert!(
+        at(last) - at(&retries[1]) >= step * 4 - slack,
+        "{history:?}"
+    );
+    assert!(
+        last["note"]
+            .as_str()
+            .unwrap()
+            .contains("COMPENSATING did not complete"),
+        "{last}"
+    );
+    // Never "done": no rejection was ever sent or reached.
+    assert!(
+        history.iter().all(|h| {
+            !matches!(
+                h["to_state"].as_str(),
+                Some("REJECTING" | "REJECTED" | "APPROVING" | "APPROVED")
+            ) && !h["commands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c == "RejectOrder" || c == "ApproveOrder")
+        }),
+        "{history:?}"
+    );
+
+    // The alert.
+    wait::until(
+        "the FAILED alert on /metrics",
+        Duration::from_secs(10),
+        || async { (counter(&app, "saga_failed_total").await > alerts_before).then_some(()) },
+    )
+    .await;
+    // Not stuck: nothing overdue, and it stays FAILED.
+    let overdue: serde_json::Value = app
+        .http
+        .get(format!("{}/sagas/overdue", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(overdue["count"], 0, "{overdue}");
+
+    // Every ReleaseStock (the first and each re-send) was tried, failed and dead-lettered.
+    let sent = max_attempts as usize + 1;
+    let dead = dead_lettered_releases(&app, order, sent).await;
+    assert_eq!(dead.len(), sent);
+    assert_eq!(inventory_fault_view(&app).await["failed_commands"], sent);
+
+    // The order is not reported as finished: PENDING, no notification, stock still held.
+    let order_now = app.order(order).await;
+    assert_eq!(order_now["status"], "PENDING", "{order_now}");
+    assert_eq!(app.stock(sku).await, (7, 3), "the release never happened");
+    let notified: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&app.pools.notification)
+            .await
+            .unwrap();
+    assert_eq!(notified, 0);
+    assert_eq!(app.saga(order).await["saga"]["state"], "FAILED");
+
+    invariants::check_allowing_failed(&app, &initial, Duration::from_secs(60), &[order]).await;
     app.stop().await;
 }

@@ -75,6 +75,9 @@ pub struct PlatformConfig {
 /// A running platform.
 pub struct Platform {
     pub pools: Pools,
+    /// The inventory consumer's fault switch (dev/test only), also served as
+    /// `/_control/inventory`.
+    pub inventory_faults: inventory_service::InventoryFaults,
     request_timeout: std::time::Duration,
     security: ApiSecurity,
     pub shutdown: CancellationToken,
@@ -126,9 +129,15 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
         "order-service",
         order_service::run_consumer(pools.order.clone(), k.clone(), s.clone()),
     ));
+    let inventory_faults = inventory_service::InventoryFaults::default();
     tasks.spawn(named(
         "inventory-service",
-        inventory_service::run_consumer(pools.inventory.clone(), k.clone(), s.clone()),
+        inventory_service::run_consumer_with(
+            pools.inventory.clone(),
+            k.clone(),
+            inventory_faults.clone(),
+            s.clone(),
+        ),
     ));
     tasks.spawn(named(
         "payment-service",
@@ -165,6 +174,7 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     info!(prefix = %config.kafka.topic_prefix, brokers = %config.kafka.brokers, "platform started");
     Ok(Platform {
         pools,
+        inventory_faults,
         request_timeout: config.request_timeout,
         security: config.security.clone(),
         shutdown,
@@ -209,7 +219,10 @@ impl Platform {
                 self.pools.notification.clone(),
             ))
             .merge(saga_orchestrator::router(self.pools.saga.clone()))
-            .merge(query_service::router(self.pools.query.clone()));
+            .merge(query_service::router(self.pools.query.clone()))
+            .merge(inventory_service::control_router(
+                self.inventory_faults.clone(),
+            ));
         // Authentication and rate limit in front of the API only: health and metrics stay open.
         let api = protect(api, &self.security);
         with_request_timeout(api, self.request_timeout).merge(ops_router(Readiness {

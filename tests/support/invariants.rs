@@ -1,7 +1,7 @@
 //! The invariants every fault test ends with. A violation fails the test with what broke.
 //!
 //! - every committed order is terminal (no PENDING left) and every saga terminal, none FAILED
-//!   unless allowed;
+//!   unless allowed ([`check_allowing_failed`]: exactly those FAILED, their orders PENDING);
 //! - stock conserved: per SKU, available + reserved = initial, and reserved = quantities of
 //!   approved orders;
 //! - charges − refunds = the sum of approved orders, and the provider agrees;
@@ -31,8 +31,22 @@ pub async fn check(
     initial_stock: &HashMap<String, i64>,
     settle: Duration,
 ) -> Report {
+    check_allowing_failed(app, initial_stock, settle, &[]).await
+}
+
+/// [`check`], where exactly the sagas of `failed` ended FAILED (a compensation that never
+/// completed; the caller asserts the alert). Their orders stay PENDING without a notification,
+/// and what they still hold — stock reservations, money — is left for an operator: stock is
+/// still conserved, and reserved = sold + still held by those orders; their payments are left
+/// out of the money balance.
+pub async fn check_allowing_failed(
+    app: &TestApp,
+    initial_stock: &HashMap<String, i64>,
+    settle: Duration,
+    failed: &[uuid::Uuid],
+) -> Report {
     wait::until("every order and saga to be terminal", settle, || async {
-        let pending: i64 = scalar(&app.pools.order, "SELECT count(*) FROM orders WHERE status = 'PENDING'").await;
+        let pending: i64 = scalar_except(&app.pools.order, "SELECT count(*) FROM orders WHERE status = 'PENDING' AND id <> ALL($1)", failed).await;
         let open: i64 = scalar(&app.pools.saga, "SELECT count(*) FROM sagas WHERE deadline IS NOT NULL").await;
         let backlog = outbox_backlog(app).await;
         let settled = pending == 0 && open == 0 && backlog == 0;
@@ -42,12 +56,26 @@ pub async fn check(
         settled.then_some(())
     })
     .await;
-    let failed: i64 = scalar(
-        &app.pools.saga,
-        "SELECT count(*) FROM sagas WHERE state = 'FAILED'",
-    )
-    .await;
-    assert_eq!(failed, 0, "no saga FAILED");
+    let failed_sagas: BTreeSet<uuid::Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM sagas WHERE state = 'FAILED'")
+            .fetch_all(&app.pools.saga)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let allowed: BTreeSet<uuid::Uuid> = failed.iter().copied().collect();
+    assert_eq!(failed_sagas, allowed, "no saga FAILED but the allowed ones");
+    let failed_pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PENDING' AND id = ANY($1)")
+            .bind(failed)
+            .fetch_one(&app.pools.order)
+            .await
+            .unwrap();
+    assert_eq!(
+        failed_pending,
+        failed.len() as i64,
+        "the order of a FAILED saga is neither approved nor rejected"
+    );
 
     // Stock.
     let approved_lines: Vec<(serde_json::Value,)> =
@@ -61,6 +89,21 @@ pub async fn check(
             *sold
                 .entry(item["sku"].as_str().unwrap().to_string())
                 .or_default() += item["quantity"].as_i64().unwrap();
+        }
+    }
+    // Still reserved for the orders of FAILED sagas (their release never happened).
+    let held_lines: Vec<(serde_json::Value,)> = sqlx::query_as(
+        "SELECT lines FROM reservations WHERE status = 'RESERVED' AND order_id = ANY($1)",
+    )
+    .bind(failed)
+    .fetch_all(&app.pools.inventory)
+    .await
+    .unwrap();
+    for (lines,) in held_lines {
+        for line in lines.as_array().unwrap() {
+            *sold
+                .entry(line["sku"].as_str().unwrap().to_string())
+                .or_default() += line["quantity"].as_i64().unwrap();
         }
     }
     for (sku, initial) in initial_stock {
@@ -78,7 +121,7 @@ pub async fn check(
         assert_eq!(
             reserved as i64,
             sold.get(sku).copied().unwrap_or(0),
-            "{sku}: reserved = sold"
+            "{sku}: reserved = sold (+ held by FAILED sagas)"
         );
     }
 
@@ -88,10 +131,12 @@ pub async fn check(
         "SELECT COALESCE(sum(total_cents), 0)::bigint FROM orders WHERE status = 'APPROVED'",
     )
     .await;
-    let net: i64 = scalar(
+    let net: i64 = scalar_except(
         &app.pools.payment,
         "SELECT (COALESCE(sum(amount_cents) FILTER (WHERE charge_id IS NOT NULL), 0)
-               - COALESCE(sum(amount_cents) FILTER (WHERE refund_id IS NOT NULL), 0))::bigint FROM payments",
+               - COALESCE(sum(amount_cents) FILTER (WHERE refund_id IS NOT NULL), 0))::bigint
+           FROM payments WHERE order_id <> ALL($1)",
+        failed,
     )
     .await;
     assert_eq!(net, approved_total, "charges - refunds = approved totals");
@@ -118,16 +163,17 @@ pub async fn check(
     .fetch_one(&app.pools.order)
     .await
     .unwrap();
+    let terminal_orders = orders - failed.len() as i64;
     wait::until("one notification per terminal order", settle, || async {
         let n: i64 = scalar(
             &app.pools.notification,
             "SELECT count(*) FROM notifications",
         )
         .await;
-        (n == orders).then_some(())
+        (n == terminal_orders).then_some(())
     })
     .await;
-    assert!(notifications <= orders);
+    assert!(notifications <= terminal_orders);
 
     // Every event of every database is on its topic: read each topic until every published
     // outbox row's message id has been seen (a deadline, not a watermark snapshot: the broker
@@ -191,6 +237,21 @@ async fn outbox_backlog(app: &TestApp) -> i64 {
         .await;
     }
     total
+}
+
+/// [`scalar`] with the ids of FAILED sagas' orders bound as `$1`.
+async fn scalar_except(pool: &PgPool, sql: &'static str, failed: &[uuid::Uuid]) -> i64 {
+    for _ in 0..50 {
+        if let Ok(value) = sqlx::query_scalar::<_, i64>(sql)
+            .bind(failed)
+            .fetch_one(pool)
+            .await
+        {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("query failed repeatedly: {sql}");
 }
 
 async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {

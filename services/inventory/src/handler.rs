@@ -20,11 +20,22 @@ use uuid::Uuid;
 
 use crate::NAME;
 use crate::domain::{self, Decision, Release, Status};
+use crate::faults::InventoryFaults;
 use crate::store;
 
 /// Handles inventory commands.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct InventoryHandler;
+#[derive(Debug, Clone, Default)]
+pub struct InventoryHandler {
+    /// Disarmed unless a dev/test platform arms it (see [`crate::faults`]).
+    faults: InventoryFaults,
+}
+
+impl InventoryHandler {
+    /// A handler whose ReleaseStock can be made to fail through `faults`.
+    pub fn with_faults(faults: InventoryFaults) -> Self {
+        InventoryHandler { faults }
+    }
+}
 
 impl Handler for InventoryHandler {
     fn accepts(&self, message_type: &str) -> bool {
@@ -35,7 +46,12 @@ impl Handler for InventoryHandler {
         let now = Utc::now();
         let reply = match &incoming.message {
             Message::ReserveStock(command) => reserve(tx, command, now).await?,
-            Message::ReleaseStock(command) => release(tx, command, now).await?,
+            Message::ReleaseStock(command) => {
+                self.faults
+                    .release_attempt(incoming.envelope.message_id)
+                    .map_err(|reason| HandlerError::Failed(anyhow::anyhow!(reason)))?;
+                release(tx, command, now).await?
+            }
             other => {
                 return Err(HandlerError::Rejected(format!(
                     "{NAME} does not handle {}",

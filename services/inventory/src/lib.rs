@@ -17,9 +17,11 @@
 //! - Every state change commits together with its inbox row and its reply (outbox).
 //!
 //! Layout: [`domain`] holds the pure rules, `store` the SQL, `handler` the consumer glue and
-//! `http` the restocking API.
+//! `http` the restocking API. [`faults`] is a dev/test-only switch that makes ReleaseStock
+//! fail, for compensation fault tests.
 
 pub mod domain;
+pub mod faults;
 mod handler;
 mod http;
 mod store;
@@ -30,6 +32,7 @@ use sagaflow_schemas::topics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+pub use faults::{InventoryFaults, control_router};
 pub use handler::InventoryHandler;
 pub use http::router;
 
@@ -48,8 +51,19 @@ pub async fn run_consumer(
     kafka: KafkaConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_consumer_with(pool, kafka, InventoryFaults::default(), shutdown).await
+}
+
+/// [`run_consumer`] with a fault switch (dev and test platforms; see [`faults`]).
+pub async fn run_consumer_with(
+    pool: PgPool,
+    kafka: KafkaConfig,
+    faults: InventoryFaults,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = ConsumerSettings::new(NAME, &[topics::INVENTORY_COMMANDS]);
-    consumer::run(pool, kafka, settings, InventoryHandler, shutdown).await
+    let handler = InventoryHandler::with_faults(faults);
+    consumer::run(pool, kafka, settings, handler, shutdown).await
 }
 
 /// Create the SKUs of `stock` that do not exist yet (demo data); existing SKUs are kept as
