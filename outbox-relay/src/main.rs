@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8086")]
     http_addr: String,
     /// Heads claimed per pass.
-    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 2000)]
     batch_size: i64,
     /// Fallback poll interval when no NOTIFY arrives, in milliseconds.
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 500)]
