@@ -289,15 +289,7 @@ async fn inventory_fault_view(app: &TestApp) -> serde_json::Value {
 /// The value of a counter without labels on this process's `/metrics` (0 when not yet
 /// recorded). Counters are process-wide: compare before and after.
 async fn counter(app: &TestApp, name: &str) -> f64 {
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())

@@ -493,15 +493,7 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_are_n
         assert_eq!(status, 404, "bob is not limited by alice's traffic: {body}");
     }
     // The limit is visible in the metrics (which are themselves never limited).
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("http_rate_limited_total"), "{metrics}");
     app.stop().await;
 }

@@ -149,15 +149,7 @@ async fn provider_down_opens_the_circuit_hits_the_deadline_compensates_then_reco
     let order = app.place(&[("SKU-P", 2, 500)], "pm_card_visa").await;
 
     wait::until("the circuit to open", FINISH, || async {
-        let metrics = app
-            .http
-            .get(format!("{}/metrics", app.base_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         metrics
             .lines()
             .any(|l| l.starts_with("payment_provider_circuit_open") && l.ends_with(" 1"))
@@ -274,15 +266,7 @@ async fn every_message_delivered_twice_has_exactly_one_effect() {
     // Wait until each consumer has seen its duplicates (the inbox skips them) ...
     let prefix = app.kafka.topic_prefix.clone();
     wait::until("every duplicate to be skipped", FINISH, || async {
-        let metrics = app
-            .http
-            .get(format!("{}/metrics", app.base_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         let outcomes = consumer_outcomes(&metrics, &prefix);
         let of = |group: &str, outcome: &str| {
             outcomes

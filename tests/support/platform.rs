@@ -129,6 +129,18 @@ impl TestApp {
         self.platform = Some(platform);
     }
 
+    /// The Prometheus text of this process's `/metrics` (counters are process-wide).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn set_stock(&self, sku: &str, available: i64) {
         let response = self
             .http
