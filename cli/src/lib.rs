@@ -2,5 +2,6 @@
 //! `sagaflow dev` and by the integration tests), dead-letter inspection and redrive, replay.
 
 pub mod dlq;
+pub mod invariants;
 pub mod platform;
 pub mod replay;

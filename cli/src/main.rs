@@ -3,6 +3,7 @@
 
 mod bench;
 mod broker;
+mod chaos;
 mod dev;
 mod tail;
 mod token;
@@ -31,6 +32,11 @@ enum Command {
     /// Benchmarks, each against a baseline measured in the same run: the order saga end to
     /// end (`sagaflow bench`), or the relay alone (`sagaflow bench relay`).
     Bench(Box<bench::BenchArgs>),
+    /// Soak under faults: every component as a child process, constant order load while
+    /// relay, orchestrator and services are SIGKILLed and restarted at random and the broker
+    /// is frozen (SIGSTOP 2-4 s: the in-memory broker cannot be killed without losing its
+    /// log); then the invariant checker and a report. Non-zero exit if an invariant fails.
+    Chaos(Box<chaos::ChaosArgs>),
     /// Print each message of a topic as one JSON line (key, headers, decoded value).
     Tail(tail::TailArgs),
     /// Create every domain topic and its dead-letter topic if missing (partitions from
@@ -78,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         } => sagaflow_cli::dlq::redrive_command(args).await,
         Command::Dev(args) => dev::run(*args, shutdown).await,
         Command::Bench(args) => bench::run(*args, shutdown).await,
+        Command::Chaos(args) => chaos::run(*args, shutdown).await,
     };
     sagaflow_common::telemetry::shutdown();
     result
