@@ -164,6 +164,10 @@ struct Report {
     stock_conserved: bool,
     money_conserved: bool,
     settled_in_s: Option<f64>,
+    /// Sagas still open, by state (empty when settled).
+    open_sagas_by_state: BTreeMap<String, i64>,
+    /// Partitions of each consumer's last assignment, from its log (0 = idle member).
+    last_assignment: BTreeMap<String, u32>,
     not_checked: &'static str,
     violations: Vec<String>,
     passed: bool,
@@ -429,6 +433,14 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
         println!("not settled after {SETTLE:?}: {last:?}");
     }
     let findings: Findings = invariants::check(db, &initial, &[]).await?;
+    let open_sagas_by_state: BTreeMap<String, i64> = sqlx::query_as(
+        "SELECT state, count(*) FROM sagas WHERE deadline IS NOT NULL GROUP BY state",
+    )
+    .fetch_all(db.saga)
+    .await?
+    .into_iter()
+    .collect();
+    let last_assignment = last_assignments(&run_dir);
     let acked: Vec<Uuid> = load.acked_ids.lock().unwrap().clone();
     let (missing, not_terminal) = invariants::acknowledged_orders(db.order, &acked).await?;
     let faults = std::mem::take(&mut *faults.lock().unwrap());
@@ -483,6 +495,8 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
         stock_conserved: findings.stock_conserved,
         money_conserved: findings.money_conserved,
         settled_in_s: settled_in,
+        open_sagas_by_state,
+        last_assignment,
         not_checked: "the simulated provider's own ledger (it lives in payment-service and restarts empty with it); topic contents",
         passed: violations.is_empty() && findings.orders > 0,
         violations,
@@ -497,6 +511,61 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
         bail!("chaos: invariants failed (logs in {})", report.run_folder);
     }
     Ok(())
+}
+
+/// The partition count of each component's last "partitions assigned" log line.
+fn last_assignments(run_dir: &std::path::Path) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("partitions assigned"))
+            .map(strip_ansi)
+            .and_then(|l| {
+                l.rsplit_once("partitions=")
+                    .map(|(_, tail)| tail.to_string())
+            })
+            .map(|tail| {
+                tail.chars()
+                    .skip_while(|c| !c.is_ascii_digit())
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|n| n.parse().ok());
+        if let Some(n) = last {
+            out.insert(name.to_string(), n);
+        }
+    }
+    out
+}
+
+/// A log line without its colour codes (ESC [ … m).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn redact(url: &str) -> String {
@@ -822,6 +891,8 @@ sagaflow chaos report (seed {seed})
   broker                    {broker}
   exited on their own       {own}
   settled in                {settled}
+  open sagas by state       {open_by_state:?}
+  last assignment (parts.)  {assignment:?}
   lost                      {lost}
   acknowledged not terminal {not_terminal}
   duplicate effects         {dup}
@@ -847,6 +918,8 @@ sagaflow chaos report (seed {seed})
             .settled_in_s
             .map_or("NOT SETTLED".to_string(), |s| format!("{s:.1} s")),
         lost = report.lost,
+        open_by_state = report.open_sagas_by_state,
+        assignment = report.last_assignment,
         not_terminal = report.acknowledged_not_terminal,
         dup = report.duplicate_effects,
         open = report.sagas_non_terminal,

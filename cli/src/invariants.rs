@@ -270,7 +270,9 @@ pub async fn check(
     // Effects applied twice.
     let orders_without_one_key: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orders o
-          WHERE (SELECT count(*) FROM idempotency_keys k WHERE k.order_id = o.id) <> 1",
+           LEFT JOIN (SELECT order_id, count(*) AS n FROM idempotency_keys GROUP BY order_id) k
+                  ON k.order_id = o.id
+          WHERE k.n IS DISTINCT FROM 1",
     )
     .fetch_one(db.order)
     .await?;
