@@ -235,9 +235,6 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_order() {
 }
 
 #[tokio::test]
-#[ignore = "known issue of the embedded tansu broker (vendor/README.md): after it is frozen past \
-            the session timeout, groups re-form but ghost members from queued JoinGroups keep \
-            part of the partitions; run with --ignored"]
 async fn broker_frozen_longer_than_the_delivery_timeout_recovers_without_loss_or_duplicates() {
     let Some(broker) = infra().kafka_container.clone() else {
         eprintln!("skipped: needs the harness's broker container");

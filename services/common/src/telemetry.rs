@@ -57,7 +57,7 @@ fn install(test_writer: bool) {
         return;
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,librdkafka=warn,rdkafka=warn,sqlx=warn,tansu=warn")
+        EnvFilter::new("info,librdkafka=warn,rdkafka=warn,sqlx=warn,tansu=warn,opentelemetry=warn,opentelemetry_sdk=warn")
     });
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
     let provider = tracer_provider();

@@ -444,11 +444,14 @@ where
                 if inner.missed_heartbeat(group_id, now) {
                     info!("missed heartbeat for {group_id} in {}", inner.generation_id);
 
+                    // PATCHED (sagaflow): a new generation, so the remaining members' next
+                    // heartbeat answers RebalanceInProgress and they rejoin; with the same
+                    // generation they were told all is well and kept their old assignment.
                     Self::Forming(Inner {
                         session_timeout_ms: inner.session_timeout_ms,
                         rebalance_timeout_ms: inner.rebalance_timeout_ms,
                         members: inner.members,
-                        generation_id: inner.generation_id,
+                        generation_id: inner.generation_id + 1,
                         state: Forming {
                             protocol_type: Some(inner.state.protocol_type),
                             protocol_name: Some(inner.state.protocol_name),
@@ -2687,7 +2690,11 @@ where
             );
         }
 
-        if self.missed_heartbeat(group_id, now) || (generation_id < self.generation_id) {
+        // PATCHED (sagaflow, vendor/README.md): expired members are removed by the caller's
+        // `Wrapper::missed_heartbeat`, which also moves the group to Forming. Removing them
+        // here kept the group Formed with the expired members' partitions assigned to nobody,
+        // and every rejoin got its old assignment back.
+        if generation_id < self.generation_id {
             return (
                 self,
                 HeartbeatResponse::default()
