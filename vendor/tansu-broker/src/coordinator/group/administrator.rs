@@ -1982,11 +1982,15 @@ where
             return (self.into(), sync_group_response.into());
         }
 
-        if self
+        // PATCHED (sagaflow, vendor/README.md): only the leader completes a forming group.
+        // Upstream also let a follower complete it while the group had no leader (the leader
+        // had expired): the follower's empty assignment list became the group's, and every
+        // member held no partition, forever. Now the follower rejoins, and leads.
+        if !self
             .state
             .leader
             .as_ref()
-            .is_some_and(|leader_id| member_id != leader_id.as_str())
+            .is_some_and(|leader_id| member_id == leader_id.as_str())
         {
             debug!(?self.state.leader, sync_outcome = ?ErrorCode::RebalanceInProgress);
 
