@@ -273,14 +273,7 @@ async fn inventory_faults(app: &TestApp, update: serde_json::Value) -> serde_jso
 }
 
 async fn inventory_fault_view(app: &TestApp) -> serde_json::Value {
-    app.http
-        .get(format!("{}/_control/inventory", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json("/_control/inventory").await
 }
 
 /// The value of a counter without labels on this process's `/metrics` (0 when not yet
@@ -528,15 +521,7 @@ async fn a_compensation_failing_forever_ends_failed_with_an_alert_never_silently
     )
     .await;
     // Not stuck: nothing overdue, and it stays FAILED.
-    let overdue: serde_json::Value = app
-        .http
-        .get(format!("{}/sagas/overdue", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let overdue = app.get_json("/sagas/overdue").await;
     assert_eq!(overdue["count"], 0, "{overdue}");
 
     // Every ReleaseStock (the first and each re-send) was tried, failed and dead-lettered.

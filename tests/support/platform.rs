@@ -194,9 +194,10 @@ impl TestApp {
         Uuid::parse_str(body["order_id"].as_str().unwrap()).unwrap()
     }
 
-    pub async fn order(&self, id: Uuid) -> Value {
+    /// `GET {base_url}{path}` as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(format!("{}/orders/{id}", self.base_url))
+            .get(format!("{}{path}", self.base_url))
             .send()
             .await
             .unwrap()
@@ -205,15 +206,12 @@ impl TestApp {
             .unwrap()
     }
 
+    pub async fn order(&self, id: Uuid) -> Value {
+        self.get_json(&format!("/orders/{id}")).await
+    }
+
     pub async fn saga(&self, id: Uuid) -> Value {
-        self.http
-            .get(format!("{}/sagas/{id}", self.base_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json(&format!("/sagas/{id}")).await
     }
 
     /// Wait until the order is APPROVED or REJECTED; returns the order.
