@@ -115,7 +115,7 @@ broker_image() {
     # A minimal root file system: the binary, the shared libraries it links, nothing else.
     local rootfs
     rootfs=$(mktemp -d)
-    mkdir -p "$rootfs/usr/local/bin" "$rootfs/tmp" "$rootfs/etc"
+    mkdir -p "$rootfs/usr/local/bin" "$rootfs/tmp" "$rootfs/etc" "$rootfs/var/lib/sagaflow-broker"
     cp "$bin" "$rootfs/usr/local/bin/sagaflow"
     strip "$rootfs/usr/local/bin/sagaflow" 2>/dev/null || true
     ldd "$bin" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
@@ -129,6 +129,7 @@ broker_image() {
     step "docker import $image"
     tar -C "$rootfs" -c . | docker import \
         -c 'EXPOSE 9092' \
+        -c 'ENV SAGAFLOW_BROKER_STORAGE=file:///var/lib/sagaflow-broker' \
         -c 'ENTRYPOINT ["/usr/local/bin/sagaflow", "broker"]' \
         - "$image" >/dev/null
     rm -rf "$rootfs"

@@ -81,6 +81,35 @@ async fn every_component_killed_repeatedly_during_sagas_loses_and_duplicates_not
 }
 
 #[tokio::test]
+async fn orchestrator_and_consumers_killed_repeatedly_during_500_sagas_lose_and_duplicate_nothing()
+{
+    let _broker = broker_lock().read().await;
+    let mut app = spawn_platform(Options::default()).await;
+    let initial = stocked(&app, 500).await;
+    let consumers = ["inventory-service", "payment-service", "order-service"];
+    let mut orders = Vec::new();
+    for round in 0..5 {
+        orders.extend(place_mixed(&app, 100).await);
+        // Let the sagas get under way, then crash the orchestrator and one consumer while
+        // they are mid-flight; everything else keeps running.
+        tokio::time::sleep(Duration::from_millis(150 + 100 * round as u64)).await;
+        app.kill_component("saga-orchestrator").await;
+        app.kill_component(consumers[round % consumers.len()]).await;
+    }
+    let last_kill = Instant::now();
+    let report = invariants::check(&app, &initial, Duration::from_secs(30)).await;
+    assert!(
+        last_kill.elapsed() < Duration::from_secs(30),
+        "all terminal within 30 s of the last kill"
+    );
+    assert_eq!(report.orders as usize, orders.len());
+    assert_eq!(orders.len(), 500);
+    assert!(report.approved > 0 && report.rejected > 0, "{report:?}");
+    assert_no_state_went_backwards(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn poison_unknown_and_envelope_less_messages_are_dead_lettered_and_the_partitions_move_on() {
     let _broker = broker_lock().read().await;
     let app = spawn_platform(Options::default()).await;
@@ -255,6 +284,32 @@ async fn broker_frozen_longer_than_the_delivery_timeout_recovers_without_loss_or
     docker(&["unpause", &broker]);
     let report = invariants::check(&app, &initial, Duration::from_secs(120)).await;
     assert_eq!(report.orders as usize, first.len() + during.len());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn broker_killed_for_20_s_and_restarted_recovers_without_loss_or_duplicates() {
+    let Some(broker) = infra().kafka_container.clone() else {
+        eprintln!("skipped: needs the harness's broker container");
+        return;
+    };
+    let _alone = broker_lock().write().await;
+    let app = spawn_platform(Options {
+        step_timeout: Duration::from_secs(60),
+        ..Options::default()
+    })
+    .await;
+    let initial = stocked(&app, 200).await;
+    let first = place_mixed(&app, 40).await;
+    // SIGKILL: no flush, no goodbye to the clients; the broker's log survives on its disk.
+    docker(&["kill", &broker]);
+    // Orders keep being accepted while the broker is down (the outbox holds them).
+    let during = place_mixed(&app, 40).await;
+    tokio::time::sleep(Duration::from_secs(20)).await; // the outage itself
+    docker(&["start", &broker]);
+    let report = invariants::check(&app, &initial, Duration::from_secs(120)).await;
+    assert_eq!(report.orders as usize, first.len() + during.len());
+    assert!(report.approved > 0 && report.rejected > 0, "{report:?}");
     app.stop().await;
 }
 

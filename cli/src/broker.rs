@@ -1,4 +1,8 @@
-//! `sagaflow broker`: the embedded Kafka-compatible broker (tansu, in-memory storage).
+//! `sagaflow broker`: the embedded Kafka-compatible broker (tansu).
+//!
+//! Storage: in memory by default (fast; a restart starts empty), or `--storage
+//! file:///some/dir` to keep topics, records and committed offsets across restarts (what a
+//! broker that may be killed and restarted needs: `sagaflow chaos`, the broker image).
 //!
 //! The same code serves `sagaflow dev` in-process and the local broker image of the test
 //! harness (so the broker is compiled once, as part of this binary). It reads the listener
@@ -22,7 +26,13 @@ pub struct BrokerArgs {
     /// Address clients are told to connect to (host:port).
     #[arg(long, env = "SAGAFLOW_BROKER_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Where the log lives: `memory://` (lost on exit) or `file:///dir` (kept across restarts).
+    #[arg(long, env = "SAGAFLOW_BROKER_STORAGE", default_value = IN_MEMORY)]
+    pub storage: Url,
 }
+
+/// The default storage: in memory, gone when the process exits.
+pub const IN_MEMORY: &str = "memory://tansu/";
 
 /// The PLAINTEXT entry of a Kafka listener list like `PLAINTEXT://0.0.0.0:9092,CONTROLLER://…`.
 fn plaintext_entry(list: &str) -> Option<String> {
@@ -59,8 +69,15 @@ impl BrokerArgs {
 pub async fn serve(
     listen: &str,
     advertise: &str,
+    storage: &Url,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    match storage.scheme() {
+        "memory" | "file" => {}
+        other => {
+            anyhow::bail!("broker storage {storage}: use memory:// or file:///dir, not {other}://")
+        }
+    }
     let listener: Url = format!("tcp://{listen}")
         .parse()
         .context("listen address")?;
@@ -72,12 +89,12 @@ pub async fn serve(
         .cluster_id("sagaflow")
         .incarnation_id(Uuid::now_v7())
         .advertised_listener(advertised)
-        .storage("memory://tansu/".parse()?)
+        .storage(storage.clone())
         .listener(listener)
         .build()
         .await
         .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:?}"))?;
-    info!(%listen, %advertise, "kafka-compatible broker (tansu, in-memory) listening");
+    info!(%listen, %advertise, %storage, "kafka-compatible broker (tansu) listening");
     tokio::select! {
         result = broker.serve(tokio::time::Instant::now()) => {
             result.map_err(|e| anyhow::anyhow!("embedded broker stopped: {e:?}"))
@@ -94,7 +111,14 @@ pub async fn spawn_on_free_port(shutdown: CancellationToken) -> anyhow::Result<S
     let address = format!("127.0.0.1:{port}");
     let listen = address.clone();
     tokio::spawn(async move {
-        if let Err(e) = serve(&listen, &listen, shutdown).await {
+        if let Err(e) = serve(
+            &listen,
+            &listen,
+            &IN_MEMORY.parse().expect("a URL"),
+            shutdown,
+        )
+        .await
+        {
             tracing::error!(error = %e, "embedded broker failed");
         }
     });

@@ -1,18 +1,17 @@
 //! `sagaflow chaos --minutes N`: a soak under faults.
 //!
 //! Every component runs as its own child process (the binaries next to this one): the broker
-//! (`sagaflow broker`, tansu with in-memory storage), order-, inventory-, payment- (with its
-//! simulated provider) and notification-service, the saga orchestrator and the outbox relay,
-//! each with fresh databases and a topic prefix of its own. An open-loop client places orders
-//! at `--rate` (retrying each with its Idempotency-Key until acknowledged) while, at seeded
-//! random times, one of relay, orchestrator or a service is SIGKILLed and restarted, or the
-//! broker is frozen. Then the faults stop, every component runs, the platform settles, and the
-//! invariants are checked in the databases (see `sagaflow_cli::invariants`).
+//! (`sagaflow broker`, tansu with its log on disk under the run folder), order-, inventory-,
+//! payment- (with its simulated provider) and notification-service, the saga orchestrator and
+//! the outbox relay, each with fresh databases and a topic prefix of its own. An open-loop
+//! client places orders at `--rate` (retrying each with its Idempotency-Key until
+//! acknowledged) while, at seeded random times, one of relay, orchestrator, a service or the
+//! broker is SIGKILLed and restarted, or the broker is frozen (SIGSTOP) for a few seconds.
+//! Then the faults stop, every component runs, the platform settles, and the invariants are
+//! checked in the databases (see `sagaflow_cli::invariants`).
 //!
-//! The broker is never killed: its storage is in memory, so a killed broker would lose its log
-//! and every committed offset, which no client can survive. It is frozen (SIGSTOP) for 2–4 s
-//! and resumed (SIGCONT) instead — shorter than the consumers' 6 s session timeout, because a
-//! known tansu issue leaves consumer groups with ghost members after longer freezes.
+//! The broker keeps its log in `file://` storage, so a killed broker comes back with its
+//! topics, records and committed offsets, as a Kafka broker with a disk would.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -236,7 +235,13 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
     let mut procs = vec![Proc {
         name: "broker",
         program: std::env::current_exe()?,
-        args: vec!["broker".into(), "--listen".into(), broker_addr.clone()],
+        args: vec![
+            "broker".into(),
+            "--listen".into(),
+            broker_addr.clone(),
+            "--storage".into(),
+            format!("file://{}", run_dir.join("broker-data").display()),
+        ],
         // At info the broker logs every request: gigabytes in minutes.
         env: vec![("RUST_LOG".into(), "warn".into())],
         log: run_dir.join("broker.log"),
@@ -478,7 +483,8 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
         rejected: findings.rejected,
         faults: by_component,
         broker: format!(
-            "paused {} times (in-memory broker cannot be killed without losing its log)",
+            "killed {} times (log on disk, restarted), frozen {} times",
+            faults.kills.get("broker").copied().unwrap_or(0),
             faults.broker_pauses
         ),
         exited_on_their_own: faults
@@ -754,9 +760,9 @@ async fn place_order(
     }
 }
 
-/// Every 5–15 s (seeded), one fault: SIGKILL a component and restart it 0.5–3 s later, or
-/// freeze the broker for 2–4 s. A fault under way is always completed (restarted, resumed)
-/// before this returns.
+/// Every 5–15 s (seeded), one fault: SIGKILL a component (the broker included) and restart
+/// it 0.5–3 s later (the broker 1–5 s), or freeze the broker for 2–4 s. A fault under way is
+/// always completed (restarted, resumed) before this returns.
 async fn inject_faults(
     fleet: Fleet,
     seed: u64,
@@ -771,14 +777,15 @@ async fn inject_faults(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let target: &'static str = match rng.random_range(0..4) {
+        let target: &'static str = match rng.random_range(0..5) {
             0 => "outbox-relay",
             1 => "saga-orchestrator",
             2 => SERVICES[rng.random_range(0..SERVICES.len())],
-            _ => "broker",
+            3 => "broker",
+            _ => "broker (freeze)",
         };
         let at = started.elapsed().as_secs_f64();
-        if target == "broker" {
+        if target == "broker (freeze)" {
             let pause = Duration::from_secs_f64(rng.random_range(2.0..4.0));
             let pid = fleet.lock().await[0].pid();
             let Some(pid) = pid else { continue };
@@ -789,7 +796,11 @@ async fn inject_faults(
             faults.lock().unwrap().broker_pauses += 1;
             continue;
         }
-        let down = Duration::from_secs_f64(rng.random_range(0.5..3.0));
+        let down = if target == "broker" {
+            Duration::from_secs_f64(rng.random_range(1.0..5.0))
+        } else {
+            Duration::from_secs_f64(rng.random_range(0.5..3.0))
+        };
         {
             let mut fleet = fleet.lock().await;
             let Some(proc) = fleet.iter_mut().find(|p| p.name == target) else {

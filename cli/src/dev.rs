@@ -72,7 +72,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             let token = shutdown.clone();
             let listen = address.clone();
             tokio::spawn(async move {
-                if let Err(e) = broker::serve(&listen, &listen, token).await {
+                let storage = broker::IN_MEMORY.parse().expect("a URL");
+                if let Err(e) = broker::serve(&listen, &listen, &storage, token).await {
                     tracing::error!(error = %e, "embedded broker failed");
                 }
             });

@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Broker(args) => {
             let (listen, advertise) = args.resolve();
-            broker::serve(&listen, &advertise, shutdown).await
+            broker::serve(&listen, &advertise, &args.storage, shutdown).await
         }
         Command::Tail(args) => tail::run(args).await,
         Command::Token(args) => token::run(args),

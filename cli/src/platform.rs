@@ -12,8 +12,9 @@ use sagaflow_common::http::{Readiness, ops_router, serve, with_request_timeout};
 use sagaflow_common::{db, kafka};
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -82,6 +83,9 @@ pub struct Platform {
     security: ApiSecurity,
     pub shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    /// Each component's task(s), to crash it alone.
+    running: HashMap<&'static str, Vec<AbortHandle>>,
+    config: PlatformConfig,
 }
 
 /// Connect, migrate, create topics, start every consumer and relay. HTTP is separate
@@ -110,77 +114,33 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
 
     kafka::ensure_all_topics(&config.kafka).await?;
 
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let producer = kafka::producer(&config.kafka)?;
-    for (name, pool) in pools.named() {
-        let relay = Relay::new(
-            pool,
-            producer.clone(),
-            config.kafka.clone(),
-            RelayConfig::new(name),
-        );
-        let token = shutdown.clone();
-        tasks.spawn(async move { ("outbox-relay", relay.run(token).await) });
-    }
-    let k = &config.kafka;
-    let s = &shutdown;
-    tasks.spawn(named(
-        "order-service",
-        order_service::run_consumer(pools.order.clone(), k.clone(), s.clone()),
-    ));
-    let inventory_faults = inventory_service::InventoryFaults::default();
-    tasks.spawn(named(
-        "inventory-service",
-        inventory_service::run_consumer_with(
-            pools.inventory.clone(),
-            k.clone(),
-            inventory_faults.clone(),
-            s.clone(),
-        ),
-    ));
-    tasks.spawn(named(
-        "payment-service",
-        payment_service::run_consumer(
-            pools.payment.clone(),
-            k.clone(),
-            config.payment.clone(),
-            s.clone(),
-        ),
-    ));
-    tasks.spawn(named(
-        "notification-service",
-        notification_service::run_consumer(pools.notification.clone(), k.clone(), s.clone()),
-    ));
-    tasks.spawn(named(
-        "saga-orchestrator",
-        saga_orchestrator::run(
-            pools.saga.clone(),
-            k.clone(),
-            config.saga.clone(),
-            s.clone(),
-        ),
-    ));
-    tasks.spawn(named(
-        "query-service",
-        query_service::run_with(
-            pools.query.clone(),
-            k.clone(),
-            query_service::Rules::from_env().map_err(anyhow::Error::msg)?,
-            consumer_groups(),
-            s.clone(),
-        ),
-    ));
-    info!(prefix = %config.kafka.topic_prefix, brokers = %config.kafka.brokers, "platform started");
-    Ok(Platform {
+    let mut platform = Platform {
         pools,
-        inventory_faults,
+        inventory_faults: inventory_service::InventoryFaults::default(),
         request_timeout: config.request_timeout,
         security: config.security.clone(),
-        shutdown,
-        tasks,
-    })
+        shutdown: CancellationToken::new(),
+        tasks: JoinSet::new(),
+        running: HashMap::new(),
+        config,
+    };
+    for component in COMPONENTS {
+        platform.spawn_component(component)?;
+    }
+    info!(prefix = %platform.config.kafka.topic_prefix, brokers = %platform.config.kafka.brokers, "platform started");
+    Ok(platform)
 }
+
+/// The components [`Platform::kill_component`] can crash and restart one by one.
+pub const COMPONENTS: [&str; 7] = [
+    "outbox-relay",
+    "order-service",
+    "inventory-service",
+    "payment-service",
+    "notification-service",
+    "saga-orchestrator",
+    "query-service",
+];
 
 /// Every consumer group of the platform, for the `consumer_group_lag` metric.
 fn consumer_groups() -> Vec<query_service::lag::Group> {
@@ -210,6 +170,113 @@ async fn named(
 }
 
 impl Platform {
+    /// Start one of [`COMPONENTS`] (the relay: one per publishing database).
+    fn spawn_component(&mut self, component: &str) -> anyhow::Result<()> {
+        let k = self.config.kafka.clone();
+        let s = self.shutdown.clone();
+        let pools = self.pools.clone();
+        let mut handles = Vec::new();
+        let (name, handle) = match component {
+            "outbox-relay" => {
+                let producer = kafka::producer(&k)?;
+                for (db, pool) in pools.named() {
+                    let relay =
+                        Relay::new(pool, producer.clone(), k.clone(), RelayConfig::new(&db));
+                    let token = s.clone();
+                    handles.push(
+                        self.tasks
+                            .spawn(async move { ("outbox-relay", relay.run(token).await) }),
+                    );
+                }
+                self.running.insert("outbox-relay", handles);
+                return Ok(());
+            }
+            "order-service" => (
+                "order-service",
+                self.tasks.spawn(named(
+                    "order-service",
+                    order_service::run_consumer(pools.order, k, s),
+                )),
+            ),
+            "inventory-service" => (
+                "inventory-service",
+                self.tasks.spawn(named(
+                    "inventory-service",
+                    inventory_service::run_consumer_with(
+                        pools.inventory,
+                        k,
+                        self.inventory_faults.clone(),
+                        s,
+                    ),
+                )),
+            ),
+            "payment-service" => (
+                "payment-service",
+                self.tasks.spawn(named(
+                    "payment-service",
+                    payment_service::run_consumer(pools.payment, k, self.config.payment.clone(), s),
+                )),
+            ),
+            "notification-service" => (
+                "notification-service",
+                self.tasks.spawn(named(
+                    "notification-service",
+                    notification_service::run_consumer(pools.notification, k, s),
+                )),
+            ),
+            "saga-orchestrator" => (
+                "saga-orchestrator",
+                self.tasks.spawn(named(
+                    "saga-orchestrator",
+                    saga_orchestrator::run(pools.saga, k, self.config.saga.clone(), s),
+                )),
+            ),
+            "query-service" => (
+                "query-service",
+                self.tasks.spawn(named(
+                    "query-service",
+                    query_service::run_with(
+                        pools.query,
+                        k,
+                        query_service::Rules::from_env().map_err(anyhow::Error::msg)?,
+                        consumer_groups(),
+                        s,
+                    ),
+                )),
+            ),
+            other => anyhow::bail!("no component {other}; one of {COMPONENTS:?}"),
+        };
+        self.running.insert(name, vec![handle]);
+        Ok(())
+    }
+
+    /// Crash one component, as a SIGKILL of its process would (its tasks aborted mid-flight,
+    /// no graceful stop; open transactions roll back when their connections are dropped), and
+    /// start it again. The rest of the platform keeps running.
+    pub async fn kill_component(&mut self, component: &str) -> anyhow::Result<()> {
+        let mut aborted = std::collections::HashSet::new();
+        for handle in self.running.remove(component).unwrap_or_default() {
+            handle.abort();
+            aborted.insert(handle.id());
+        }
+        // The new instance starts only once the old one is gone (as a process would).
+        while !aborted.is_empty() {
+            match self.tasks.join_next_with_id().await {
+                Some(Ok((id, (name, result)))) => {
+                    aborted.remove(&id);
+                    if let Err(e) = result {
+                        error!(component = name, error = %e, "component failed");
+                    }
+                }
+                Some(Err(e)) => {
+                    aborted.remove(&e.id());
+                }
+                None => break,
+            }
+        }
+        self.spawn_component(component)
+    }
+
     /// Every HTTP route of every component, plus health and metrics.
     pub fn router(&self, kafka: &KafkaConfig) -> Router {
         let api = order_service::router(self.pools.order.clone())

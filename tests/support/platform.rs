@@ -129,6 +129,17 @@ impl TestApp {
         self.platform = Some(platform);
     }
 
+    /// Crash one component (`sagaflow_cli::platform::COMPONENTS`) mid-flight and start it
+    /// again; the rest keeps running.
+    pub async fn kill_component(&mut self, component: &str) {
+        self.platform
+            .as_mut()
+            .expect("platform running")
+            .kill_component(component)
+            .await
+            .expect("component restarts");
+    }
+
     /// The Prometheus text of this process's `/metrics` (counters are process-wide).
     pub async fn metrics(&self) -> String {
         self.http

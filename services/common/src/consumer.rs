@@ -6,6 +6,12 @@
 //! after it redelivers it and the inbox row makes it a no-op. So every effect is applied
 //! exactly once even though delivery is at-least-once.
 //!
+//! Concurrency: messages of one partition are applied one after the other, in offset order
+//! (keys — order ids — are partition-affine, so one saga's messages never race); partitions
+//! are applied concurrently, each on its own lane task. A consumer's throughput is therefore
+//! not bounded by one commit round trip per message but by one per message *per partition*.
+//! Handlers that touch rows shared across keys (stock) lock them in a fixed order.
+//!
 //! Failures:
 //! - the database unreachable: retried with backoff for as long as it takes (never
 //!   dead-lettered: the message is fine, the infrastructure is not);
@@ -13,16 +19,20 @@
 //! - a handler error: retried `max_attempts` times with exponential backoff and jitter, then
 //!   dead-lettered to `<topic>.dlq` with the reason in headers, and the partition moves on.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_schemas::{CodecError, Envelope, Message, header_names, topics};
 use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
@@ -59,8 +69,10 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
-    fn infrastructure_down(&self) -> bool {
-        matches!(self, HandlerError::Database(e) if db::is_unavailable(e))
+    /// Not the message's fault (the database is down, or a deadlock/serialization conflict
+    /// with a concurrent lane): retried without counting the attempt.
+    fn transient(&self) -> bool {
+        matches!(self, HandlerError::Database(e) if db::is_unavailable(e) || db::is_conflict(e))
     }
 }
 
@@ -92,6 +104,8 @@ pub struct ConsumerSettings {
     /// A member out of its group this long is replaced by a new one (self-healing after
     /// broker outages; see [`run`]).
     pub rejoin_after: Duration,
+    /// Messages fetched ahead per partition lane (back-pressure on the fetch loop).
+    pub lane_depth: usize,
 }
 
 impl ConsumerSettings {
@@ -105,6 +119,7 @@ impl ConsumerSettings {
                 .unwrap_or(5),
             first_backoff: Duration::from_millis(50),
             rejoin_after: Duration::from_secs(20),
+            lane_depth: 64,
         }
     }
 }
@@ -151,18 +166,21 @@ pub async fn run<H: Handler>(
         .map(|t| kafka_config.topic(t))
         .collect();
     let dead_letters = kafka::producer(&kafka_config)?;
-    let worker = Worker {
+    let worker = Arc::new(Worker {
         pool,
         kafka_config,
         settings,
         handler,
         dead_letters,
         shutdown,
-    };
+    });
     loop {
-        let consumer = kafka::consumer(&worker.kafka_config, &worker.settings.name)?;
+        let consumer = Arc::new(kafka::consumer(
+            &worker.kafka_config,
+            &worker.settings.name,
+        )?);
         consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
-        match worker.consume(&consumer).await {
+        match Worker::consume(&worker, &consumer).await {
             Ended::Stopped => return Ok(()),
             Ended::OutOfGroup(out_for) => {
                 // Seen after a broker outage longer than the session timeout: the client kept
@@ -198,27 +216,77 @@ impl<H: Handler> Worker<H> {
         self.kafka_config.group(&self.settings.name)
     }
 
-    async fn consume(&self, consumer: &kafka::GroupConsumer) -> Ended {
+    /// The fetch loop: hands each message to its partition's lane, spawning lanes as
+    /// partitions show up, and watches group membership. On return every lane has stopped,
+    /// so nothing stores an offset into a consumer that is about to be dropped.
+    async fn consume(this: &Arc<Self>, consumer: &Arc<kafka::GroupConsumer>) -> Ended {
+        let stop_lanes = this.shutdown.child_token();
+        let mut lanes: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
+        let mut running = JoinSet::new();
         let mut watch = tokio::time::interval(Duration::from_secs(1));
-        loop {
+        let ended = loop {
             let received = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ended::Stopped,
+                _ = this.shutdown.cancelled() => break Ended::Stopped,
+                // A lane ends early only when shutdown interrupted its retries.
+                Some(_) = running.join_next() => break Ended::Stopped,
                 received = consumer.recv() => received,
                 _ = watch.tick() => {
                     let out_for = consumer.context().out_of_group_for();
-                    if out_for > self.settings.rejoin_after {
-                        return Ended::OutOfGroup(out_for);
+                    if out_for > this.settings.rejoin_after {
+                        break Ended::OutOfGroup(out_for);
                     }
                     continue;
                 }
             };
             let raw = match received {
-                Ok(raw) => raw,
+                Ok(raw) => raw.detach(),
                 Err(e) => {
                     // librdkafka reconnects by itself; errors here are informational.
-                    warn!(consumer = %self.settings.name, error = %e, "kafka consumer error");
+                    warn!(consumer = %this.settings.name, error = %e, "kafka consumer error");
                     continue;
                 }
+            };
+            let lane = lanes
+                .entry((raw.topic().to_string(), raw.partition()))
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(this.settings.lane_depth);
+                    running.spawn(Self::lane(
+                        this.clone(),
+                        consumer.clone(),
+                        rx,
+                        stop_lanes.clone(),
+                    ));
+                    tx
+                })
+                .clone();
+            tokio::select! {
+                _ = this.shutdown.cancelled() => break Ended::Stopped,
+                sent = lane.send(raw) => if sent.is_err() { break Ended::Stopped },
+            }
+        };
+        // Messages still queued in a lane are not applied and their offsets not stored:
+        // the next member gets them again.
+        stop_lanes.cancel();
+        drop(lanes);
+        while running.join_next().await.is_some() {}
+        ended
+    }
+
+    /// Applies one partition's messages in order and stores each offset after its commit.
+    async fn lane(
+        self: Arc<Self>,
+        consumer: Arc<kafka::GroupConsumer>,
+        mut queue: mpsc::Receiver<OwnedMessage>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let raw = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                raw = queue.recv() => match raw {
+                    Some(raw) => raw,
+                    None => return,
+                },
             };
             let span = info_span!(
                 "consume",
@@ -240,17 +308,19 @@ impl<H: Handler> Worker<H> {
             metrics::histogram!("consumer_handle_seconds", "group" => self.group())
                 .record(started.elapsed().as_secs_f64());
             if outcome == Outcome::Interrupted {
-                return Ended::Stopped;
+                return;
             }
-            if let Err(e) = consumer.store_offset_from_message(&raw) {
-                // The offset is re-stored with the next message of the partition; a
-                // redelivery after a crash is deduplicated by the inbox.
+            // Same call as `store_offset_from_message`: librdkafka commits offset + 1.
+            if let Err(e) = consumer.store_offset(raw.topic(), raw.partition(), raw.offset()) {
+                // After a revocation the partition is not ours any more: its new owner gets
+                // the message again and the inbox makes it a no-op. Otherwise the offset is
+                // re-stored with the partition's next message.
                 warn!(consumer = %self.settings.name, topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), error = %e, "storing offset failed");
             }
         }
     }
 
-    async fn process(&self, raw: &BorrowedMessage<'_>) -> Outcome {
+    async fn process(&self, raw: &OwnedMessage) -> Outcome {
         let incoming = match parse(raw) {
             Ok(incoming) => incoming,
             Err(Unreadable::NotOurs) => return Outcome::Skipped,
@@ -281,10 +351,10 @@ impl<H: Handler> Worker<H> {
             if let HandlerError::Rejected(reason) = &error {
                 return self.dead_letter(raw, "rejected", reason, attempts).await;
             }
-            if error.infrastructure_down() {
+            if error.transient() {
                 // Not the message's fault: wait for the database, do not count the attempt.
                 attempts -= 1;
-                warn!(consumer = %self.settings.name, error = %error, "database unavailable; retrying");
+                warn!(consumer = %self.settings.name, error = %error, "database unavailable or conflict; retrying");
             } else if attempts >= self.settings.max_attempts {
                 return self
                     .dead_letter(raw, "failed", &error.to_string(), attempts)
@@ -328,7 +398,7 @@ impl<H: Handler> Worker<H> {
     /// broker acknowledges it, because storing the offset without it would lose the message.
     async fn dead_letter(
         &self,
-        raw: &BorrowedMessage<'_>,
+        raw: &OwnedMessage,
         kind: &str,
         reason: &str,
         attempts: u32,
@@ -398,7 +468,7 @@ enum Unreadable {
 }
 
 /// The message's `traceparent` header: its consumer span continues the producer's trace.
-fn traceparent(raw: &BorrowedMessage<'_>) -> Option<String> {
+fn traceparent(raw: &OwnedMessage) -> Option<String> {
     use rdkafka::message::Headers as _;
     raw.headers()?
         .iter()
@@ -408,7 +478,7 @@ fn traceparent(raw: &BorrowedMessage<'_>) -> Option<String> {
         .map(str::to_string)
 }
 
-fn parse(raw: &BorrowedMessage<'_>) -> Result<Incoming, Unreadable> {
+fn parse(raw: &OwnedMessage) -> Result<Incoming, Unreadable> {
     let pairs = kafka::header_pairs(raw.headers());
     let envelope = Envelope::from_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
         .map_err(|e| Unreadable::Poison {

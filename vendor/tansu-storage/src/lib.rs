@@ -197,6 +197,9 @@ use uuid::Uuid;
 #[cfg(feature = "dynostore")]
 mod dynostore;
 
+#[cfg(feature = "dynostore")]
+mod local_fs;
+
 mod null;
 
 #[cfg(feature = "postgres")]
@@ -1761,8 +1764,20 @@ impl Builder<i32, String, Url, Url> {
                     .lake(self.lake_house.clone()),
             )),
 
+            // PATCHED (sagaflow): file:///path keeps the broker's data across restarts.
+            #[cfg(feature = "dynostore")]
+            "file" => local_fs::LocalConditional::new(std::path::Path::new(self.storage.path()))
+                .map(|object_store| {
+                    DynoStore::new(self.cluster_id.as_str(), self.node_id, object_store)
+                        .advertised_listener(self.advertised_listener.clone())
+                        .schemas(self.schema_registry)
+                        .lake(self.lake_house.clone())
+                })
+                .map(StorageContainer::DynoStore)
+                .map_err(Into::into),
+
             #[cfg(not(feature = "dynostore"))]
-            "s3" | "memory" => Err(Error::FeatureNotEnabled {
+            "s3" | "memory" | "file" => Err(Error::FeatureNotEnabled {
                 feature: "dynostore".into(),
                 message: self.storage.to_string(),
             }),
