@@ -103,26 +103,51 @@ pub async fn serve(
     }
 }
 
-/// Start an embedded broker on a free loopback port; returns its address.
+/// Serve a broker on its own thread and Tokio runtime until `shutdown` is cancelled.
+///
+/// Not on the caller's runtime: librdkafka clients block the thread they are dropped on while
+/// they leave their groups, and a broker sharing those (few) worker threads could then never
+/// answer them — the process hangs on shutdown.
+pub fn spawn_in_own_runtime(
+    listen: String,
+    advertise: String,
+    storage: Url,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("embedded-broker".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .thread_name("broker-worker")
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "embedded broker: no runtime");
+                    return;
+                }
+            };
+            if let Err(e) = runtime.block_on(serve(&listen, &advertise, &storage, shutdown)) {
+                tracing::error!(error = %e, "embedded broker failed");
+            }
+        })?;
+    Ok(())
+}
+
+/// Start an embedded in-memory broker on a free loopback port; returns its address once it
+/// accepts connections.
 pub async fn spawn_on_free_port(shutdown: CancellationToken) -> anyhow::Result<String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let address = format!("127.0.0.1:{port}");
-    let listen = address.clone();
-    tokio::spawn(async move {
-        if let Err(e) = serve(
-            &listen,
-            &listen,
-            &IN_MEMORY.parse().expect("a URL"),
-            shutdown,
-        )
-        .await
-        {
-            tracing::error!(error = %e, "embedded broker failed");
-        }
-    });
-    // Wait until it accepts connections.
+    spawn_in_own_runtime(
+        address.clone(),
+        address.clone(),
+        IN_MEMORY.parse()?,
+        shutdown,
+    )?;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(&address).await.is_ok() {
             return Ok(address);

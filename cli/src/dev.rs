@@ -69,14 +69,12 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             std::net::TcpListener::bind(&address).with_context(|| {
                 format!("port {address} is taken: set KAFKA_BROKERS or SAGAFLOW_BROKER_PORT")
             })?;
-            let token = shutdown.clone();
-            let listen = address.clone();
-            tokio::spawn(async move {
-                let storage = broker::IN_MEMORY.parse().expect("a URL");
-                if let Err(e) = broker::serve(&listen, &listen, &storage, token).await {
-                    tracing::error!(error = %e, "embedded broker failed");
-                }
-            });
+            broker::spawn_in_own_runtime(
+                address.clone(),
+                address.clone(),
+                broker::IN_MEMORY.parse()?,
+                shutdown.clone(),
+            )?;
             address
         }
     };

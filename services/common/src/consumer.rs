@@ -180,7 +180,11 @@ pub async fn run<H: Handler>(
             &worker.settings.name,
         )?);
         consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
-        match Worker::consume(&worker, &consumer).await {
+        let ended = Worker::consume(&worker, &consumer).await;
+        // Closing a member blocks its thread until it has left the group: not on a runtime
+        // worker, which other tasks (an in-process broker among them) may need meanwhile.
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        match ended {
             Ended::Stopped => return Ok(()),
             Ended::OutOfGroup(out_for) => {
                 // Seen after a broker outage longer than the session timeout: the client kept

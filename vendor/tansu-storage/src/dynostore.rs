@@ -93,6 +93,11 @@ pub struct DynoStore {
     watermarks: Arc<Mutex<BTreeMap<Topition, OptiCon<Watermark>>>>,
     meta: OptiCon<Meta>,
 
+    // PATCHED (sagaflow, vendor/README.md): the base offsets of each partition's batches,
+    // listed once from the object store and kept up to date by `produce`, so a fetch does
+    // not list every batch of the partition (which made each fetch O(log length)).
+    batch_index: Arc<tokio::sync::Mutex<BTreeMap<Topition, BTreeSet<i64>>>>,
+
     object_store: Arc<DynObjectStore>,
 }
 
@@ -355,6 +360,7 @@ impl DynoStore {
 
             watermarks: Arc::new(Mutex::new(BTreeMap::new())),
             meta: OptiCon::<Meta>::new(cluster),
+            batch_index: Arc::new(tokio::sync::Mutex::new(BTreeMap::new())),
             object_store: Arc::new(Cache::new(
                 Metron::new(object_store, cluster),
                 Duration::from_millis(5_000),
@@ -618,6 +624,12 @@ impl Storage for DynoStore {
 
     async fn delete_topic(&self, topic: &TopicId) -> Result<ErrorCode> {
         if let Some(metadata) = self.topic_metadata(topic).await? {
+            // PATCHED (sagaflow): forget the deleted topic's batches.
+            self.batch_index
+                .lock()
+                .await
+                .retain(|topition, _| topition.topic != metadata.topic.name);
+
             self.meta
                 .with_mut(&self.object_store, |meta| {
                     _ = meta.topics.remove(metadata.topic.name.as_str());
@@ -979,6 +991,11 @@ impl Storage for DynoStore {
                 .inspect(|outcome| debug!(?outcome, transaction_id, ?topition))
                 .inspect_err(|error| error!(?error, transaction_id, ?topition))?;
 
+            // PATCHED (sagaflow): an index not loaded yet will list this batch when it is.
+            if let Some(index) = self.batch_index.lock().await.get_mut(topition) {
+                _ = index.insert(offset);
+            }
+
             Ok(offset)
         }
     }
@@ -1001,34 +1018,43 @@ impl Storage for DynoStore {
 
         debug!(high_watermark);
 
+        // PATCHED (sagaflow): the batches come from the in-process index (loaded by one
+        // listing per partition, under the lock so a concurrent produce cannot be missed).
         let mut offsets = BTreeSet::new();
 
         if offset < high_watermark {
-            let location = Path::from(format!(
-                "clusters/{}/topics/{}/partitions/{:0>10}/records/",
-                self.cluster, topition.topic, topition.partition
-            ));
+            let mut index = self.batch_index.lock().await;
+            if !index.contains_key(topition) {
+                let location = Path::from(format!(
+                    "clusters/{}/topics/{}/partitions/{:0>10}/records/",
+                    self.cluster, topition.topic, topition.partition
+                ));
 
-            let mut list_stream = self.object_store.list(Some(&location));
+                let mut listed = BTreeSet::new();
+                let mut list_stream = self.object_store.list(Some(&location));
 
-            while let Some(meta) = list_stream
-                .next()
-                .await
-                .inspect(|meta| debug!(?meta))
-                .transpose()
-                .inspect_err(|error| error!(?error, ?topition, ?offset, ?min_bytes, ?max_bytes))
-                .map_err(|_| Error::Api(ErrorCode::UnknownServerError))?
-            {
-                let Some(offset) = meta.location.parts().next_back() else {
-                    continue;
-                };
+                while let Some(meta) = list_stream
+                    .next()
+                    .await
+                    .inspect(|meta| debug!(?meta))
+                    .transpose()
+                    .inspect_err(|error| {
+                        error!(?error, ?topition, ?offset, ?min_bytes, ?max_bytes)
+                    })
+                    .map_err(|_| Error::Api(ErrorCode::UnknownServerError))?
+                {
+                    let Some(offset) = meta.location.parts().next_back() else {
+                        continue;
+                    };
 
-                let offset = i64::from_str(&offset.as_ref()[0..20])?;
-                debug!(offset);
-
-                if offset < high_watermark {
-                    _ = offsets.insert(offset);
+                    _ = listed.insert(i64::from_str(&offset.as_ref()[0..20])?);
                 }
+                _ = index.insert(topition.clone(), listed);
+            }
+
+            if let Some(known) = index.get(topition) {
+                let first = known.range(..=offset).next_back().copied().unwrap_or(offset);
+                offsets.extend(known.range(first..high_watermark).copied());
             }
         }
 
@@ -1041,13 +1067,16 @@ impl Storage for DynoStore {
         // Kafka does. Upstream started from the first batch whose *base* offset is >= the
         // fetch offset, so a consumer resuming from a committed offset in the middle of a
         // batch got nothing (or skipped the rest of that batch).
-        let first = offsets
-            .range(..=offset)
-            .next_back()
-            .copied()
-            .unwrap_or(offset);
-        for offset in offsets.split_off(&first) {
+        //
+        // Also PATCHED: only a gapless run of batches is returned. A batch whose offsets are
+        // already below the high watermark may still be being written by a concurrent
+        // produce; returning the batches after it would make the client skip its records.
+        let mut expected: Option<i64> = None;
+        for offset in offsets {
             debug!(?offset);
+            if expected.is_some_and(|next| next != offset) {
+                break;
+            }
 
             let location = Path::from(format!(
                 "clusters/{}/topics/{}/partitions/{:0>10}/records/{:0>20}.batch",
@@ -1070,6 +1099,7 @@ impl Storage for DynoStore {
                 .map_err(|_| Error::Api(ErrorCode::UnknownServerError))
                 .and_then(|encoded| self.decode(encoded))?;
             batch.base_offset = offset;
+            expected = Some(offset + i64::from(batch.last_offset_delta) + 1);
             batches.push(batch);
 
             if size > bytes {
