@@ -128,7 +128,7 @@ pub fn consumer(
         // A member that stops polling (a stuck handler) gives its partitions back.
         .set("max.poll.interval.ms", "60000")
         .set("heartbeat.interval.ms", "1000")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "100")
         .set("topic.metadata.refresh.interval.ms", "5000")
         // Feeds GroupContext's group-state watch.
         .set("statistics.interval.ms", "1000")

@@ -995,6 +995,7 @@ impl Storage for DynoStore {
             if let Some(index) = self.batch_index.lock().await.get_mut(topition) {
                 _ = index.insert(offset);
             }
+            crate::PRODUCED.notify_waiters();
 
             Ok(offset)
         }
@@ -1071,11 +1072,15 @@ impl Storage for DynoStore {
         // Also PATCHED: only a gapless run of batches is returned. A batch whose offsets are
         // already below the high watermark may still be being written by a concurrent
         // produce; returning the batches after it would make the client skip its records.
+        // The first batch must hold the requested offset or come before it.
+        let requested = offset;
         let mut expected: Option<i64> = None;
         for offset in offsets {
             debug!(?offset);
-            if expected.is_some_and(|next| next != offset) {
-                break;
+            match expected {
+                Some(next) if next != offset => break,
+                None if offset > requested => break,
+                _ => {}
             }
 
             let location = Path::from(format!(
@@ -1099,7 +1104,13 @@ impl Storage for DynoStore {
                 .map_err(|_| Error::Api(ErrorCode::UnknownServerError))
                 .and_then(|encoded| self.decode(encoded))?;
             batch.base_offset = offset;
-            expected = Some(offset + i64::from(batch.last_offset_delta) + 1);
+            let next = offset + i64::from(batch.last_offset_delta) + 1;
+            expected = Some(next);
+            if next <= requested {
+                // Wholly before the requested offset (its successor is still being
+                // written): clients would deliver these records again.
+                continue;
+            }
             batches.push(batch);
 
             if size > bytes {

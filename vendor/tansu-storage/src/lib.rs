@@ -200,6 +200,10 @@ mod dynostore;
 #[cfg(feature = "dynostore")]
 mod local_fs;
 
+/// PATCHED (sagaflow, vendor/README.md): signalled after every produce, so a waiting fetch
+/// answers at once instead of at the end of its max wait.
+pub(crate) static PRODUCED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 mod null;
 
 #[cfg(feature = "postgres")]

@@ -316,6 +316,12 @@ impl FetchService {
             while elapsed <= max_wait && bytes <= min_bytes {
                 debug!(?elapsed, ?max_wait, ?bytes, ?min_bytes);
 
+                // PATCHED (sagaflow, vendor/README.md): registered before looking, so a
+                // produce that lands after the look still wakes this fetch.
+                let produced = crate::PRODUCED.notified();
+                tokio::pin!(produced);
+                _ = produced.as_mut().enable();
+
                 let enumerate = topics.iter().enumerate();
                 responses.clear();
 
@@ -350,12 +356,15 @@ impl FetchService {
                     ?min_bytes
                 );
 
-                sleep(if remaining.as_millis() >= 250 {
-                    remaining / 2
-                } else {
-                    remaining
-                })
-                .await;
+                if bytes <= min_bytes && !remaining.is_zero() {
+                    // PATCHED (sagaflow): long poll — wake on the next produce instead of
+                    // sleeping out the client's whole max wait (every hop of a pipeline paid
+                    // up to fetch.wait.max.ms of latency).
+                    tokio::select! {
+                        _ = produced => {}
+                        _ = sleep(remaining) => {}
+                    }
+                }
 
                 iteration += 1;
             }
