@@ -272,12 +272,9 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_order() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn broker_frozen_longer_than_the_delivery_timeout_recovers_without_loss_or_duplicates() {
-    let Some(broker) = infra().kafka_container.clone() else {
-        eprintln!("skipped: needs the harness's broker container");
-        return;
-    };
+/// Orders before and during a broker outage (`down` then `up`, 20 s apart: longer than the
+/// producer's 15 s `message.timeout.ms`) all end terminal with every invariant holding.
+async fn orders_survive_a_broker_outage(down: &[&str], up: &[&str]) {
     let _alone = broker_lock().write().await;
     let app = spawn_platform(Options {
         step_timeout: Duration::from_secs(60),
@@ -286,14 +283,24 @@ async fn broker_frozen_longer_than_the_delivery_timeout_recovers_without_loss_or
     .await;
     let initial = stocked(&app, 200).await;
     let first = place_mixed(&app, 40).await;
-    docker(&["pause", &broker]);
-    // Orders keep being accepted while the broker is frozen (the outbox holds them).
+    docker(down);
+    // Orders keep being accepted while the broker is away (the outbox holds them).
     let during = place_mixed(&app, 40).await;
-    tokio::time::sleep(Duration::from_secs(20)).await; // longer than message.timeout.ms (15 s)
-    docker(&["unpause", &broker]);
+    tokio::time::sleep(Duration::from_secs(20)).await; // the outage itself
+    docker(up);
     let report = invariants::check(&app, &initial, Duration::from_secs(120)).await;
     assert_eq!(report.orders as usize, first.len() + during.len());
+    assert!(report.approved > 0 && report.rejected > 0, "{report:?}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn broker_frozen_longer_than_the_delivery_timeout_recovers_without_loss_or_duplicates() {
+    let Some(broker) = infra().kafka_container.clone() else {
+        eprintln!("skipped: needs the harness's broker container");
+        return;
+    };
+    orders_survive_a_broker_outage(&["pause", &broker], &["unpause", &broker]).await;
 }
 
 #[tokio::test]
@@ -302,24 +309,8 @@ async fn broker_killed_for_20_s_and_restarted_recovers_without_loss_or_duplicate
         eprintln!("skipped: needs the harness's broker container");
         return;
     };
-    let _alone = broker_lock().write().await;
-    let app = spawn_platform(Options {
-        step_timeout: Duration::from_secs(60),
-        ..Options::default()
-    })
-    .await;
-    let initial = stocked(&app, 200).await;
-    let first = place_mixed(&app, 40).await;
     // SIGKILL: no flush, no goodbye to the clients; the broker's log survives on its disk.
-    docker(&["kill", &broker]);
-    // Orders keep being accepted while the broker is down (the outbox holds them).
-    let during = place_mixed(&app, 40).await;
-    tokio::time::sleep(Duration::from_secs(20)).await; // the outage itself
-    docker(&["start", &broker]);
-    let report = invariants::check(&app, &initial, Duration::from_secs(120)).await;
-    assert_eq!(report.orders as usize, first.len() + during.len());
-    assert!(report.approved > 0 && report.rejected > 0, "{report:?}");
-    app.stop().await;
+    orders_survive_a_broker_outage(&["kill", &broker], &["start", &broker]).await;
 }
 
 /// `POST /_control/inventory`: the dev/test fault switch of the ReleaseStock compensation

@@ -131,6 +131,8 @@ pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     Ok(platform)
 }
 
+type ComponentTask = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
 /// The components [`Platform::kill_component`] can crash and restart one by one.
 pub const COMPONENTS: [&str; 7] = [
     "outbox-relay",
@@ -176,7 +178,7 @@ impl Platform {
         let s = self.shutdown.clone();
         let pools = self.pools.clone();
         let mut handles = Vec::new();
-        let (name, handle) = match component {
+        let task: ComponentTask = match component {
             "outbox-relay" => {
                 let producer = kafka::producer(&k)?;
                 for (db, pool) in pools.named() {
@@ -191,61 +193,42 @@ impl Platform {
                 self.running.insert("outbox-relay", handles);
                 return Ok(());
             }
-            "order-service" => (
-                "order-service",
-                self.tasks.spawn(named(
-                    "order-service",
-                    order_service::run_consumer(pools.order, k, s),
-                )),
-            ),
-            "inventory-service" => (
-                "inventory-service",
-                self.tasks.spawn(named(
-                    "inventory-service",
-                    inventory_service::run_consumer_with(
-                        pools.inventory,
-                        k,
-                        self.inventory_faults.clone(),
-                        s,
-                    ),
-                )),
-            ),
-            "payment-service" => (
-                "payment-service",
-                self.tasks.spawn(named(
-                    "payment-service",
-                    payment_service::run_consumer(pools.payment, k, self.config.payment.clone(), s),
-                )),
-            ),
-            "notification-service" => (
-                "notification-service",
-                self.tasks.spawn(named(
-                    "notification-service",
-                    notification_service::run_consumer(pools.notification, k, s),
-                )),
-            ),
-            "saga-orchestrator" => (
-                "saga-orchestrator",
-                self.tasks.spawn(named(
-                    "saga-orchestrator",
-                    saga_orchestrator::run(pools.saga, k, self.config.saga.clone(), s),
-                )),
-            ),
-            "query-service" => (
-                "query-service",
-                self.tasks.spawn(named(
-                    "query-service",
-                    query_service::run_with(
-                        pools.query,
-                        k,
-                        query_service::Rules::from_env().map_err(anyhow::Error::msg)?,
-                        consumer_groups(),
-                        s,
-                    ),
-                )),
-            ),
+            "order-service" => Box::pin(order_service::run_consumer(pools.order, k, s)),
+            "inventory-service" => Box::pin(inventory_service::run_consumer_with(
+                pools.inventory,
+                k,
+                self.inventory_faults.clone(),
+                s,
+            )),
+            "payment-service" => Box::pin(payment_service::run_consumer(
+                pools.payment,
+                k,
+                self.config.payment.clone(),
+                s,
+            )),
+            "notification-service" => {
+                Box::pin(notification_service::run_consumer(pools.notification, k, s))
+            }
+            "saga-orchestrator" => Box::pin(saga_orchestrator::run(
+                pools.saga,
+                k,
+                self.config.saga.clone(),
+                s,
+            )),
+            "query-service" => Box::pin(query_service::run_with(
+                pools.query,
+                k,
+                query_service::Rules::from_env().map_err(anyhow::Error::msg)?,
+                consumer_groups(),
+                s,
+            )),
             other => anyhow::bail!("no component {other}; one of {COMPONENTS:?}"),
         };
+        let name = COMPONENTS
+            .into_iter()
+            .find(|c| *c == component)
+            .expect("matched above");
+        let handle = self.tasks.spawn(named(name, task));
         self.running.insert(name, vec![handle]);
         Ok(())
     }
