@@ -83,8 +83,8 @@ pub struct Platform {
     security: ApiSecurity,
     pub shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
-    /// Each component's task(s), to crash it alone.
-    running: HashMap<&'static str, Vec<AbortHandle>>,
+    /// Each component's task, to crash it alone.
+    running: HashMap<&'static str, AbortHandle>,
     config: PlatformConfig,
 }
 
@@ -172,26 +172,23 @@ async fn named(
 }
 
 impl Platform {
-    /// Start one of [`COMPONENTS`] (the relay: one per publishing database).
-    fn spawn_component(&mut self, component: &str) -> anyhow::Result<()> {
+    /// Start one of [`COMPONENTS`] (the relay: one per publishing database, in one task).
+    fn spawn_component(&mut self, component: &'static str) -> anyhow::Result<()> {
         let k = self.config.kafka.clone();
         let s = self.shutdown.clone();
         let pools = self.pools.clone();
-        let mut handles = Vec::new();
         let task: ComponentTask = match component {
             "outbox-relay" => {
                 let producer = kafka::producer(&k)?;
-                for (db, pool) in pools.named() {
-                    let relay =
-                        Relay::new(pool, producer.clone(), k.clone(), RelayConfig::new(&db));
-                    let token = s.clone();
-                    handles.push(
-                        self.tasks
-                            .spawn(async move { ("outbox-relay", relay.run(token).await) }),
-                    );
-                }
-                self.running.insert("outbox-relay", handles);
-                return Ok(());
+                let relays: Vec<_> = pools
+                    .named()
+                    .into_iter()
+                    .map(|(db, pool)| {
+                        Relay::new(pool, producer.clone(), k.clone(), RelayConfig::new(&db))
+                            .run(s.clone())
+                    })
+                    .collect();
+                Box::pin(async move { futures::future::try_join_all(relays).await.map(drop) })
             }
             "order-service" => Box::pin(order_service::run_consumer(pools.order, k, s)),
             "inventory-service" => Box::pin(inventory_service::run_consumer_with(
@@ -224,37 +221,31 @@ impl Platform {
             )),
             other => anyhow::bail!("no component {other}; one of {COMPONENTS:?}"),
         };
-        let name = COMPONENTS
-            .into_iter()
-            .find(|c| *c == component)
-            .expect("matched above");
-        let handle = self.tasks.spawn(named(name, task));
-        self.running.insert(name, vec![handle]);
+        let handle = self.tasks.spawn(named(component, task));
+        self.running.insert(component, handle);
         Ok(())
     }
 
-    /// Crash one component, as a SIGKILL of its process would (its tasks aborted mid-flight,
+    /// Crash one component, as a SIGKILL of its process would (its task aborted mid-flight,
     /// no graceful stop; open transactions roll back when their connections are dropped), and
     /// start it again. The rest of the platform keeps running.
-    pub async fn kill_component(&mut self, component: &str) -> anyhow::Result<()> {
-        let mut aborted = std::collections::HashSet::new();
-        for handle in self.running.remove(component).unwrap_or_default() {
+    pub async fn kill_component(&mut self, component: &'static str) -> anyhow::Result<()> {
+        if let Some(handle) = self.running.remove(component) {
             handle.abort();
-            aborted.insert(handle.id());
-        }
-        // The new instance starts only once the old one is gone (as a process would).
-        while !aborted.is_empty() {
-            match self.tasks.join_next_with_id().await {
-                Some(Ok((id, (name, result)))) => {
-                    aborted.remove(&id);
-                    if let Err(e) = result {
-                        error!(component = name, error = %e, "component failed");
+            // The new instance starts only once the old one is gone (as a process would).
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                let id = match joined {
+                    Ok((id, (name, result))) => {
+                        if let Err(e) = result {
+                            error!(component = name, error = %e, "component failed");
+                        }
+                        id
                     }
+                    Err(e) => e.id(),
+                };
+                if id == handle.id() {
+                    break;
                 }
-                Some(Err(e)) => {
-                    aborted.remove(&e.id());
-                }
-                None => break,
             }
         }
         self.spawn_component(component)

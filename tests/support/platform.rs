@@ -131,7 +131,7 @@ impl TestApp {
 
     /// Crash one component (`sagaflow_cli::platform::COMPONENTS`) mid-flight and start it
     /// again; the rest keeps running.
-    pub async fn kill_component(&mut self, component: &str) {
+    pub async fn kill_component(&mut self, component: &'static str) {
         self.platform
             .as_mut()
             .expect("platform running")

@@ -356,7 +356,7 @@ impl<H: Handler> Worker<H> {
                 return self.dead_letter(raw, "rejected", reason, attempts).await;
             }
             if error.transient() {
-                // Not the message's fault: wait for the database, do not count the attempt.
+                // Not the message's fault: wait and retry, do not count the attempt.
                 attempts -= 1;
                 warn!(consumer = %self.settings.name, error = %error, "database unavailable or conflict; retrying");
             } else if attempts >= self.settings.max_attempts {
