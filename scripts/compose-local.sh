@@ -10,9 +10,10 @@
 #
 # Images (no pull):
 #   local/sagaflow-app:dev       host-built debug binaries (stripped) on a debootstrap'd
-#                                bookworm minbase with curl + ca-certificates; also the
-#                                Kafka-protocol broker (`sagaflow broker`, embedded tansu)
+#                                bookworm minbase with curl + ca-certificates
 #   local/sagaflow-postgres:15   scripts/test-infra.sh postgres (shared with the tests)
+#   local/apache-kafka:3.9.1     scripts/test-infra.sh kafka: Apache Kafka from Maven Central
+#                                (shared with the tests)
 #
 # Environment: SAGAFLOW_COMPOSE_PROJECT (default sagaflow-local), SAGAFLOW_UP_TIMEOUT (s, 240),
 # SAGAFLOW_SKIP_CARGO=1 (use the binaries already in target/debug).
@@ -128,6 +129,7 @@ app_image() {
 images() {
     bash "$ROOT/scripts/test-infra.sh" engine || fail "no docker engine"
     have_image "$PG_IMAGE" || bash "$ROOT/scripts/test-infra.sh" postgres || fail "building $PG_IMAGE"
+    bash "$ROOT/scripts/test-infra.sh" kafka || fail "building the Apache Kafka image"
     app_image
 }
 

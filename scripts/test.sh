@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The test command: every unit and integration test of the workspace against real PostgreSQL
-# and a real Kafka-protocol broker.
+# and Apache Kafka (the `cluster` target: three Apache Kafka brokers).
 #
 # - With SAGAFLOW_TEST_DATABASE_URL + SAGAFLOW_TEST_KAFKA set, tests use that running
-#   infrastructure (fast local loop).
+#   infrastructure (fast local loop; the `cluster` target still starts its own brokers).
 # - With SAGAFLOW_TEST_OFFICIAL_IMAGES=1, testcontainers uses the official images
-#   (postgres:16-alpine, apache/kafka) or whatever SAGAFLOW_TEST_*_IMAGE name.
-# - Otherwise (machines without a registry), scripts/test-infra.sh builds local images first.
+#   (postgres:16-alpine, apache/kafka:3.9.1) or whatever SAGAFLOW_TEST_*_IMAGE names.
+# - Otherwise (machines without a registry), scripts/test-infra.sh builds local images first:
+#   local/sagaflow-postgres:15 and local/apache-kafka:3.9.1 (jars from Maven Central).
 #
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test outbox`).
+#
+# The embedded broker (tansu) lane: `scripts/test.sh --embedded-broker [cargo test args]` runs
+# the same tests against the `sagaflow broker` image instead of Apache Kafka.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +25,14 @@ if [ -z "${SAGAFLOW_TEST_DATABASE_URL:-}" ] || [ -z "${SAGAFLOW_TEST_KAFKA:-}" ]
         eval "$(bash scripts/test-infra.sh env)"
     fi
 fi
+
+lane=apache-kafka
+if [ "${1:-}" = --embedded-broker ]; then
+    shift
+    lane=embedded-broker
+    export SAGAFLOW_TEST_KAFKA_IMAGE=${SAGAFLOW_TEST_EMBEDDED_BROKER_IMAGE:?run scripts/test-infra.sh first}
+fi
+echo "[test.sh] lane $lane: SAGAFLOW_TEST_KAFKA_IMAGE=${SAGAFLOW_TEST_KAFKA_IMAGE:-${SAGAFLOW_TEST_KAFKA:-default}}" >&2
 
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?

@@ -71,7 +71,7 @@ impl DeadLetter {
 
 /// The logical source topic of `topic`, whether given as the source or as its DLQ.
 pub fn source_topic(topic: &str) -> &str {
-    topic.strip_suffix(".dlq").unwrap_or(topic)
+    topic.strip_suffix(topics::DLQ_SUFFIX).unwrap_or(topic)
 }
 
 /// Everything currently parked for `topic` (read up to the high watermarks, no group).

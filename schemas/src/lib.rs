@@ -40,7 +40,15 @@ pub mod topics {
 
     /// The dead-letter topic of a source topic.
     pub fn dlq(topic: &str) -> String {
-        format!("{topic}.dlq")
+        format!("{topic}{DLQ_SUFFIX}")
+    }
+
+    /// The suffix of dead-letter topics.
+    pub const DLQ_SUFFIX: &str = ".dlq";
+
+    /// Whether a (possibly prefixed) topic name is a dead-letter topic.
+    pub fn is_dlq(topic: &str) -> bool {
+        topic.ends_with(DLQ_SUFFIX)
     }
 }
 

@@ -95,7 +95,7 @@ fn start_containers() -> Infra {
     }
 }
 
-fn image_from_env(var: &str, default: &str) -> (String, String) {
+pub fn image_from_env(var: &str, default: &str) -> (String, String) {
     let reference = std::env::var(var).unwrap_or_else(|_| default.to_string());
     match reference.rsplit_once(':') {
         Some((name, tag)) if !tag.contains('/') => (name.to_string(), tag.to_string()),
@@ -165,6 +165,9 @@ async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
         .with_env_var("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
         .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
         .with_env_var("KAFKA_NUM_PARTITIONS", "4")
+        // As in production: components create their topics explicitly, with their settings.
+        .with_env_var("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+        .with_env_var("KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")
         .start();
 
     let (postgres, kafka) = tokio::join!(postgres, kafka);
@@ -237,7 +240,7 @@ async fn wait_for_postgres(url: &str, timeout: Duration) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_kafka(brokers: &str, timeout: Duration) -> anyhow::Result<()> {
+pub async fn wait_for_kafka(brokers: &str, timeout: Duration) -> anyhow::Result<()> {
     let brokers = brokers.to_string();
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + timeout;

@@ -7,10 +7,13 @@
 //! test then gets its own databases ([`database`]) and its own topic prefix ([`kafka`]), so
 //! tests run in parallel against shared servers without seeing each other.
 
+pub mod cluster;
 pub mod infra;
 pub mod invariants;
 pub mod kafka_probe;
+pub mod load;
 pub mod platform;
+pub mod proxy;
 pub mod wait;
 
 pub use infra::{Infra, database, infra, kafka};

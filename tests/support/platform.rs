@@ -33,6 +33,8 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Authentication and rate limit of the API (default: open, no limit).
     pub security: ApiSecurity,
+    /// Bootstrap servers other than the shared broker's (the `cluster` target's brokers).
+    pub kafka_brokers: Option<String>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             max_attempts: 5,
             request_timeout: Duration::from_secs(10),
             security: ApiSecurity::default(),
+            kafka_brokers: None,
         }
     }
 }
@@ -55,7 +58,10 @@ pub async fn spawn_platform(options: Options) -> TestApp {
         database("saga"),
         database("query"),
     );
-    let kafka = kafka();
+    let mut kafka = kafka();
+    if let Some(brokers) = options.kafka_brokers {
+        kafka.brokers = brokers;
+    }
     let provider_shutdown = CancellationToken::new();
     let provider_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let provider_url = format!("http://{}", provider_listener.local_addr().unwrap());

@@ -22,10 +22,35 @@ pub struct KafkaConfig {
     /// Partitions of each topic created at start-up.
     #[arg(
         long = "topic-partitions",
+        visible_alias = "partitions",
         env = "SAGAFLOW_TOPIC_PARTITIONS",
         default_value_t = 4
     )]
     pub partitions: i32,
+    /// Replication factor of topics created at start-up. Default: 3, or the cluster's broker
+    /// count when it has fewer (a single development broker gets 1, with a warning).
+    #[arg(long = "replication-factor", env = "SAGAFLOW_TOPIC_REPLICATION_FACTOR")]
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of topics created at start-up. Default: replication factor - 1
+    /// (2 with the production factor of 3), at least 1.
+    #[arg(
+        long = "min-insync-replicas",
+        env = "SAGAFLOW_TOPIC_MIN_INSYNC_REPLICAS"
+    )]
+    pub min_insync_replicas: Option<i32>,
+    /// Allow a replication factor of 1 (or a min.insync.replicas of 1) on a cluster of 3 or
+    /// more brokers, which is otherwise refused: one disk loss would lose acknowledged messages.
+    #[arg(
+        long = "allow-unreplicated-topics",
+        env = "SAGAFLOW_TOPIC_ALLOW_UNREPLICATED"
+    )]
+    pub allow_unreplicated: bool,
+    /// This process's stable identity in its consumer groups (`group.instance.id`, static
+    /// membership): a restarted member with the same id takes its partitions back at once,
+    /// without a rebalance and without waiting out the dead member's session. Unique per
+    /// replica (e.g. the pod or container name); unset, membership is dynamic.
+    #[arg(long = "instance-id", env = "SAGAFLOW_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 impl KafkaConfig {
@@ -34,6 +59,10 @@ impl KafkaConfig {
             brokers: brokers.into(),
             topic_prefix: topic_prefix.into(),
             partitions: 4,
+            replication_factor: None,
+            min_insync_replicas: None,
+            allow_unreplicated: false,
+            instance_id: None,
         }
     }
 

@@ -6,7 +6,7 @@ use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -14,6 +14,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use tracing::{info, warn};
 
 use crate::KafkaConfig;
+use crate::topic_policy::{self, TopicPolicy};
+use sagaflow_schemas::topics;
 
 fn base(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
@@ -90,16 +92,18 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let gauge = metrics::gauge!("consumer_assigned_partitions", "group" => self.group.clone());
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // With the cooperative protocol a rebalance assigns or revokes only some partitions:
+        // the gauge is the member's whole assignment after it.
+        let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        metrics::gauge!("consumer_assigned_partitions", "group" => self.group.clone())
+            .set(held as f64);
         match rebalance {
             Rebalance::Assign(partitions) => {
-                gauge.set(partitions.count() as f64);
-                info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions assigned");
+                info!(messaging.consumer.group.name = %self.group, assigned = partitions.count(), held, "partitions assigned");
             }
             Rebalance::Revoke(partitions) => {
-                gauge.set(0.0);
-                info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions revoked");
+                info!(messaging.consumer.group.name = %self.group, revoked = partitions.count(), held, "partitions revoked");
             }
             Rebalance::Error(e) => {
                 warn!(messaging.consumer.group.name = %self.group, error = %e, "rebalance failed");
@@ -118,8 +122,17 @@ pub fn consumer(
     group: &str,
 ) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
     let group = config.group(group);
-    base(config)
+    let mut client = base(config);
+    if let Some(instance) = &config.instance_id {
+        // Static membership; the client id names the member in the brokers' group listings.
+        client
+            .set("group.instance.id", instance)
+            .set("client.id", format!("{group}@{instance}"));
+    }
+    client
         .set("group.id", &group)
+        // Incremental rebalances: members keep consuming the partitions they keep.
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
@@ -142,14 +155,65 @@ pub fn admin(
     base(config).create()
 }
 
-/// Create topics (prefixed) that do not exist yet. Brokers may stall producers on topics that
-/// were never created, so every component calls this at start-up for the topics it touches.
+/// The number of brokers in the cluster, from a metadata request.
+pub async fn broker_count(config: &KafkaConfig) -> anyhow::Result<usize> {
+    let admin = admin(config)?;
+    let brokers = config.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("metadata from {brokers}: {e}"))?;
+        Ok(metadata.brokers().len())
+    })
+    .await?
+}
+
+/// The replication settings for this cluster ([`crate::topic_policy`]); a single-copy setup
+/// is logged loudly.
+pub async fn topic_policy(config: &KafkaConfig) -> anyhow::Result<TopicPolicy> {
+    let brokers = broker_count(config).await?;
+    let policy = topic_policy::decide(
+        config.replication_factor,
+        config.min_insync_replicas,
+        brokers,
+        config.allow_unreplicated,
+    )?;
+    if policy.single_copy() {
+        warn!(
+            brokers,
+            "topics are created with replication factor 1: one broker holds the only copy of every message; production needs 3 brokers (replication factor 3, min.insync.replicas 2)"
+        );
+    }
+    Ok(policy)
+}
+
+/// Create topics (prefixed) that do not exist yet, with the cluster's [`TopicPolicy`].
+/// Brokers may stall producers on topics that were never created, so every component calls
+/// this at start-up for the topics it touches. Dead-letter topics (`*.dlq`) keep their
+/// messages for ever: a dead letter is removed by a decision, never by age. Existing topics
+/// are left as they are.
 pub async fn ensure_topics(config: &KafkaConfig, logical_topics: &[&str]) -> anyhow::Result<()> {
+    let policy = topic_policy(config).await?;
     let admin = admin(config)?;
     let names: Vec<String> = logical_topics.iter().map(|t| config.topic(t)).collect();
+    let min_insync = policy.min_insync_replicas.to_string();
     let topics: Vec<NewTopic> = names
         .iter()
-        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            let topic = NewTopic::new(
+                name,
+                config.partitions,
+                TopicReplication::Fixed(policy.replication_factor),
+            )
+            .set("min.insync.replicas", &min_insync)
+            .set("unclean.leader.election.enable", "false");
+            if topics::is_dlq(name) {
+                topic.set("retention.ms", "-1").set("retention.bytes", "-1")
+            } else {
+                topic
+            }
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
@@ -163,7 +227,6 @@ pub async fn ensure_topics(config: &KafkaConfig, logical_topics: &[&str]) -> any
 
 /// Create every domain topic and its dead-letter topic (prefixed) that does not exist yet.
 pub async fn ensure_all_topics(config: &KafkaConfig) -> anyhow::Result<()> {
-    use sagaflow_schemas::topics;
     let mut all: Vec<String> = topics::ALL.iter().map(|t| t.to_string()).collect();
     all.extend(topics::ALL.iter().map(|t| topics::dlq(t)));
     ensure_topics(config, &all.iter().map(String::as_str).collect::<Vec<_>>()).await

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod kafka;
 pub mod runner;
 pub mod telemetry;
+pub mod topic_policy;
 pub mod trace;
 
 pub use config::KafkaConfig;
