@@ -112,9 +112,9 @@ postgres_image() {
     step "image $PG_IMAGE ready"
 }
 
-# The image's content hash: a changed entrypoint, logging setup or pom rebuilds it.
+# The image's content hash: a changed entrypoint, logging setup, pom or this script rebuilds it.
 kafka_recipe_hash() {
-    cat "$ROOT/scripts/kafka/pom.xml" "$ROOT/scripts/docker/kafka-entrypoint.sh" \
+    cat "$ROOT/scripts/kafka/pom.xml" "$ROOT/scripts/docker/kafka-entrypoint.sh" "$0" \
         "$ROOT/scripts/docker/kafka-log4j.properties" | sha256sum | cut -c1-12
 }
 

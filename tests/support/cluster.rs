@@ -20,7 +20,7 @@ use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
-use crate::infra::{LABEL, image_from_env, wait_for_kafka};
+use crate::infra::{LABEL, image_from_env, remove_leftovers, wait_for_kafka};
 use crate::proxy::CuttableProxy;
 
 pub const BROKERS: usize = 3;
@@ -108,6 +108,7 @@ fn port_of(listener: &std::net::TcpListener) -> u16 {
 }
 
 async fn start() -> anyhow::Result<(Cluster, Vec<ContainerAsync<GenericImage>>)> {
+    remove_leftovers();
     let started = Instant::now();
     let (image, tag) = image_from_env("SAGAFLOW_TEST_KAFKA_IMAGE", DEFAULT_KAFKA_IMAGE);
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];

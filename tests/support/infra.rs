@@ -195,8 +195,24 @@ async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
 }
 
 /// Remove containers of earlier test processes that are gone (statics are never dropped, so
-/// a test binary cannot remove its own containers on exit).
-fn remove_leftovers() {
+/// a test binary cannot remove its own containers on exit), and the cluster networks they
+/// leave empty.
+pub fn remove_leftovers() {
+    remove_dead_owners_containers();
+    let networks = std::process::Command::new("docker")
+        .args(["network", "ls", "-q", "--filter", "name=sagaflow-cluster-"])
+        .output();
+    if let Ok(networks) = networks {
+        for id in String::from_utf8_lossy(&networks.stdout).split_whitespace() {
+            // Refused while a live cluster still uses it: that one is kept.
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm", id])
+                .output();
+        }
+    }
+}
+
+fn remove_dead_owners_containers() {
     let output = std::process::Command::new("docker")
         .args([
             "ps",
@@ -318,5 +334,6 @@ pub fn kafka() -> KafkaConfig {
     let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let mut config = KafkaConfig::new(infra().kafka_brokers.clone(), prefix);
     config.partitions = 4;
+    config.debug = std::env::var("SAGAFLOW_KAFKA_DEBUG").ok();
     config
 }

@@ -51,6 +51,10 @@ pub struct KafkaConfig {
     /// replica (e.g. the pod or container name); unset, membership is dynamic.
     #[arg(long = "instance-id", env = "SAGAFLOW_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// librdkafka debug contexts for every client (e.g. `consumer,cgrp,fetch`), logged at
+    /// debug level: for diagnosing a stuck partition, not for normal operation.
+    #[arg(long = "kafka-debug", env = "SAGAFLOW_KAFKA_DEBUG")]
+    pub debug: Option<String>,
 }
 
 impl KafkaConfig {
@@ -63,6 +67,7 @@ impl KafkaConfig {
             min_insync_replicas: None,
             allow_unreplicated: false,
             instance_id: None,
+            debug: None,
         }
     }
 

@@ -23,6 +23,9 @@ fn base(config: &KafkaConfig) -> ClientConfig {
         .set("bootstrap.servers", &config.brokers)
         .set("broker.address.family", "v4")
         .set("log_level", "4");
+    if let Some(debug) = &config.debug {
+        client.set("debug", debug).set("log_level", "7");
+    }
     client
 }
 

@@ -24,13 +24,19 @@ use tansu_storage::Storage;
 use tracing::debug;
 
 use crate::{Error, Result, coordinator::group::Coordinator};
+use api_versions::ApiVersionsCompat;
 
+// PATCHED (sagaflow, vendor/README.md): `api_versions` (ApiVersionsCompat) is new.
+pub mod api_versions;
 pub mod auth;
 pub mod coordinator;
 pub mod storage;
 
-type TcpRouteFrame =
-    TcpContextService<TcpBytesService<BytesFrameService<FrameRouteService<(), Error>>, ()>>;
+// PATCHED (sagaflow, vendor/README.md): the router is wrapped in `ApiVersionsCompat`, which
+// leaves out the ApiVersions response's default tagged fields (librdkafka < 2.2.0 misreads them).
+type TcpRouteFrame = TcpContextService<
+    TcpBytesService<BytesFrameService<ApiVersionsCompat<FrameRouteService<(), Error>>>, ()>,
+>;
 
 pub fn services<C, S>(
     cluster_id: &str,
@@ -55,6 +61,7 @@ where
                 TcpBytesLayer::default(),
                 BytesFrameLayer::default().with_sasl_config(sasl_config),
             )
-                .into_layer(route)
+                // PATCHED (sagaflow, vendor/README.md): see `api_versions`.
+                .into_layer(ApiVersionsCompat::new(route))
         })
 }
