@@ -3,6 +3,9 @@
 #
 #   scripts/test-infra.sh            # everything: engine, PostgreSQL, Apache Kafka and broker images
 #   scripts/test-infra.sh engine     # only make sure a Docker engine answers
+#   scripts/test-infra.sh prereqs    # engine + the Debian packages the images and tests need
+#                                    # (debootstrap, kcat, Maven and a JRE if missing): one apt
+#                                    # run, before the parallel image builds
 #   scripts/test-infra.sh postgres   # engine + local PostgreSQL image (debootstrap, no pull)
 #   scripts/test-infra.sh kafka      # engine + local Apache Kafka image: the broker's jars from
 #                                    # Maven Central (scripts/kafka/pom.xml) on a debootstrap'd
@@ -231,13 +234,32 @@ print_env() {
     fi
 }
 
+# Everything that needs apt, in one place: parallel image builds must not race for its lock.
+prereqs() {
+    engine
+    local missing=()
+    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    command -v mvn >/dev/null 2>&1 || missing+=(maven)
+    command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+    # Debian's kcat (librdkafka 2.0.x): the `dev` target checks it works against `sagaflow dev`.
+    command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        step "installing ${missing[*]} (apt)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq "${missing[@]}" >&2
+    fi
+}
+
 case "${1:-all}" in
     engine) engine ;;
+    prereqs) prereqs ;;
     postgres) postgres_image ;;
     kafka) kafka_image ;;
     broker) broker_image ;;
     env) print_env ;;
     all)
+        prereqs
         postgres_image
         kafka_image
         broker_image
@@ -245,7 +267,7 @@ case "${1:-all}" in
         print_env >&2
         ;;
     *)
-        echo "usage: $0 [all|engine|postgres|kafka|broker|env]" >&2
+        echo "usage: $0 [all|engine|prereqs|postgres|kafka|broker|env]" >&2
         exit 2
         ;;
 esac

@@ -17,7 +17,7 @@ use sagaflow_tests::cluster::{BROKERS, Cluster, cluster, wait_for_brokers};
 use sagaflow_tests::kafka_probe::read_until;
 use sagaflow_tests::load::SteadyLoad;
 use sagaflow_tests::platform::{Options, TestApp, spawn_platform};
-use sagaflow_tests::{docker, invariants, wait};
+use sagaflow_tests::{docker, groups, invariants, wait};
 use tokio_util::sync::CancellationToken;
 
 const SKUS: [&str; 3] = ["SKU-C1", "SKU-C2", "SKU-C3"];
@@ -330,43 +330,12 @@ async fn a_consumer_cut_from_the_brokers_gives_its_partitions_away_and_nothing_i
     app.stop().await;
 }
 
-/// Members of a consumer group with their partition counts, as the brokers see them
-/// (`kafka-consumer-groups.sh --describe --members` in a broker container).
+/// Members of a consumer group as the live brokers see them.
 async fn group_members(cluster: &Cluster, group: &str) -> BTreeMap<String, usize> {
     for broker in &cluster.brokers {
-        let output = tokio::process::Command::new("docker")
-            .args([
-                "exec",
-                &broker.container,
-                "kafka-consumer-groups.sh",
-                "--bootstrap-server",
-                "localhost:19092",
-                "--describe",
-                "--members",
-                "--group",
-                group,
-            ])
-            .output()
-            .await
-            .expect("docker exec");
-        if !output.status.success() {
-            continue; // that broker is down; ask another
+        if let Some(members) = groups::members(&broker.container, "localhost:19092", group).await {
+            return members;
         }
-        let text = String::from_utf8_lossy(&output.stdout);
-        // GROUP CONSUMER-ID [GROUP-INSTANCE-ID] HOST CLIENT-ID #PARTITIONS: the instance id
-        // column is there only with static members and blank for the others, so the line is
-        // read from both ends.
-        let mut members = BTreeMap::new();
-        for line in text.lines().skip_while(|l| !l.starts_with("GROUP")).skip(1) {
-            let columns: Vec<&str> = line.split_whitespace().collect();
-            if let [_, consumer, .., client, partitions] = columns.as_slice() {
-                members.insert(
-                    format!("{client} {consumer}"),
-                    partitions.parse().unwrap_or_default(),
-                );
-            }
-        }
-        return members;
     }
     BTreeMap::new()
 }

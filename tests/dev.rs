@@ -30,6 +30,12 @@ impl Drop for Child {
 /// `sagaflow dev` as a subprocess on the test PostgreSQL (its own database), its embedded
 /// broker and HTTP on free ports, ready. Killed when the returned guard drops.
 async fn start_dev(extra_env: &[(&str, String)]) -> (Child, String) {
+    let (child, base_url, _) = start_dev_with_broker(extra_env).await;
+    (child, base_url)
+}
+
+/// [`start_dev`], also returning the embedded broker's address.
+async fn start_dev_with_broker(extra_env: &[(&str, String)]) -> (Child, String, String) {
     let infra = infra();
     let server = infra
         .postgres_admin_url
@@ -76,7 +82,7 @@ async fn start_dev(extra_env: &[(&str, String)]) -> (Child, String) {
         },
     )
     .await;
-    (child, base_url)
+    (child, base_url, format!("127.0.0.1:{broker_port}"))
 }
 
 #[tokio::test]
@@ -328,4 +334,91 @@ async fn an_orders_spans_are_exported_over_otlp_as_one_connected_trace() {
             span.parent_span_id
         );
     }
+}
+
+/// What a new user does first: watch a topic with the kcat their distribution ships. Debian 12's
+/// kcat 1.7.1 is linked to librdkafka 2.0.2 (installed by `scripts/test-infra.sh prereqs`),
+/// whose ApiVersions parser the embedded broker used to break (vendor/README.md).
+#[tokio::test]
+async fn debians_kcat_reads_orders_events_from_sagaflow_dev() {
+    let version = std::process::Command::new("kcat").arg("-V").output();
+    let Ok(version) = version else {
+        panic!("kcat is not installed: apt-get install kcat (scripts/test-infra.sh prereqs does)");
+    };
+    eprintln!(
+        "{}",
+        String::from_utf8_lossy(&version.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+    );
+    let (_child, base_url, broker) = start_dev_with_broker(&[]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{base_url}/orders"))
+        .header("Idempotency-Key", Uuid::new_v4().to_string())
+        .json(&order_body(&[("SKU-1", 1, 999)], "pm_card_visa"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let order: Value = response.json().await.unwrap();
+    let order_id = order["order_id"].as_str().unwrap().to_string();
+
+    // The README's command, as written.
+    let line = wait::until(
+        "kcat to show the order's OrderPlaced",
+        Duration::from_secs(30),
+        || async {
+            let output = tokio::process::Command::new("timeout")
+                .args([
+                    "20",
+                    "kcat",
+                    "-b",
+                    &broker,
+                    "-C",
+                    "-t",
+                    topics::ORDERS_EVENTS,
+                ])
+                .args(["-o", "beginning", "-e", "-f", "%k %h\n"])
+                .output()
+                .await
+                .expect("run kcat");
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            if !output.status.success() {
+                eprintln!("kcat: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            stdout
+                .lines()
+                .find(|l| l.starts_with(&order_id) && l.contains("ce_type=OrderPlaced"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(
+        line.contains(&format!("{}={order_id}", header_names::CORRELATION_ID)),
+        "{line}"
+    );
+
+    // A consumer group, as `kcat -G` runs one, resumes from its committed offsets.
+    let group = format!("kcat-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let consumed = tokio::process::Command::new("timeout")
+        .args(["30", "kcat", "-b", &broker, "-G", &group, "-X"])
+        .args([
+            "auto.offset.reset=earliest",
+            "-e",
+            "-f",
+            "%k %h\n",
+            topics::ORDERS_EVENTS,
+        ])
+        .output()
+        .await
+        .expect("run kcat -G");
+    let stdout = String::from_utf8_lossy(&consumed.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&order_id) && l.contains("ce_type=OrderPlaced")),
+        "kcat -G read: {stdout}\n{}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
 }

@@ -9,7 +9,7 @@ use sagaflow_common::kafka as clients;
 use sagaflow_schemas::{header_names, topics};
 use sagaflow_tests::kafka_probe::{Record, read_until};
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
-use sagaflow_tests::{broker_lock, docker, infra, invariants, wait};
+use sagaflow_tests::{broker_lock, docker, groups, infra, invariants, wait};
 use uuid::Uuid;
 
 const SKUS: [&str; 3] = ["SKU-F1", "SKU-F2", "SKU-F3"];
@@ -596,5 +596,60 @@ async fn a_compensation_failing_forever_ends_failed_with_an_alert_never_silently
     assert_eq!(app.saga(order).await["saga"]["state"], "FAILED");
 
     invariants::check_allowing_failed(&app, &initial, Duration::from_secs(60), &[order]).await;
+    app.stop().await;
+}
+
+/// A component restarted after a crash (same `SAGAFLOW_INSTANCE_ID`: static membership) holds
+/// its partitions again within seconds: the broker hands the static member's assignment to
+/// the new process at once instead of waiting out the dead one's session.
+#[tokio::test]
+async fn a_restarted_component_gets_its_partitions_back_within_seconds() {
+    let Some(broker) = infra().kafka_container.clone() else {
+        eprintln!("skipped: needs the harness's broker container");
+        return;
+    };
+    let _broker = broker_lock().read().await;
+    let mut app = spawn_platform(Options {
+        instance_id: Some("inventory-1".into()),
+        ..Options::default()
+    })
+    .await;
+    let bootstrap = infra().kafka_brokers.replace("127.0.0.1", "localhost");
+    let group = app.kafka.group("inventory-service");
+    let holding_all = |members: &std::collections::BTreeMap<String, usize>| {
+        members.len() == 1 && members.values().all(|p| *p == 4)
+    };
+    let before = wait::until(
+        "the inventory member to hold 4 partitions",
+        Duration::from_secs(60),
+        || async {
+            groups::members(&broker, &bootstrap, &group)
+                .await
+                .filter(holding_all)
+        },
+    )
+    .await;
+    let killed = Instant::now();
+    app.kill_component("inventory-service").await;
+    let after = wait::until(
+        "the restarted member to hold 4 partitions",
+        Duration::from_secs(30),
+        || async {
+            groups::members(&broker, &bootstrap, &group)
+                .await
+                .filter(|m| holding_all(m) && m != &before)
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    eprintln!("partitions back after {took:.1?}: {before:?} -> {after:?}");
+    assert!(
+        after.keys().all(|member| member.contains("@inventory-1")),
+        "the member is the static one: {after:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "partitions back after {took:?}"
+    );
     app.stop().await;
 }

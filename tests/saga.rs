@@ -8,7 +8,7 @@ use rdkafka::producer::FutureRecord;
 use sagaflow_common::kafka as clients;
 use sagaflow_schemas::topics;
 use sagaflow_tests::broker_lock;
-use sagaflow_tests::kafka_probe::read_all;
+use sagaflow_tests::kafka_probe::{self, read_all};
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
 use sagaflow_tests::wait;
 use serde_json::Value;
@@ -265,30 +265,44 @@ async fn every_message_delivered_twice_has_exactly_one_effect() {
 
     // Wait until each consumer has seen its duplicates (the inbox skips them) ...
     let prefix = app.kafka.topic_prefix.clone();
-    wait::until("every duplicate to be skipped", FINISH, || async {
-        let metrics = app.metrics().await;
-        let outcomes = consumer_outcomes(&metrics, &prefix);
-        let of = |group: &str, outcome: &str| {
-            outcomes
-                .get(&(group.to_string(), outcome.to_string()))
-                .copied()
-                .unwrap_or(0.0)
-        };
-        let groups = [
-            "order-service",
-            "inventory-service",
-            "payment-service",
-            "notification-service",
-            "saga-orchestrator",
-        ];
-        let settled = groups
-            .iter()
-            .all(|g| of(g, "applied") > 0.0 && of(g, "duplicate") >= of(g, "applied"));
-        if !settled {
-            eprintln!("not yet: {outcomes:?}");
-        }
-        settled.then_some(())
-    })
+    let groups = [
+        "order-service",
+        "inventory-service",
+        "payment-service",
+        "notification-service",
+        "saga-orchestrator",
+        "query-service",
+    ];
+    let explain = || async { kafka_probe::positions(&app.kafka, topics::ALL, &groups).await };
+    wait::until_explained(
+        "every duplicate to be skipped",
+        FINISH,
+        || async {
+            let metrics = app.metrics().await;
+            let outcomes = consumer_outcomes(&metrics, &prefix);
+            let of = |group: &str, outcome: &str| {
+                outcomes
+                    .get(&(group.to_string(), outcome.to_string()))
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            let groups = [
+                "order-service",
+                "inventory-service",
+                "payment-service",
+                "notification-service",
+                "saga-orchestrator",
+            ];
+            let settled = groups
+                .iter()
+                .all(|g| of(g, "applied") > 0.0 && of(g, "duplicate") >= of(g, "applied"));
+            if !settled {
+                eprintln!("not yet: {outcomes:?}");
+            }
+            settled.then_some(())
+        },
+        explain,
+    )
     .await;
     // ... and nothing changed.
     let after = snapshot(&app, &[approved, declined, rejected]).await;

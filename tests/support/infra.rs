@@ -334,6 +334,8 @@ pub fn kafka() -> KafkaConfig {
     let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let mut config = KafkaConfig::new(infra().kafka_brokers.clone(), prefix);
     config.partitions = 4;
-    config.debug = std::env::var("SAGAFLOW_KAFKA_DEBUG").ok();
+    config.debug = std::env::var("SAGAFLOW_KAFKA_DEBUG")
+        .ok()
+        .filter(|d| !d.is_empty());
     config
 }

@@ -139,3 +139,44 @@ pub async fn read_all(config: &KafkaConfig, logical_topic: &str) -> Vec<Record> 
     }
     unique
 }
+
+/// Per partition of each topic: its watermarks and each group's committed offset — where a
+/// consumer group stands, for a test that waited in vain on one.
+pub async fn positions(config: &KafkaConfig, logical_topics: &[&str], groups: &[&str]) -> String {
+    let config = config.clone();
+    let topics: Vec<String> = logical_topics.iter().map(|t| config.topic(t)).collect();
+    let groups: Vec<String> = groups.iter().map(|g| config.group(g)).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("log_level", "3")
+            .create()
+            .expect("probe client");
+        for topic in &topics {
+            for partition in 0..config.partitions {
+                let watermarks = probe.fetch_watermarks(topic, partition, Duration::from_secs(10));
+                out.push_str(&format!("{topic}[{partition}] watermarks {watermarks:?}"));
+                for group in &groups {
+                    let member: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+                        .set("bootstrap.servers", &config.brokers)
+                        .set("group.id", group)
+                        .set("log_level", "3")
+                        .create()
+                        .expect("group client");
+                    let mut wanted = TopicPartitionList::new();
+                    wanted.add_partition(topic, partition);
+                    let committed = member
+                        .committed_offsets(wanted, Duration::from_secs(10))
+                        .ok()
+                        .and_then(|list| list.elements().first().map(|e| e.offset()));
+                    out.push_str(&format!(", {group} committed {committed:?}"));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}

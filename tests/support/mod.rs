@@ -8,6 +8,7 @@
 //! tests run in parallel against shared servers without seeing each other.
 
 pub mod cluster;
+pub mod groups;
 pub mod infra;
 pub mod invariants;
 pub mod kafka_probe;

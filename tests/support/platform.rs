@@ -35,6 +35,8 @@ pub struct Options {
     pub security: ApiSecurity,
     /// Bootstrap servers other than the shared broker's (the `cluster` target's brokers).
     pub kafka_brokers: Option<String>,
+    /// Static group membership (`SAGAFLOW_INSTANCE_ID`) for every consumer.
+    pub instance_id: Option<String>,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(10),
             security: ApiSecurity::default(),
             kafka_brokers: None,
+            instance_id: None,
         }
     }
 }
@@ -62,6 +65,7 @@ pub async fn spawn_platform(options: Options) -> TestApp {
     if let Some(brokers) = options.kafka_brokers {
         kafka.brokers = brokers;
     }
+    kafka.instance_id = options.instance_id;
     let provider_shutdown = CancellationToken::new();
     let provider_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let provider_url = format!("http://{}", provider_listener.local_addr().unwrap());

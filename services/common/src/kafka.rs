@@ -23,7 +23,7 @@ fn base(config: &KafkaConfig) -> ClientConfig {
         .set("bootstrap.servers", &config.brokers)
         .set("broker.address.family", "v4")
         .set("log_level", "4");
-    if let Some(debug) = &config.debug {
+    if let Some(debug) = config.debug.as_deref().filter(|d| !d.is_empty()) {
         client.set("debug", debug).set("log_level", "7");
     }
     client

@@ -1235,6 +1235,29 @@ impl Storage for DynoStore {
         let mut responses = vec![];
 
         for (topition, offset_request) in offsets {
+            // PATCHED (sagaflow, vendor/README.md): the earliest and latest offsets are the
+            // partition's log start and high watermark (the last stable offset for
+            // read_committed), as in Kafka. Upstream answered from the batch files' modification
+            // times: "latest" was the base offset of the newest batch + 1, so a consumer
+            // starting from latest after a batch of several records was handed its tail.
+            if matches!(offset_request, ListOffset::Earliest | ListOffset::Latest) {
+                let stage = self.offset_stage(topition).await?;
+                let offset = match offset_request {
+                    ListOffset::Earliest => stage.log_start,
+                    _ if isolation_level == IsolationLevel::ReadCommitted => stage.last_stable,
+                    _ => stage.high_watermark,
+                };
+                responses.push((
+                    topition.to_owned(),
+                    ListOffsetResponse {
+                        error_code: ErrorCode::None,
+                        offset: Some(offset),
+                        ..Default::default()
+                    },
+                ));
+                continue;
+            }
+
             let location = Path::from(format!(
                 "clusters/{}/topics/{}/partitions/{:0>10}/records",
                 self.cluster, topition.topic, topition.partition,
