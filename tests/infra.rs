@@ -224,3 +224,51 @@ async fn a_consumer_resuming_inside_a_batch_gets_the_rest_of_it() {
         "each message exactly once across the restart"
     );
 }
+
+/// The offsets a broker reports (ListOffsets: earliest and latest) bound every record,
+/// however the records were batched. The embedded broker answered "latest" with the base
+/// offset of the newest batch + 1, so a batch of several records had its tail cut off: probes
+/// that read "up to the high watermark" (and consumers starting from latest, and lag) missed
+/// records — the root cause of the saga redelivery test's flake (vendor/README.md).
+#[tokio::test]
+async fn watermarks_count_every_record_of_a_multi_record_batch() {
+    let config = kafka();
+    clients::ensure_topics(&config, &["batched"])
+        .await
+        .expect("create topic");
+    let topic = config.topic("batched");
+    let producer = clients::producer(&config).unwrap();
+    // One key: one partition; sent together, so they travel in one batch (linger.ms 1).
+    let sends = (0..5).map(|i| {
+        let value = format!("value-{i}");
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).key("one-key").payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("broker acknowledged")
+        }
+    });
+    let delivered = futures::future::join_all(sends).await;
+    let partition = delivered[0].partition;
+    let last = delivered.iter().map(|d| d.offset).max().unwrap();
+    let probe: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    let (low, high) = tokio::task::spawn_blocking(move || {
+        probe.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((low, high), (0, last + 1), "watermarks of 5 records at offsets 0..={last}");
+    let read = sagaflow_tests::kafka_probe::read_all(&config, "batched").await;
+    assert_eq!(read.len(), 5, "every record up to the high watermark");
+}
