@@ -47,8 +47,13 @@ async fn platform_on(cluster: &Cluster) -> (TestApp, HashMap<String, i64>) {
     (app, initial)
 }
 
+/// One topic's partitions as (replicas, in-sync replicas).
+struct TopicReplicas {
+    partitions: Vec<(usize, usize)>,
+}
+
 /// The platform's topics (prefixed) as the cluster's metadata lists them.
-fn our_topics(kafka: &KafkaConfig) -> Vec<(String, Vec<(i32, usize, usize)>)> {
+fn our_topics(kafka: &KafkaConfig) -> Vec<TopicReplicas> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("log_level", "3")
@@ -61,13 +66,12 @@ fn our_topics(kafka: &KafkaConfig) -> Vec<(String, Vec<(i32, usize, usize)>)> {
         .topics()
         .iter()
         .filter(|t| t.name().starts_with(&kafka.topic_prefix))
-        .map(|t| {
-            let partitions = t
+        .map(|t| TopicReplicas {
+            partitions: t
                 .partitions()
                 .iter()
-                .map(|p| (p.id(), p.replicas().len(), p.isr().len()))
-                .collect();
-            (t.name().to_string(), partitions)
+                .map(|p| (p.replicas().len(), p.isr().len()))
+                .collect(),
         })
         .collect()
 }
@@ -81,10 +85,11 @@ async fn assert_replicated(kafka: &KafkaConfig) {
         || async {
             let topics = our_topics(kafka);
             let complete = topics.len() == want
-                && topics.iter().all(|(_, partitions)| {
-                    partitions
+                && topics.iter().all(|topic| {
+                    topic
+                        .partitions
                         .iter()
-                        .all(|(_, replicas, isr)| *replicas == BROKERS && *isr == BROKERS)
+                        .all(|(replicas, isr)| *replicas == BROKERS && *isr == BROKERS)
                 });
             complete.then_some(topics)
         },

@@ -8,6 +8,7 @@ use rdkafka::producer::FutureRecord;
 use sagaflow_common::kafka as clients;
 use sagaflow_schemas::{header_names, topics};
 use sagaflow_tests::kafka_probe::{Record, read_until};
+use sagaflow_tests::load::SteadyLoad;
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
 use sagaflow_tests::{broker_lock, docker, groups, infra, invariants, wait};
 use uuid::Uuid;
@@ -272,9 +273,10 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_order() {
     app.stop().await;
 }
 
-/// Orders before and during a broker outage (`docker <down>` then `docker <up>` 20 s later:
-/// longer than the producer's 15 s `message.timeout.ms`) all end terminal with every
-/// invariant holding.
+/// A broker outage under a steady order load (10 orders/s throughout): `docker <down>`, then
+/// `docker <up>` 20 s later — longer than the producer's 15 s `message.timeout.ms`. Every
+/// order is accepted while the broker is away (the outbox holds its messages), and all end
+/// terminal with every invariant holding.
 async fn orders_survive_a_broker_outage(down: &str, up: &str) {
     let Some(broker) = infra().kafka_container.clone() else {
         eprintln!("skipped: needs the harness's broker container");
@@ -286,15 +288,21 @@ async fn orders_survive_a_broker_outage(down: &str, up: &str) {
         ..Options::default()
     })
     .await;
-    let initial = stocked(&app, 200).await;
-    let first = place_mixed(&app, 40).await;
+    let initial = stocked(&app, 100_000).await;
+    let load = SteadyLoad::start(&app, &SKUS, 10);
+    tokio::time::sleep(Duration::from_secs(5)).await; // load before the fault
     docker(&[down, &broker]);
-    // Orders keep being accepted while the broker is away (the outbox holds them).
-    let during = place_mixed(&app, 40).await;
-    tokio::time::sleep(Duration::from_secs(20)).await; // the outage itself
+    tokio::time::sleep(Duration::from_secs(20)).await; // the outage itself, under load
     docker(&[up, &broker]);
+    tokio::time::sleep(Duration::from_secs(5)).await; // load after it
+    let load = load.stop().await;
+    assert!(
+        load.refused.is_empty(),
+        "refused during the outage: {:?}",
+        load.refused
+    );
     let report = invariants::check(&app, &initial, Duration::from_secs(120)).await;
-    assert_eq!(report.orders as usize, first.len() + during.len());
+    assert_eq!(report.orders as usize, load.accepted.len());
     assert!(report.approved > 0 && report.rejected > 0, "{report:?}");
     app.stop().await;
 }

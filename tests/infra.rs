@@ -268,7 +268,11 @@ async fn watermarks_count_every_record_of_a_multi_record_batch() {
     .await
     .unwrap()
     .unwrap();
-    assert_eq!((low, high), (0, last + 1), "watermarks of 5 records at offsets 0..={last}");
+    assert_eq!(
+        (low, high),
+        (0, last + 1),
+        "watermarks of 5 records at offsets 0..={last}"
+    );
     let read = sagaflow_tests::kafka_probe::read_all(&config, "batched").await;
     assert_eq!(read.len(), 5, "every record up to the high watermark");
 }

@@ -102,7 +102,10 @@ pub struct ConsumerSettings {
     /// First retry delay (doubles, with jitter, up to 2 s).
     pub first_backoff: Duration,
     /// A member out of its group this long is replaced by a new one (self-healing after
-    /// broker outages; see [`run`]).
+    /// broker outages; see [`run`]). Added for the embedded broker, whose frozen-broker
+    /// recovery left librdkafka members out of their group; on Apache Kafka librdkafka
+    /// rejoins by itself well within this (the `faults` and `cluster` targets never trip it),
+    /// so it is kept as a safety net that costs nothing there.
     pub rejoin_after: Duration,
     /// Messages fetched ahead per partition lane (back-pressure on the fetch loop).
     pub lane_depth: usize,
