@@ -39,8 +39,9 @@ enum Command {
     Chaos(Box<chaos::ChaosArgs>),
     /// Print each message of a topic as one JSON line (key, headers, decoded value).
     Tail(tail::TailArgs),
-    /// Create every domain topic and its dead-letter topic if missing (partitions from
-    /// `--topic-partitions` / SAGAFLOW_TOPIC_PARTITIONS), then list them with their partitions.
+    /// Create every domain topic and its dead-letter topic if missing (`--partitions`,
+    /// `--replication-factor`, `--min-insync-replicas`; dead-letter topics kept for ever),
+    /// then list them with their partitions and replication factor.
     Topics(topics::TopicsArgs),
     /// Rebuild read models from the topics while the live views keep answering.
     Replay(Box<sagaflow_cli::replay::ReplayArgs>),

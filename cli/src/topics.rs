@@ -1,12 +1,15 @@
 //! `sagaflow topics`: create every domain topic and its dead-letter topic (with the
-//! deployment's prefix and partition count) if missing, then print them as the broker sees
-//! them. Components do the same at start-up; this runs it once, up front, without Kafka's
-//! shell tools (docker-compose's `topics` service).
+//! deployment's prefix, partition count and replication settings: `--partitions`,
+//! `--replication-factor`, `--min-insync-replicas`; see `sagaflow_common::topic_policy`) if
+//! missing, then print them as the broker sees them. Components do the same at start-up;
+//! this runs it once, up front, without Kafka's shell tools (docker-compose's `topics`
+//! service).
 
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use sagaflow_common::topic_policy::PolicyError;
 use sagaflow_common::{KafkaConfig, kafka};
 use sagaflow_schemas::topics;
 
@@ -25,6 +28,8 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
     loop {
         match kafka::ensure_all_topics(&args.kafka).await {
             Ok(()) => break,
+            // Settings the cluster cannot have: waiting will not change that.
+            Err(e) if e.downcast_ref::<PolicyError>().is_some() => return Err(e),
             Err(e) if Instant::now() + delay < deadline => {
                 tracing::warn!(error = %e, brokers = %args.kafka.brokers, "creating topics; retrying");
                 tokio::time::sleep(delay).await;
@@ -41,7 +46,7 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
     );
     let brokers = args.kafka.brokers.clone();
     let partitions =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, usize)>> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, usize, usize)>> {
             let client: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &brokers)
                 .set("broker.address.family", "v4")
@@ -51,16 +56,25 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|name| {
                     let metadata = client.fetch_metadata(Some(&name), Duration::from_secs(10))?;
-                    let count = metadata.topics().iter().map(|t| t.partitions().len()).sum();
-                    Ok((name, count))
+                    let partitions: Vec<_> = metadata
+                        .topics()
+                        .iter()
+                        .flat_map(|t| t.partitions())
+                        .collect();
+                    let replicas = partitions
+                        .iter()
+                        .map(|p| p.replicas().len())
+                        .min()
+                        .unwrap_or(0);
+                    Ok((name, partitions.len(), replicas))
                 })
                 .collect()
         })
         .await??;
-    for (name, count) in &partitions {
-        println!("{name} partitions={count}");
+    for (name, count, replicas) in &partitions {
+        println!("{name} partitions={count} replication_factor={replicas}");
     }
-    if let Some((name, _)) = partitions.iter().find(|(_, count)| *count == 0) {
+    if let Some((name, _, _)) = partitions.iter().find(|(_, count, _)| *count == 0) {
         anyhow::bail!("topic {name} has no partitions after creation");
     }
     Ok(())
