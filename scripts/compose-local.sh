@@ -127,7 +127,12 @@ app_image() {
 }
 
 images() {
-    bash "$ROOT/scripts/test-infra.sh" engine || fail "no docker engine"
+    bash "$ROOT/scripts/test-infra.sh" prereqs || fail "no docker engine"
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        step "installing docker-compose (apt)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >&2 ||
+            fail "apt-get install docker-compose"
+    fi
     have_image "$PG_IMAGE" || bash "$ROOT/scripts/test-infra.sh" postgres || fail "building $PG_IMAGE"
     bash "$ROOT/scripts/test-infra.sh" kafka || fail "building the Apache Kafka image"
     app_image
@@ -293,6 +298,14 @@ smoke() {
     grep -F "\"key\":\"$id\"" <<<"$events" | grep -q '"ce_type":"OrderRejected"' ||
         fail "no OrderRejected for $id on orders.events"
     echo "    $(grep -c . <<<"$events") messages; OrderApproved for $approved, OrderRejected for $id" >&2
+    if command -v kcat >/dev/null 2>&1; then
+        step "the same from the host with kcat, on Kafka's EXTERNAL listener 127.0.0.1:29092"
+        events=$(kcat -b 127.0.0.1:29092 -C -t orders.events -o beginning -e -f '%k %h\n' 2>/dev/null) ||
+            fail "kcat -b 127.0.0.1:29092 -C -t orders.events"
+        grep -F "$approved " <<<"$events" | grep -q 'ce_type=OrderApproved' ||
+            fail "kcat: no OrderApproved for $approved"
+        echo "    kcat: $(grep -c . <<<"$events") messages, OrderApproved for $approved" >&2
+    fi
 
     local name port
     for name in "${!HTTP_PORTS[@]}"; do
