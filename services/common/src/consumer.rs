@@ -150,6 +150,9 @@ impl Outcome {
     }
 }
 
+/// How long closing a member (leaving its group, committing stored offsets) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Run a consumer until `shutdown` is cancelled.
 pub async fn run<H: Handler>(
     pool: PgPool,
@@ -185,8 +188,13 @@ pub async fn run<H: Handler>(
         consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
         let ended = Worker::consume(&worker, &consumer).await;
         // Closing a member blocks its thread until it has left the group: not on a runtime
-        // worker, which other tasks (an in-process broker among them) may need meanwhile.
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        // worker, which other tasks (an in-process broker among them) may need meanwhile. And
+        // not for ever: a close librdkafka never finishes must not keep the component (or a
+        // shutdown) waiting; the blocked thread is left behind, and said so.
+        let closing = tokio::task::spawn_blocking(move || drop(consumer));
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            error!(consumer = %worker.settings.name, timeout_s = CLOSE_TIMEOUT.as_secs(), "closing the Kafka consumer did not finish; moving on without it");
+        }
         match ended {
             Ended::Stopped => return Ok(()),
             Ended::OutOfGroup(out_for) => {

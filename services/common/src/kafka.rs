@@ -96,8 +96,8 @@ impl ClientContext for GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // With the cooperative protocol a rebalance assigns or revokes only some partitions:
-        // the gauge is the member's whole assignment after it.
+        // The gauge is the member's whole assignment after the rebalance (right for eager
+        // and incremental rebalances alike).
         let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
         metrics::gauge!("consumer_assigned_partitions", "group" => self.group.clone())
             .set(held as f64);
@@ -134,8 +134,9 @@ pub fn consumer(
     }
     client
         .set("group.id", &group)
-        // Incremental rebalances: members keep consuming the partitions they keep.
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        // The eager assignor (librdkafka's default), not cooperative-sticky: with it, closing
+        // a member during a rebalance (after a frozen broker) hung in librdkafka's close for
+        // good and once aborted the process (librdkafka#4527 and #4312 are of that family).
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
