@@ -189,10 +189,22 @@ pub async fn run<H: Handler>(
         let ended = Worker::consume(&worker, &consumer).await;
         // Closing a member blocks its thread until it has left the group: not on a runtime
         // worker, which other tasks (an in-process broker among them) may need meanwhile. And
-        // not for ever: a close librdkafka never finishes must not keep the component (or a
-        // shutdown) waiting; the blocked thread is left behind, and said so.
-        let closing = tokio::task::spawn_blocking(move || drop(consumer));
-        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        // not for ever: after a frozen Apache Kafka broker librdkafka's close was seen never
+        // to finish, which must not keep the component (or a shutdown) waiting. So the close
+        // runs on a thread of its own — not `spawn_blocking`, whose threads a runtime waits
+        // for when it shuts down — and is left behind, and said so, after CLOSE_TIMEOUT.
+        let (closed, close_done) = tokio::sync::oneshot::channel::<()>();
+        let closer = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if closer.is_ok()
+            && tokio::time::timeout(CLOSE_TIMEOUT, close_done)
+                .await
+                .is_err()
+        {
             error!(consumer = %worker.settings.name, timeout_s = CLOSE_TIMEOUT.as_secs(), "closing the Kafka consumer did not finish; moving on without it");
         }
         match ended {
