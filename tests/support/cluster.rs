@@ -20,7 +20,7 @@ use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
-use crate::infra::{LABEL, image_from_env, remove_leftovers, wait_for_kafka};
+use crate::infra::{LABEL, hold_for_the_process, image_from_env, remove_leftovers, wait_for_kafka};
 use crate::proxy::CuttableProxy;
 
 pub const BROKERS: usize = 3;
@@ -66,37 +66,7 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 /// The shared cluster, started on first use (about 30 s); panics when it does not come up.
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| {
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("kafka-cluster".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("runtime for the cluster");
-                runtime.block_on(async move {
-                    match start().await {
-                        Ok((cluster, containers)) => {
-                            let _ = sender.send(Ok(cluster));
-                            // Containers and proxies live until the process exits.
-                            let _containers = containers;
-                            std::future::pending::<()>().await;
-                        }
-                        Err(e) => {
-                            let _ = sender.send(Err(format!("{e:#}")));
-                        }
-                    }
-                });
-            })
-            .expect("spawn cluster thread");
-        match receiver.recv() {
-            Ok(Ok(cluster)) => cluster,
-            Ok(Err(e)) => panic!("could not start the Kafka cluster: {e}"),
-            Err(_) => panic!("cluster thread died"),
-        }
-    })
+    CLUSTER.get_or_init(|| hold_for_the_process("the Kafka cluster", start))
 }
 
 fn bound_port() -> std::net::TcpListener {

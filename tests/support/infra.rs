@@ -64,21 +64,34 @@ pub fn infra() -> &'static Infra {
 /// Containers live on a dedicated thread and runtime for the whole test process, independent
 /// of the per-test runtimes of `#[tokio::test]`.
 fn start_containers() -> Infra {
+    hold_for_the_process("test-containers", start)
+}
+
+/// Run `start` on a thread and runtime of its own that live as long as the process, and
+/// return what it describes; what it holds (containers, proxies) stays alive with it.
+/// Panics, failing the test, when `start` fails.
+pub fn hold_for_the_process<T, H, F, Fut>(name: &str, start: F) -> T
+where
+    T: Send + 'static,
+    H: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<(T, H)>>,
+{
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::Builder::new()
-        .name("test-containers".into())
+        .name(name.into())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(2)
                 .enable_all()
                 .build()
-                .expect("runtime for containers");
+                .expect("runtime for test servers");
             runtime.block_on(async move {
                 match start().await {
-                    Ok((infra, containers)) => {
-                        let _ = sender.send(Ok(infra));
-                        // Hold the containers until the process exits.
-                        let _containers = containers;
+                    Ok((value, held)) => {
+                        let _ = sender.send(Ok(value));
+                        // Hold the servers until the process exits.
+                        let _held = held;
                         std::future::pending::<()>().await;
                     }
                     Err(e) => {
@@ -87,11 +100,11 @@ fn start_containers() -> Infra {
                 }
             });
         })
-        .expect("spawn container thread");
+        .expect("spawn the servers' thread");
     match receiver.recv() {
-        Ok(Ok(infra)) => infra,
-        Ok(Err(e)) => panic!("could not start test containers: {e}"),
-        Err(_) => panic!("container thread died"),
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => panic!("could not start {name}: {e}"),
+        Err(_) => panic!("{name} thread died"),
     }
 }
 
