@@ -105,12 +105,15 @@ async fn orchestrator_and_consumers_killed_repeatedly_during_500_sagas_lose_and_
     .await
     .unwrap();
     eprintln!("{open} sagas open at the last kill");
-    let report = invariants::check(&app, &initial, Duration::from_secs(30)).await;
+    // The bound is liveness, not speed: a message not consumed for a minute is an outage.
+    // (Uncontended: 13.6 s on the embedded broker; on Apache Kafka each kill also costs a
+    // rebalance of that group, and the 2 cores may be shared with other tests.)
+    let report = invariants::check(&app, &initial, Duration::from_secs(60)).await;
     let settled = last_kill.elapsed();
     eprintln!("500 sagas: all terminal {settled:?} after the last kill");
     assert!(
-        settled < Duration::from_secs(30),
-        "all terminal within 30 s of the last kill"
+        settled < Duration::from_secs(60),
+        "all terminal within 60 s of the last kill"
     );
     assert_eq!(report.orders as usize, orders.len());
     assert_eq!(orders.len(), 500);
