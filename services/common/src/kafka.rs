@@ -6,7 +6,7 @@ use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -95,18 +95,20 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // The gauge is the member's whole assignment after the rebalance (right for eager
-        // and incremental rebalances alike).
-        let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        metrics::gauge!("consumer_assigned_partitions", "group" => self.group.clone())
-            .set(held as f64);
+    // No call into the client from here (e.g. `consumer.assignment()`): librdkafka runs this
+    // callback on the thread that would have to answer it, and during a close that deadlocked
+    // the member for good (seen after a frozen broker). With the eager assignor an assignment
+    // is the member's whole set, and a revocation leaves it nothing.
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let gauge = metrics::gauge!("consumer_assigned_partitions", "group" => self.group.clone());
         match rebalance {
             Rebalance::Assign(partitions) => {
-                info!(messaging.consumer.group.name = %self.group, assigned = partitions.count(), held, "partitions assigned");
+                gauge.set(partitions.count() as f64);
+                info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions assigned");
             }
             Rebalance::Revoke(partitions) => {
-                info!(messaging.consumer.group.name = %self.group, revoked = partitions.count(), held, "partitions revoked");
+                gauge.set(0.0);
+                info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions revoked");
             }
             Rebalance::Error(e) => {
                 warn!(messaging.consumer.group.name = %self.group, error = %e, "rebalance failed");
