@@ -658,8 +658,10 @@ async fn a_restarted_component_gets_its_partitions_back_within_seconds() {
         after.keys().all(|member| member.contains("@inventory-1")),
         "the member is the static one: {after:?}"
     );
+    // Measured through the broker's own tool, a JVM that takes 2-4 s to start on 2 shared
+    // cores per poll: 11.6 s was seen with another fault test running beside it.
     assert!(
-        took < Duration::from_secs(10),
+        took < Duration::from_secs(20),
         "partitions back after {took:?}"
     );
     app.stop().await;
