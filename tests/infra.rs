@@ -263,7 +263,7 @@ async fn watermarks_count_every_record_of_a_multi_record_batch() {
         .create()
         .unwrap();
     let (low, high) = tokio::task::spawn_blocking(move || {
-        probe.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+        clients::watermarks(&probe, &topic, partition, Duration::from_secs(10))
     })
     .await
     .unwrap()

@@ -95,7 +95,7 @@ pub async fn read(kafka_config: &KafkaConfig, topic: &str) -> anyhow::Result<Vec
             let metadata = probe.fetch_metadata(Some(&dlq), timeout)?;
             let mut ends = HashMap::new();
             for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-                let marks = probe.fetch_watermarks(&dlq, partition.id(), timeout)?;
+                let marks = kafka::watermarks(&probe, &dlq, partition.id(), timeout)?;
                 ends.insert(partition.id(), marks);
             }
             Ok(ends)

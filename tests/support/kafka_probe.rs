@@ -104,8 +104,7 @@ pub async fn read_all(config: &KafkaConfig, logical_topic: &str) -> Vec<Record> 
         tokio::task::spawn_blocking(move || {
             (0..partitions)
                 .map(|p| {
-                    probe
-                        .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    kafka::watermarks(&probe, &topic, p, Duration::from_secs(10))
                         .expect("watermarks")
                         .1
                 })
@@ -155,7 +154,7 @@ pub async fn positions(config: &KafkaConfig, logical_topics: &[&str], groups: &[
             .expect("probe client");
         for topic in &topics {
             for partition in 0..config.partitions {
-                let watermarks = probe.fetch_watermarks(topic, partition, Duration::from_secs(10));
+                let watermarks = kafka::watermarks(&probe, topic, partition, Duration::from_secs(10));
                 out.push_str(&format!("{topic}[{partition}] watermarks {watermarks:?}"));
                 for group in &groups {
                     let member: rdkafka::consumer::BaseConsumer = ClientConfig::new()

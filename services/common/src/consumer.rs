@@ -216,6 +216,10 @@ pub async fn run<H: Handler>(
                 warn!(consumer = %worker.settings.name, out_for_s = out_for.as_secs(), "member out of its group too long; rejoining with a new member");
                 metrics::counter!("consumer_rejoins_total", "group" => worker.group()).increment(1);
             }
+            Ended::OffsetsNotFetched => {
+                warn!(consumer = %worker.settings.name, "committed offsets of the assignment could not be fetched; rejoining with a new member");
+                metrics::counter!("consumer_rejoins_total", "group" => worker.group()).increment(1);
+            }
         }
     }
 }
@@ -226,6 +230,9 @@ enum Ended {
     Stopped,
     /// The member was out of its group longer than `rejoin_after`.
     OutOfGroup(Duration),
+    /// librdkafka could not fetch the committed offsets of the member's assignment, so those
+    /// partitions would never be consumed by it ([`kafka::GroupContext::offsets_not_fetched`]).
+    OffsetsNotFetched,
 }
 
 struct Worker<H> {
@@ -261,6 +268,9 @@ impl<H: Handler> Worker<H> {
                     let out_for = consumer.context().out_of_group_for();
                     if out_for > this.settings.rejoin_after {
                         break Ended::OutOfGroup(out_for);
+                    }
+                    if consumer.context().offsets_not_fetched() {
+                        break Ended::OffsetsNotFetched;
                     }
                     continue;
                 }

@@ -6,12 +6,13 @@ use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::KafkaConfig;
 use crate::topic_policy::{self, TopicPolicy};
@@ -50,6 +51,9 @@ pub struct GroupContext {
     /// (last statistics seen, last seen in its group — state `up`, join state `steady`);
     /// both start at creation.
     seen: std::sync::Mutex<(Instant, Instant)>,
+    /// Set when librdkafka gave up fetching the committed offsets of an assignment (see
+    /// [`GroupContext::offsets_not_fetched`]).
+    offsets_not_fetched: std::sync::atomic::AtomicBool,
 }
 
 impl GroupContext {
@@ -58,7 +62,18 @@ impl GroupContext {
         GroupContext {
             group,
             seen: std::sync::Mutex::new((now, now)),
+            offsets_not_fetched: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether librdkafka failed to fetch the committed offsets of the member's assignment
+    /// since the last call. When that OffsetFetch fails with an error librdkafka does not
+    /// retry (e.g. the coordinator moved while a broker restarted), the assigned partitions are
+    /// never started: the member stays in its group, heartbeats, and consumes nothing from
+    /// them for good. Only a new member (a new assignment) gets them going again.
+    pub fn offsets_not_fetched(&self) -> bool {
+        self.offsets_not_fetched
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// How long the member has been out of its group, by its latest statistics. Zero when
@@ -77,6 +92,15 @@ impl GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if reason.starts_with(OFFSETS_NOT_FETCHED) {
+            self.offsets_not_fetched
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        // As librdkafka's default: every client error is logged.
+        error!(messaging.consumer.group.name = %self.group, "librdkafka: {error}: {reason}");
+    }
+
     fn stats_raw(&self, statistics: &[u8]) {
         // Only the group state is needed; parse just that (the full typed statistics expect
         // fields some brokers' clients leave out).
@@ -116,6 +140,10 @@ impl ConsumerContext for GroupContext {
         }
     }
 }
+
+/// How librdkafka's consumer error starts when an assignment's committed offsets could not be
+/// fetched (`rd_kafka_cgrp_offsets_fetch_response`).
+const OFFSETS_NOT_FETCHED: &str = "Failed to fetch committed offsets";
 
 /// A consumer group member (see [`consumer`]).
 pub type GroupConsumer = StreamConsumer<GroupContext>;
@@ -236,6 +264,51 @@ pub async fn ensure_all_topics(config: &KafkaConfig) -> anyhow::Result<()> {
     let mut all: Vec<String> = topics::ALL.iter().map(|t| t.to_string()).collect();
     all.extend(topics::ALL.iter().map(|t| topics::dlq(t)));
     ensure_topics(config, &all.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
+/// A partition's (low, high) watermarks, asked again while the client's metadata is merely
+/// stale, until `timeout`. Right after a topic is created, or after its leader moved,
+/// librdkafka can send the ListOffsets request to a broker that does not lead the partition
+/// (yet) and get NOT_LEADER_FOR_PARTITION — seen on Apache Kafka reading a dead-letter topic
+/// created a moment before. Blocking: call it off the async runtime.
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> KafkaResult<(i64, i64)> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        match consumer.fetch_watermarks(topic, partition, left) {
+            Err(e) if is_stale_metadata(&e) && Instant::now() + pause < deadline => {
+                warn!(topic, partition, error = %e, "watermarks not available yet; asking again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Errors that mean the client asked the wrong broker or asked too early, not that the
+/// request is wrong.
+fn is_stale_metadata(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::FencedLeaderEpoch
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+                | RDKafkaErrorCode::BrokerNotAvailable
+        )
+    )
 }
 
 /// Kafka headers from (name, value) pairs.

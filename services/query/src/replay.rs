@@ -301,7 +301,7 @@ async fn start_positions(
                 .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                 .collect();
             for partition in partitions {
-                let (low, high) = probe.fetch_watermarks(&topic, partition, timeout)?;
+                let (low, high) = kafka::watermarks(&probe, &topic, partition, timeout)?;
                 let first = match start {
                     Start::Beginning => low,
                     Start::Time(at) => {
