@@ -376,8 +376,9 @@ async fn with_a_secret_the_api_needs_a_valid_token_and_admin_routes_the_admin_ro
         "nothing written without a valid token"
     );
 
-    // A valid (non-admin) token: the order is placed and can be read back.
-    let user = token("alice", &["customer"]);
+    // A valid (non-admin) token of the body's customer: the order is placed and can be read
+    // back.
+    let user = token(body["customer_id"].as_str().unwrap(), &["customer"]);
     let (status, _, _, _, created) = send(post().bearer_auth(&user)).await;
     assert_eq!(status, 202, "{created}");
     let id = created["order_id"].as_str().unwrap();
@@ -504,3 +505,8 @@ fn unix_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+#[path = "http/inventory.rs"]
+mod inventory;
+#[path = "http/security.rs"]
+mod security;

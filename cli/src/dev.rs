@@ -58,9 +58,19 @@ pub struct DevArgs {
     pub saga: SagaConfig,
     #[command(flatten)]
     pub security: ApiSecurity,
+    #[command(flatten)]
+    pub orders: order_service::OrderConfig,
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Open on loopback, as a development platform should be; anywhere else only with a
+    // secret or by explicit choice — checked before anything starts.
+    for addr in tokio::net::lookup_host(&args.http_addr)
+        .await
+        .with_context(|| format!("resolving {}", args.http_addr))?
+    {
+        sagaflow_common::exposure::check(&args.security, addr)?;
+    }
     // Kafka
     let brokers = match &args.kafka_brokers {
         Some(brokers) => brokers.clone(),
@@ -123,6 +133,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         kafka: kafka.clone(),
         payment: PaymentConfig::new(provider_url.clone()),
         saga: args.saga.clone(),
+        orders: args.orders,
         pool_size: 8,
         request_timeout: Duration::from_secs(10),
         security: args.security.clone(),
@@ -167,6 +178,7 @@ async fn wait_for_broker_then_start(
             kafka: config.kafka.clone(),
             payment: config.payment.clone(),
             saga: config.saga.clone(),
+            orders: config.orders,
             pool_size: config.pool_size,
             request_timeout: config.request_timeout,
             security: config.security.clone(),

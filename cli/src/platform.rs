@@ -65,6 +65,7 @@ pub struct PlatformConfig {
     pub kafka: KafkaConfig,
     pub payment: PaymentConfig,
     pub saga: SagaConfig,
+    pub orders: order_service::OrderConfig,
     /// Connections per database pool.
     pub pool_size: u32,
     /// Bound of one HTTP request, slow clients included.
@@ -190,7 +191,7 @@ impl Platform {
                     .collect();
                 Box::pin(async move { futures::future::try_join_all(relays).await.map(drop) })
             }
-            "order-service" => Box::pin(order_service::run_consumer(pools.order, k, s)),
+            "order-service" => Box::pin(order_service::run(pools.order, k, self.config.orders, s)),
             "inventory-service" => Box::pin(inventory_service::run_consumer_with(
                 pools.inventory,
                 k,
@@ -253,7 +254,7 @@ impl Platform {
 
     /// Every HTTP route of every component, plus health and metrics.
     pub fn router(&self, kafka: &KafkaConfig) -> Router {
-        let api = order_service::router(self.pools.order.clone())
+        let api = order_service::router(self.pools.order.clone(), self.config.orders)
             .merge(inventory_service::router(self.pools.inventory.clone()))
             .merge(payment_service::router(self.pools.payment.clone()))
             .merge(notification_service::router(

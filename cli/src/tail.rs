@@ -54,7 +54,8 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut ends = std::collections::HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
-        let (low, high) = sagaflow_common::kafka::watermarks(&consumer, &topic, p, Duration::from_secs(10))?;
+        let (low, high) =
+            sagaflow_common::kafka::watermarks(&consumer, &topic, p, Duration::from_secs(10))?;
         let start = if args.from_beginning {
             Offset::Offset(low)
         } else {

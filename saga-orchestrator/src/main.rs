@@ -27,6 +27,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     sagaflow_common::telemetry::init();
     let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(&args.http_addr).await?;
+    sagaflow_common::exposure::check(&args.security, listener.local_addr()?)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(runner::cancel_on_signal(shutdown.clone()));
     let pool = sagaflow_common::db::connect_lazy(&args.database_url, 16)?;
@@ -39,7 +41,6 @@ async fn main() -> anyhow::Result<()> {
         databases: vec![("saga".into(), pool.clone())],
         kafka: Some(args.kafka.clone()),
     }));
-    let listener = tokio::net::TcpListener::bind(&args.http_addr).await?;
     let http = tokio::spawn(serve(listener, router, shutdown.clone()));
     let result = saga_orchestrator::run(pool, args.kafka, args.saga, shutdown.clone()).await;
     shutdown.cancel();

@@ -154,7 +154,8 @@ pub async fn positions(config: &KafkaConfig, logical_topics: &[&str], groups: &[
             .expect("probe client");
         for topic in &topics {
             for partition in 0..config.partitions {
-                let watermarks = kafka::watermarks(&probe, topic, partition, Duration::from_secs(10));
+                let watermarks =
+                    kafka::watermarks(&probe, topic, partition, Duration::from_secs(10));
                 out.push_str(&format!("{topic}[{partition}] watermarks {watermarks:?}"));
                 for group in &groups {
                     let member: rdkafka::consumer::BaseConsumer = ClientConfig::new()

@@ -42,10 +42,15 @@ pub fn docker(args: &[&str]) {
 /// The `sagaflow` binary of this workspace (built by `cargo build --workspace`, which
 /// `scripts/test.sh` runs first).
 pub fn sagaflow_binary() -> std::path::PathBuf {
+    workspace_binary("sagaflow")
+}
+
+/// A binary of this workspace (`order-service`, …), built by `cargo build --workspace`.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let binary = target.join("debug/sagaflow");
+    let binary = target.join("debug").join(name);
     assert!(
         binary.exists(),
         "{} is missing: run `cargo build --workspace` first",

@@ -37,6 +37,8 @@ pub struct Options {
     pub kafka_brokers: Option<String>,
     /// Static group membership (`SAGAFLOW_INSTANCE_ID`) for every consumer.
     pub instance_id: Option<String>,
+    /// Idempotency-Key lifetime and pruning (default: the production defaults).
+    pub orders: order_service::OrderConfig,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             security: ApiSecurity::default(),
             kafka_brokers: None,
             instance_id: None,
+            orders: order_service::OrderConfig::default(),
         }
     }
 }
@@ -93,6 +96,7 @@ pub async fn spawn_platform(options: Options) -> TestApp {
             max_attempts: options.max_attempts,
             sweep_interval_ms: 100,
         },
+        orders: options.orders,
         pool_size: 8,
         request_timeout: options.request_timeout,
         security: options.security,

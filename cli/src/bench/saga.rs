@@ -189,6 +189,7 @@ async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Resu
         kafka: kafka_config.clone(),
         payment: PaymentConfig::new(provider_url.clone()),
         saga: SagaConfig::default(),
+        orders: Default::default(),
         pool_size: args.connections,
         request_timeout: Duration::from_secs(10),
         // The benchmark is one client pushing thousands of requests per second: open.

@@ -41,9 +41,27 @@ pub const ADMIN_ROLE: &str = "admin";
 /// Tolerated clock skew when checking `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
 
-/// How the API is protected. The default is open: no authentication, no rate limit.
+/// Whether the API requires tokens (`SAGAFLOW_AUTH`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Bearer JWTs signed with `SAGAFLOW_JWT_SECRET`; without a secret the API may be served
+    /// on loopback only ([`crate::exposure`]).
+    #[default]
+    Jwt,
+    /// No authentication, on any address: an explicit choice, logged loudly.
+    Off,
+}
+
+/// How the API is protected. Closed by default: with no secret a component serves only on
+/// loopback ([`crate::exposure`]); no rate limit unless set.
 #[derive(Clone, Default, clap::Args)]
 pub struct ApiSecurity {
+    /// `jwt` (default) or `off`: serve the API without authentication, even beyond loopback.
+    #[arg(long = "auth", env = "SAGAFLOW_AUTH", value_enum, default_value_t = AuthMode::Jwt)]
+    pub auth: AuthMode,
+    /// The same as SAGAFLOW_AUTH=off.
+    #[arg(long = "insecure-no-auth")]
+    pub insecure_no_auth: bool,
     /// HS256 secret of the bearer tokens; unset (or empty) = the API is open (development).
     #[arg(
         long = "jwt-secret",
@@ -64,6 +82,14 @@ pub struct ApiSecurity {
         default_value_t = 0
     )]
     pub rate_limit_per_second: u32,
+    /// Reverse proxies (addresses or CIDR blocks, comma-separated) whose X-Forwarded-For names
+    /// the client for the rate limit; empty (default) = the header is ignored.
+    #[arg(
+        long = "trusted-proxies",
+        env = "SAGAFLOW_TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    pub trusted_proxies: crate::proxy::TrustedProxies,
     /// Requests a client may send at once (the bucket size); 0 = the per-second rate.
     #[arg(
         long = "rate-limit-burst",
@@ -76,11 +102,14 @@ pub struct ApiSecurity {
 impl std::fmt::Debug for ApiSecurity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiSecurity")
+            .field("auth", &self.auth)
+            .field("insecure_no_auth", &self.insecure_no_auth)
             .field("jwt_secret", &self.secret().map(|_| "<redacted>"))
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("trusted_proxies", &self.trusted_proxies.to_string())
             .finish()
     }
 }
@@ -99,13 +128,22 @@ impl ApiSecurity {
         self
     }
 
+    /// The secret tokens are checked against; none when authentication is off.
     fn secret(&self) -> Option<&str> {
+        if self.opened_on_purpose() {
+            return None;
+        }
         self.jwt_secret.as_deref().filter(|s| !s.is_empty())
     }
 
     /// Whether callers must present a token.
     pub fn authentication_enabled(&self) -> bool {
         self.secret().is_some()
+    }
+
+    /// Whether the operator switched authentication off explicitly.
+    pub fn opened_on_purpose(&self) -> bool {
+        self.auth == AuthMode::Off || self.insecure_no_auth
     }
 
     /// The rate limit quota, if one is configured.
@@ -120,7 +158,7 @@ impl ApiSecurity {
         let auth = if self.authentication_enabled() {
             "bearer JWT (HS256) required; admin routes need roles [\"admin\"]".to_string()
         } else {
-            "OPEN — no authentication (set SAGAFLOW_JWT_SECRET to require tokens)".to_string()
+            "OPEN — no authentication (set SAGAFLOW_JWT_SECRET to require tokens; without it only loopback is served unless SAGAFLOW_AUTH=off)".to_string()
         };
         let limit = match self.quota() {
             Some(q) => format!(
@@ -309,6 +347,61 @@ pub enum Caller {
     Authenticated(Claims),
 }
 
+/// The principal of every request when authentication is off: idempotency keys are then
+/// shared by all callers, who are indistinguishable.
+pub const ANONYMOUS: &str = "anonymous";
+
+impl Caller {
+    /// Whom the request acts for: the token's `sub`, or [`ANONYMOUS`] when the API is open.
+    /// Idempotency keys are scoped to it.
+    pub fn principal(&self) -> &str {
+        match self {
+            Caller::Open => ANONYMOUS,
+            Caller::Authenticated(claims) => &claims.sub,
+        }
+    }
+
+    /// Whether the caller sees and acts on every customer's data: an admin, or anyone when
+    /// the API is open.
+    pub fn sees_everything(&self) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Authenticated(claims) => claims.is_admin(),
+        }
+    }
+
+    /// Whether the caller may act for, and read the data of, `customer_id`: with
+    /// authentication on, the token's `sub` is the customer id.
+    pub fn may_act_for(&self, customer_id: &uuid::Uuid) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Authenticated(claims) => {
+                claims.is_admin()
+                    || uuid::Uuid::parse_str(&claims.sub).is_ok_and(|sub| sub == *customer_id)
+            }
+        }
+    }
+}
+
+/// Handlers take the [`Caller`] as an argument. A request that did not pass [`protect`] has
+/// none, and is refused (403): ownership checks fail closed.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this route is not available without authentication configured",
+            )
+        })
+    }
+}
+
 /// Whether `caller` may use an admin route. No caller at all (a router served without
 /// [`protect`]) is refused: admin routes fail closed.
 pub fn authorize_admin(caller: Option<&Caller>) -> Result<(), Problem> {
@@ -405,6 +498,7 @@ impl ClientLimiter {
 struct Guard {
     authenticator: Option<Authenticator>,
     limiter: Option<ClientLimiter>,
+    trusted_proxies: crate::proxy::TrustedProxies,
 }
 
 /// Put authentication and the per-client rate limit in front of every route of `router`
@@ -425,13 +519,14 @@ pub fn protect(router: Router, security: &ApiSecurity) -> Router {
     });
     if authenticator.is_none() {
         tracing::warn!(
-            "SAGAFLOW_JWT_SECRET is not set: the API is open (no authentication); development only"
+            "no authentication: the API is open to whoever reaches it (see the exposure check at start-up)"
         );
     }
     tracing::info!(security = %security.describe(), "API security");
     let guard = Arc::new(Guard {
         authenticator,
         limiter: security.quota().map(ClientLimiter::new),
+        trusted_proxies: security.trusted_proxies.clone(),
     });
     router.route_layer(axum::middleware::from_fn_with_state(guard, guard_request))
 }
@@ -454,7 +549,12 @@ async fn guard_request(
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map_or(ClientKey::Unknown, |ConnectInfo(peer)| {
-                    ClientKey::Ip(peer.ip())
+                    let forwarded_for = request
+                        .headers()
+                        .get_all("x-forwarded-for")
+                        .iter()
+                        .filter_map(|v| v.to_str().ok());
+                    ClientKey::Ip(guard.trusted_proxies.client_ip(peer.ip(), forwarded_for))
                 }),
         };
         if let Err(wait) = limiter.check(&key) {

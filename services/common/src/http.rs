@@ -289,6 +289,25 @@ pub fn with_request_timeout(router: Router, limit: Duration) -> Router {
     ))
 }
 
+/// Serve `router`'s routes (so far) only to callers on this machine; anyone else gets 404, as
+/// if the routes did not exist. For fault-injection controls, which belong to development
+/// and tests: a caller whose address is unknown (served without [`serve`]) is refused too.
+pub fn loopback_only<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.route_layer(axum::middleware::from_fn(require_loopback))
+}
+
+async fn require_loopback(request: Request, next: axum::middleware::Next) -> Response {
+    let local = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|axum::extract::ConnectInfo(peer)| peer.ip().is_loopback());
+    if local {
+        next.run(request).await
+    } else {
+        Problem::not_found("no such route").into_response()
+    }
+}
+
 /// The largest request body accepted (413 above it).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -23,15 +23,21 @@ pub struct Component {
     pub migrator: &'static Migrator,
     pub http_addr: String,
     pub kafka: KafkaConfig,
-    pub router: fn(PgPool) -> Router,
+    /// Builds the component's API routes; a closure, so it can capture the component's settings.
+    pub router: Box<dyn FnOnce(PgPool) -> Router + Send>,
     /// Authentication and rate limit of `router` (health and metrics stay open).
     pub security: crate::auth::ApiSecurity,
-    pub consumer: fn(PgPool, KafkaConfig, CancellationToken) -> ConsumerFuture,
+    /// Starts the component's background work (its consumer); a closure, like `router`.
+    pub consumer: Box<dyn FnOnce(PgPool, KafkaConfig, CancellationToken) -> ConsumerFuture + Send>,
 }
 
 /// Run until a signal arrives or a part fails.
 pub async fn run(component: Component) -> anyhow::Result<()> {
     crate::telemetry::init();
+    // Bound first, so an API that would be open to the network is refused before anything
+    // else happens (closed unless opened on purpose).
+    let listener = tokio::net::TcpListener::bind(&component.http_addr).await?;
+    crate::exposure::check(&component.security, listener.local_addr()?)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let pool = crate::db::connect_lazy(&component.database_url, 16)?;
@@ -46,7 +52,6 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
         databases: vec![(component.name.to_string(), pool.clone())],
         kafka: Some(component.kafka.clone()),
     }));
-    let listener = tokio::net::TcpListener::bind(&component.http_addr).await?;
     info!(component = component.name, addr = %listener.local_addr()?, "serving HTTP");
     let http = tokio::spawn(serve(listener, router, shutdown.clone()));
     let consumer = (component.consumer)(pool, component.kafka, shutdown.clone());

@@ -115,9 +115,11 @@ impl InventoryFaults {
 
 /// `GET|POST /_control/inventory`, admin only.
 pub fn control_router(faults: InventoryFaults) -> Router {
-    auth::admin_only(
+    // Admin only, and only from this machine (404 to anyone else): fault injection is for
+    // development and tests, which is the only wiring that mounts this router.
+    sagaflow_common::http::loopback_only(auth::admin_only(
         Router::new().route("/_control/inventory", get(get_control).post(post_control)),
-    )
+    ))
     .with_state(faults)
 }
 

@@ -2,8 +2,12 @@
 //!
 //! Locking protocol (deadlock-free): a transaction locks at most one order — its advisory lock,
 //! then its reservation row — and then stock rows in ascending SKU order (byte order,
-//! `COLLATE "C"`, the same order Rust sorts `String`s in). Restocking over HTTP locks a single
-//! stock row.
+//! `COLLATE "C"`, the same order Rust sorts `String`s in). Restocking and adjustments over
+//! HTTP lock a single stock row.
+//!
+//! Every write to a stock row increments its `version` in the same statement (migration 0004):
+//! the HTTP API serves it as the ETag, so any change since a client's read — a reservation
+//! included — makes that client's `If-Match` fail.
 
 use chrono::{DateTime, Utc};
 use sagaflow_common::db::Tx;
@@ -27,6 +31,34 @@ impl From<StockRecord> for StockRow {
             sku: record.sku,
             available: record.available,
             reserved: record.reserved,
+        }
+    }
+}
+
+/// A SKU's stock and the version of its row: bumped by every write, served as the ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionedStock {
+    pub stock: StockRow,
+    pub version: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct VersionedRecord {
+    sku: String,
+    available: i32,
+    reserved: i32,
+    version: i64,
+}
+
+impl From<VersionedRecord> for VersionedStock {
+    fn from(record: VersionedRecord) -> Self {
+        VersionedStock {
+            stock: StockRow {
+                sku: record.sku,
+                available: record.available,
+                reserved: record.reserved,
+            },
+            version: record.version,
         }
     }
 }
@@ -171,7 +203,8 @@ async fn shift(tx: &mut Tx, lines: &[StockLine], direction: i32) -> Result<u64, 
     let quantities: Vec<i32> = lines.iter().map(|l| l.quantity * direction).collect();
     let updated = sqlx::query(
         "UPDATE stock s
-         SET available = s.available - l.quantity, reserved = s.reserved + l.quantity, updated_at = now()
+         SET available = s.available - l.quantity, reserved = s.reserved + l.quantity,
+             version = s.version + 1, updated_at = now()
          FROM unnest($1::text[], $2::int[]) AS l(sku, quantity)
          WHERE s.sku = l.sku",
     )
@@ -183,32 +216,71 @@ async fn shift(tx: &mut Tx, lines: &[StockLine], direction: i32) -> Result<u64, 
     Ok(updated)
 }
 
-/// One SKU's stock.
-pub async fn get(pool: &PgPool, sku: &str) -> Result<Option<StockRow>, sqlx::Error> {
-    let record: Option<StockRecord> =
-        sqlx::query_as("SELECT sku, available, reserved FROM stock WHERE sku = $1")
+/// One SKU's stock and version.
+pub async fn get(pool: &PgPool, sku: &str) -> Result<Option<VersionedStock>, sqlx::Error> {
+    let record: Option<VersionedRecord> =
+        sqlx::query_as("SELECT sku, available, reserved, version FROM stock WHERE sku = $1")
             .bind(sku)
             .fetch_optional(pool)
             .await?;
-    Ok(record.map(StockRow::from))
+    Ok(record.map(VersionedStock::from))
 }
 
-/// Set a SKU's available quantity, creating it if needed; what is reserved is untouched.
+/// One SKU's stock and version, its row locked until the transaction ends: the single-row
+/// case of [`lock_stock`], so HTTP writes and reservations of that SKU apply one at a time.
+pub async fn stock_for_update(
+    tx: &mut Tx,
+    sku: &str,
+) -> Result<Option<VersionedStock>, sqlx::Error> {
+    let record: Option<VersionedRecord> = sqlx::query_as(
+        "SELECT sku, available, reserved, version FROM stock WHERE sku = $1 FOR UPDATE",
+    )
+    .bind(sku)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(record.map(VersionedStock::from))
+}
+
+/// Set a SKU's available quantity, creating it (at version 1) if needed; what is reserved is
+/// untouched. An existing row should be locked by [`stock_for_update`] first, so the caller's
+/// precondition still holds when this applies.
 pub async fn set_available(
-    pool: &PgPool,
+    tx: &mut Tx,
     sku: &str,
     available: i32,
-) -> Result<StockRow, sqlx::Error> {
-    let record: StockRecord = sqlx::query_as(
+) -> Result<VersionedStock, sqlx::Error> {
+    let record: VersionedRecord = sqlx::query_as(
         "INSERT INTO stock (sku, available, reserved) VALUES ($1, $2, 0)
-         ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, updated_at = now()
-         RETURNING sku, available, reserved",
+         ON CONFLICT (sku) DO UPDATE
+         SET available = EXCLUDED.available, version = stock.version + 1, updated_at = now()
+         RETURNING sku, available, reserved, version",
     )
     .bind(sku)
     .bind(available)
-    .fetch_one(pool)
+    .fetch_one(&mut **tx)
     .await?;
     Ok(record.into())
+}
+
+/// Add `delta` to an existing SKU's available quantity in one statement (relative, so it
+/// composes with concurrent writes instead of overwriting them). Returns `None` when the SKU
+/// does not exist. The CHECK constraint refuses a negative result; callers check first under
+/// [`stock_for_update`] to answer with a reason.
+pub async fn add_available(
+    tx: &mut Tx,
+    sku: &str,
+    delta: i32,
+) -> Result<Option<VersionedStock>, sqlx::Error> {
+    let record: Option<VersionedRecord> = sqlx::query_as(
+        "UPDATE stock SET available = available + $2, version = version + 1, updated_at = now()
+         WHERE sku = $1
+         RETURNING sku, available, reserved, version",
+    )
+    .bind(sku)
+    .bind(delta)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(record.map(VersionedStock::from))
 }
 
 /// Create the SKUs of `stock` that do not exist yet, with the given available quantity.

@@ -31,10 +31,10 @@ async fn main() -> anyhow::Result<()> {
         http_addr: args.http_addr,
         kafka: args.kafka,
         security: args.security,
-        router: notification_service::router,
-        consumer: |pool, kafka, shutdown| {
+        router: Box::new(notification_service::router),
+        consumer: Box::new(|pool, kafka, shutdown| {
             Box::pin(notification_service::run_consumer(pool, kafka, shutdown))
-        },
+        }),
     })
     .await
 }

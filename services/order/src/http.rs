@@ -1,4 +1,8 @@
 //! `POST /orders`, `GET /orders/{id}`.
+//!
+//! With authentication on, the token's `sub` is the customer: a caller places orders only
+//! for itself and reads only its own (another customer's order answers 404, so ids cannot be
+//! probed); admins do both for everyone. Idempotency-Keys are scoped to the caller.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -6,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use outbox_relay::{Origin, enqueue};
+use sagaflow_common::auth::Caller;
 use sagaflow_common::http::{Problem, ProblemJson};
 use sagaflow_common::trace;
 use sagaflow_schemas::{OrderItem, OrderPlaced};
@@ -16,7 +21,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{NewOrder, validate};
-use crate::{NAME, store};
+use crate::store::IdempotencyKey;
+use crate::{NAME, OrderConfig, store};
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -32,6 +38,9 @@ pub enum ApiError {
     /// 422: the body breaks a rule; names the field.
     #[error("{message}")]
     Invalid { field: String, message: String },
+    /// 403: a caller that is not an admin placed an order for another customer.
+    #[error("an order can only be placed for the caller's own customer id (the token's sub)")]
+    NotYourCustomer,
     /// 400: the order id in the path is not a UUID.
     #[error("order id must be a UUID")]
     BadId,
@@ -60,6 +69,10 @@ impl IntoResponse for ApiError {
             )
             .with_field("Idempotency-Key"),
             ApiError::Invalid { field, message } => Problem::invalid(&field, message),
+            ApiError::NotYourCustomer => {
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", self.to_string())
+                    .with_field("customer_id")
+            }
             ApiError::BadId => Problem::new(StatusCode::BAD_REQUEST, "bad-id", self.to_string()),
             ApiError::NotFound(_) => Problem::not_found(self.to_string()),
             ApiError::Database(e) => Problem::from(e),
@@ -69,15 +82,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What the order handlers share.
+#[derive(Clone)]
+struct Orders {
+    pool: PgPool,
+    config: OrderConfig,
+}
+
 /// Public routes: any authenticated caller (see `sagaflow_common::auth`).
-pub fn router(pool: PgPool) -> Router {
+pub fn router(pool: PgPool, config: OrderConfig) -> Router {
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
         .layer(axum::extract::DefaultBodyLimit::max(
             sagaflow_common::http::MAX_BODY_BYTES,
         ))
-        .with_state(pool)
+        .with_state(Orders { pool, config })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -120,7 +140,8 @@ fn accepted(order_id: Uuid, traceparent: &str) -> Response {
 }
 
 async fn place_order(
-    State(pool): State<PgPool>,
+    State(orders): State<Orders>,
+    caller: Caller,
     headers: HeaderMap,
     ProblemJson(order): ProblemJson<NewOrder>,
 ) -> Result<Response, ApiError> {
@@ -137,17 +158,21 @@ async fn place_order(
         &span,
         headers.get("traceparent").and_then(|v| v.to_str().ok()),
     );
-    place_order_in_span(pool, headers, order)
+    place_order_in_span(orders, caller, headers, order)
         .instrument(span)
         .await
 }
 
 async fn place_order_in_span(
-    pool: PgPool,
+    orders: Orders,
+    caller: Caller,
     headers: HeaderMap,
     order: NewOrder,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    if !caller.may_act_for(&order.customer_id) {
+        return Err(ApiError::NotYourCustomer);
+    }
     let total_cents = validate(&order).map_err(|e| ApiError::Invalid {
         field: e.field,
         message: e.message,
@@ -160,9 +185,14 @@ async fn place_order_in_span(
     ));
 
     let order_id = Uuid::now_v7();
-    let mut tx = pool.begin().await?;
+    let mut tx = orders.pool.begin().await?;
+    let scoped = IdempotencyKey {
+        principal: caller.principal(),
+        key: &key,
+    };
+    let ttl = orders.config.idempotency_key_ttl();
     if let Some((existing, hash)) =
-        store::claim_idempotency_key(&mut tx, &key, &request_hash, order_id).await?
+        store::claim_idempotency_key(&mut tx, scoped, &request_hash, order_id, ttl).await?
     {
         tx.rollback().await?;
         return if hash == request_hash {
@@ -204,12 +234,15 @@ async fn place_order_in_span(
 }
 
 async fn get_order(
-    State(pool): State<PgPool>,
+    State(orders): State<Orders>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::BadId)?;
-    let order = store::find(&pool, id)
+    // Another customer's order is as absent as one that does not exist.
+    let order = store::find(&orders.pool, id)
         .await?
+        .filter(|order| caller.may_act_for(&order.customer_id))
         .ok_or(ApiError::NotFound(id))?;
     Ok(Json(order).into_response())
 }

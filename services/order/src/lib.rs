@@ -12,6 +12,8 @@ mod store;
 use sagaflow_common::KafkaConfig;
 use sagaflow_common::consumer::{self, ConsumerSettings};
 use sagaflow_schemas::topics;
+use std::time::Duration;
+
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +22,91 @@ pub use http::router;
 
 pub const NAME: &str = "order-service";
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order");
+
+/// How long an Idempotency-Key is remembered by default: 24 h, as Stripe does.
+pub const DEFAULT_IDEMPOTENCY_KEY_TTL_SECS: u64 = 24 * 60 * 60;
+/// How often expired keys are deleted by default.
+pub const DEFAULT_IDEMPOTENCY_PRUNE_INTERVAL_MS: u64 = 60_000;
+
+/// The order service's settings (read by the binary; libraries take them as arguments).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct OrderConfig {
+    /// How long an Idempotency-Key is remembered; later, the same key places a new order.
+    #[arg(
+        id = "idempotency_key_ttl_secs",
+        long = "idempotency-key-ttl-secs",
+        env = "ORDER_IDEMPOTENCY_KEY_TTL_SECS",
+        default_value_t = DEFAULT_IDEMPOTENCY_KEY_TTL_SECS
+    )]
+    pub idempotency_key_ttl_secs: u64,
+    /// How often expired Idempotency-Keys are deleted.
+    #[arg(
+        id = "idempotency_prune_interval_ms",
+        long = "idempotency-prune-interval-ms",
+        env = "ORDER_IDEMPOTENCY_PRUNE_INTERVAL_MS",
+        default_value_t = DEFAULT_IDEMPOTENCY_PRUNE_INTERVAL_MS
+    )]
+    pub idempotency_prune_interval_ms: u64,
+}
+
+impl Default for OrderConfig {
+    fn default() -> Self {
+        OrderConfig {
+            idempotency_key_ttl_secs: DEFAULT_IDEMPOTENCY_KEY_TTL_SECS,
+            idempotency_prune_interval_ms: DEFAULT_IDEMPOTENCY_PRUNE_INTERVAL_MS,
+        }
+    }
+}
+
+impl OrderConfig {
+    pub fn idempotency_key_ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_key_ttl_secs)
+    }
+}
+
+/// The order service's background work: the orders.commands consumer and the pruning of
+/// expired idempotency keys, until `shutdown` (or the consumer fails).
+pub async fn run(
+    pool: PgPool,
+    kafka: KafkaConfig,
+    config: OrderConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let stop_pruning = shutdown.child_token();
+    let pruner = tokio::spawn(prune_idempotency_keys(
+        pool.clone(),
+        config,
+        stop_pruning.clone(),
+    ));
+    let consumed = run_consumer(pool, kafka, shutdown).await;
+    stop_pruning.cancel();
+    let _ = pruner.await;
+    consumed
+}
+
+/// Delete expired idempotency keys every `idempotency_prune_interval_ms`; a failed round is
+/// logged and tried again at the next one (the keys only wait longer).
+async fn prune_idempotency_keys(pool: PgPool, config: OrderConfig, shutdown: CancellationToken) {
+    let period = Duration::from_millis(config.idempotency_prune_interval_ms.max(100));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match store::prune_idempotency_keys(&pool, config.idempotency_key_ttl()).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                metrics::counter!("order_idempotency_keys_pruned_total").increment(deleted);
+                tracing::debug!(deleted, "expired idempotency keys deleted");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning idempotency keys failed; next round retries")
+            }
+        }
+    }
+}
 
 /// Consume orders.commands until `shutdown`.
 pub async fn run_consumer(

@@ -16,6 +16,8 @@ struct Args {
     kafka: KafkaConfig,
     #[command(flatten)]
     security: ApiSecurity,
+    #[command(flatten)]
+    orders: order_service::OrderConfig,
 }
 
 #[tokio::main]
@@ -28,10 +30,10 @@ async fn main() -> anyhow::Result<()> {
         http_addr: args.http_addr,
         kafka: args.kafka,
         security: args.security,
-        router: order_service::router,
-        consumer: |pool, kafka, shutdown| {
-            Box::pin(order_service::run_consumer(pool, kafka, shutdown))
-        },
+        router: Box::new(move |pool| order_service::router(pool, args.orders)),
+        consumer: Box::new(move |pool, kafka, shutdown| {
+            Box::pin(order_service::run(pool, kafka, args.orders, shutdown))
+        }),
     })
     .await
 }

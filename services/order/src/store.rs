@@ -24,30 +24,64 @@ pub struct OrderRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Claim an idempotency key for `order_id`. `None` when the key was new; otherwise the
-/// order and request hash it was first used with (a concurrent first use is waited for).
+/// One caller's Idempotency-Key: keys are scoped to the principal that sent them.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey<'a> {
+    pub principal: &'a str,
+    pub key: &'a str,
+}
+
+/// Claim `key` for `order_id`. `None` when the key was new for its principal, or had expired
+/// (older than `ttl`: it is taken over); otherwise the order and request hash it was first
+/// used with (a concurrent first use is waited for, by the primary key's lock).
 pub async fn claim_idempotency_key(
     tx: &mut Tx,
-    key: &str,
+    key: IdempotencyKey<'_>,
     request_hash: &str,
     order_id: Uuid,
+    ttl: std::time::Duration,
 ) -> Result<Option<(Uuid, String)>, sqlx::Error> {
-    let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
-        .bind(key)
-        .bind(request_hash)
-        .bind(order_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if inserted == 1 {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (principal, key, request_hash, order_id)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (principal, key) DO UPDATE
+            SET request_hash = EXCLUDED.request_hash, order_id = EXCLUDED.order_id, created_at = now()
+            WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)",
+    )
+    .bind(key.principal)
+    .bind(key.key)
+    .bind(request_hash)
+    .bind(order_id)
+    .bind(ttl.as_secs_f64())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if claimed == 1 {
         return Ok(None);
     }
-    let existing: (Uuid, String) =
-        sqlx::query_as("SELECT order_id, request_hash FROM idempotency_keys WHERE key = $1")
-            .bind(key)
-            .fetch_one(&mut **tx)
-            .await?;
+    let existing: (Uuid, String) = sqlx::query_as(
+        "SELECT order_id, request_hash FROM idempotency_keys WHERE principal = $1 AND key = $2",
+    )
+    .bind(key.principal)
+    .bind(key.key)
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(Some(existing))
+}
+
+/// Delete the idempotency keys older than `ttl` (they no longer answer anything); returns how
+/// many went.
+pub async fn prune_idempotency_keys(
+    pool: &PgPool,
+    ttl: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(ttl.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 pub async fn insert_order(

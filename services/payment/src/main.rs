@@ -56,7 +56,13 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
-    // The provider first: with a simulated provider, the consumer's first calls find it.
+    // The API's address is bound first, so an API that would be open to the network is
+    // refused before anything else happens (closed unless opened on purpose).
+    let listener = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    sagaflow_common::exposure::check(&args.security, listener.local_addr()?)?;
+    // Then the provider: with a simulated provider, the consumer's first calls find it.
     if let Some(address) = args.simulated_provider_addr {
         let listener = TcpListener::bind(address)
             .await
@@ -79,9 +85,6 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    let listener = TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("binding {}", args.http_addr))?;
     let api = with_request_timeout(protect(router(pool.clone()), &args.security), TIMEOUT);
     let app = api.merge(ops_router(Readiness {
         databases: vec![("payment".into(), pool.clone())],

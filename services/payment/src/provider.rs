@@ -244,15 +244,20 @@ fn sanitized(mut faults: ProviderFaults) -> ProviderFaults {
 
 /// The provider's routes, state in `control`.
 pub fn provider_router(control: ProviderControl) -> Router {
+    // Fault injection and statistics answer only on loopback (404 to anyone else).
+    let controls = sagaflow_common::http::loopback_only(
+        Router::new()
+            .route("/_control", get(get_control).post(post_control))
+            .route(
+                "/_stats",
+                get(|State(control): State<ProviderControl>| async move { Json(control.stats()) }),
+            ),
+    );
     Router::new()
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}", get(get_charge))
         .route("/v1/refunds", post(create_refund))
-        .route("/_control", get(get_control).post(post_control))
-        .route(
-            "/_stats",
-            get(|State(control): State<ProviderControl>| async move { Json(control.stats()) }),
-        )
+        .merge(controls)
         .with_state(control)
 }
 

@@ -9,12 +9,17 @@
 //!
 //! Errors are Problem JSON: 422 naming the field for a malformed id, limit or cursor, 404 for
 //! what the projection has not seen, 503 while the database is unreachable.
+//!
+//! With authentication on, a caller reads only its own customer's orders (the token's `sub`
+//! is the customer id): another customer's order or list answers 404, exactly as an unknown
+//! one, so the views cannot be used to probe which ids exist. Admins read everything.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use sagaflow_common::auth::Caller;
 use sagaflow_common::http::Problem;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -143,6 +148,7 @@ const ORDER_COLUMNS: &str = "order_id, customer_id, status, reason, items, total
 
 async fn order(
     State(pool): State<PgPool>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
     let id = uuid_param(id, "id")?;
@@ -153,6 +159,13 @@ async fn order(
     .bind(id)
     .fetch_optional(&pool)
     .await?;
+    // Until its OrderPlaced is seen an order has no known owner: only admins see it then.
+    let row = row.filter(|row| {
+        caller.sees_everything()
+            || row
+                .customer_id
+                .is_some_and(|customer| caller.may_act_for(&customer))
+    });
     let Some(row) = row else {
         return Err(Problem::not_found(format!(
             "the order view has no order {id} (yet: see freshness of GET on a known order)"
@@ -192,10 +205,16 @@ const MAX_LIMIT: i64 = 100;
 
 async fn customer_orders(
     State(pool): State<PgPool>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<CustomerOrders>, Problem> {
     let customer_id = uuid_param(id, "id")?;
+    if !caller.may_act_for(&customer_id) {
+        return Err(Problem::not_found(format!(
+            "the order view has no customer {customer_id}"
+        )));
+    }
     let Query(page) = page.map_err(|e| Problem::invalid("query", e.body_text()))?;
     let limit = match page.limit {
         None => DEFAULT_LIMIT,

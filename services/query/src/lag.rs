@@ -89,7 +89,8 @@ fn sample(kafka: &KafkaConfig, groups: &[Group]) -> anyhow::Result<Sample> {
         let topic = kafka.topic(logical);
         let metadata = probe.fetch_metadata(Some(&topic), timeout)?;
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (low, high) = sagaflow_common::kafka::watermarks(&probe, &topic, partition.id(), timeout)?;
+            let (low, high) =
+                sagaflow_common::kafka::watermarks(&probe, &topic, partition.id(), timeout)?;
             watermarks.push((logical.to_string(), partition.id(), low, high, None));
         }
     }

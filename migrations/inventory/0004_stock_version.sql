@@ -1,0 +1,15 @@
+-- A version per stock row, for optimistic concurrency over HTTP (issue 17, item 4).
+--
+-- `GET /inventory/{sku}` serves it as a strong ETag ("v7"); `PUT /inventory/{sku}` with
+-- `If-Match` applies only if the row is still at that version, so a restock computed from a
+-- stale read is refused (412) instead of silently overwriting a reservation made since.
+--
+-- Rule: EVERY write to a stock row increments `version` in the same statement — restocking
+-- (PUT), adjustments (POST /inventory/{sku}/adjustments), reservations and releases alike —
+-- otherwise an ETag read before a reservation would still match after it. Rows are created
+-- at version 1 (existing rows start there too: no client holds an ETag for them yet).
+--
+-- Amends the note of 0003 (applied migrations are never edited): available + reserved now
+-- changes through PUT /inventory/{sku} (set) and POST /inventory/{sku}/adjustments (add a
+-- delta); reserving and releasing still only move quantity between the two columns.
+ALTER TABLE stock ADD COLUMN version BIGINT NOT NULL DEFAULT 1 CHECK (version >= 1);
