@@ -39,6 +39,24 @@ compose() {
 }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
+# The stack is closed by default: docker-compose.yml needs SAGAFLOW_JWT_SECRET (from .env).
+bash "$ROOT/scripts/compose-secret.sh"
+SAGAFLOW_JWT_SECRET=$(sed -n 's/^SAGAFLOW_JWT_SECRET=//p' "$ROOT/.env" | tail -n1)
+export SAGAFLOW_JWT_SECRET
+CUSTOMER=0190b6d2-0000-7000-8000-000000000001
+
+# An HS256 token for `sub` (roles as JSON array), as `sagaflow token` mints them.
+mint() {
+    python3 - "$1" "$2" <<'PY'
+import base64, hashlib, hmac, json, os, sys, time
+part = lambda d: base64.urlsafe_b64encode(json.dumps(d, separators=(",", ":")).encode()).rstrip(b"=")
+signing = part({"alg": "HS256", "typ": "JWT"}) + b"." + part(
+    {"sub": sys.argv[1], "exp": int(time.time()) + 3600, "roles": json.loads(sys.argv[2])})
+sig = hmac.new(os.environ["SAGAFLOW_JWT_SECRET"].encode(), signing, hashlib.sha256).digest()
+print((signing + b"." + base64.urlsafe_b64encode(sig).rstrip(b"=")).decode())
+PY
+}
+
 debian_mirror() {
     local mirror
     mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -216,15 +234,15 @@ json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.arg
 place_order() {
     local key=$1 method=$2
     http 202 POST http://127.0.0.1:8081/orders -H 'Content-Type: application/json' \
-        -H "Idempotency-Key: $key" \
-        -d '{"customer_id":"0190b6d2-0000-7000-8000-000000000001","items":[{"sku":"SKU-1","quantity":2,"unit_price_cents":1250}],"currency":"EUR","payment_method":"'"$method"'"}'
+        -H "Authorization: Bearer $CUSTOMER_TOKEN" -H "Idempotency-Key: $key" \
+        -d '{"customer_id":"'"$CUSTOMER"'","items":[{"sku":"SKU-1","quantity":2,"unit_price_cents":1250}],"currency":"EUR","payment_method":"'"$method"'"}'
 }
 
 # Poll GET /orders/{id} until `want` (deadline 30 s); a different terminal status fails.
 await_status() {
     local id=$1 want=$2 deadline=$((SECONDS + 30)) status=""
     while [ "$SECONDS" -lt "$deadline" ]; do
-        status=$(http 200 GET "http://127.0.0.1:8081/orders/$id" | json 'd["status"]') || status="?"
+        status=$(http 200 GET "http://127.0.0.1:8081/orders/$id" -H "Authorization: Bearer $CUSTOMER_TOKEN" | json 'd["status"]') || status="?"
         case "$status" in
             "$want")
                 step "order $id is $status"
@@ -240,9 +258,9 @@ await_status() {
 # The saga's path (orchestrator) and the customer's notification (polled, deadline 30 s).
 saga_and_notification() {
     local id=$1 deadline=$((SECONDS + 30)) sent=""
-    echo "    saga: $(http 200 GET "http://127.0.0.1:8085/sagas/$id" | json '"%s via %s" % (d["saga"]["state"], " > ".join(h["trigger"] for h in d["history"]))')" >&2
+    echo "    saga: $(http 200 GET "http://127.0.0.1:8085/sagas/$id" -H "Authorization: Bearer $ADMIN_TOKEN" | json '"%s via %s" % (d["saga"]["state"], " > ".join(h["trigger"] for h in d["history"]))')" >&2
     while [ "$SECONDS" -lt "$deadline" ]; do
-        sent=$(http 200 GET "http://127.0.0.1:8084/notifications?order_id=$id" |
+        sent=$(http 200 GET "http://127.0.0.1:8084/notifications?order_id=$id" -H "Authorization: Bearer $ADMIN_TOKEN" |
             json '",".join(n["template"] for n in d)') || sent=""
         [ -n "$sent" ] && break
         sleep 0.2
@@ -251,14 +269,21 @@ saga_and_notification() {
     echo "    notification: $sent" >&2
 }
 
-stock() { http 200 GET http://127.0.0.1:8082/inventory/SKU-1 | json '"%d/%d" % (d["available"], d["reserved"])'; }
+stock() { http 200 GET http://127.0.0.1:8082/inventory/SKU-1 -H "Authorization: Bearer $CUSTOMER_TOKEN" | json '"%d/%d" % (d["available"], d["reserved"])'; }
 
 smoke() {
     local run body id before after deadline approved
     run=smoke-$(date +%s)-$$
-    step "stock of SKU-1 (inventory-service seeds nothing outside 'sagaflow dev'): set to 100"
+    CUSTOMER_TOKEN=$(mint "$CUSTOMER" '["customer"]')
+    ADMIN_TOKEN=$(mint ops '["admin"]')
+    step "the APIs are closed: no token -> 401, a customer's token on an admin route -> 403"
+    http 401 GET "http://127.0.0.1:8081/orders/$CUSTOMER" >/dev/null || fail "GET /orders without a token"
+    http 403 PUT http://127.0.0.1:8082/inventory/SKU-1 -H 'Content-Type: application/json' \
+        -H "Authorization: Bearer $CUSTOMER_TOKEN" -d '{"available":100}' >/dev/null ||
+        fail "PUT /inventory/SKU-1 with a customer token"
+    step "stock of SKU-1 (inventory-service seeds nothing outside 'sagaflow dev'): set to 100 (admin token)"
     http 200 PUT http://127.0.0.1:8082/inventory/SKU-1 -H 'Content-Type: application/json' \
-        -d '{"available":100}' >/dev/null || fail "PUT /inventory/SKU-1"
+        -H "Authorization: Bearer $ADMIN_TOKEN" -d '{"available":100}' >/dev/null || fail "PUT /inventory/SKU-1"
     before=$(stock)
     step "SKU-1 available/reserved = $before"
 

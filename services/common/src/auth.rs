@@ -1,16 +1,17 @@
 //! Who may call the public API, and how often.
 //!
-//! - **Authentication**: HS256 JWT bearer tokens, on when `SAGAFLOW_JWT_SECRET` is set. Without
-//!   a secret the API is open (development only; a warning says so at start-up). `exp` is
-//!   required and checked, `nbf` is checked when present, `iss` / `aud` only when
-//!   `SAGAFLOW_JWT_ISSUER` / `SAGAFLOW_JWT_AUDIENCE` are set (then they are required too).
-//!   Missing, invalid or expired tokens get 401 Problem JSON with `WWW-Authenticate: Bearer`.
+//! - **Authentication**: HS256 JWT bearer tokens signed with `SAGAFLOW_JWT_SECRET`. Without a
+//!   secret the API is open, which [`crate::exposure`] allows only on loopback or when chosen
+//!   (`SAGAFLOW_AUTH=off`, `--insecure-no-auth`). `exp` and `sub` are required, `nbf` is
+//!   checked when present, `iss` / `aud` only when `SAGAFLOW_JWT_ISSUER` /
+//!   `SAGAFLOW_JWT_AUDIENCE` are set (then they are required too). Missing, invalid or
+//!   expired tokens get 401 Problem JSON with `WWW-Authenticate: Bearer`.
 //! - **Authorisation**: routers mark their admin routes with [`admin_only`]; those need the
-//!   claim `"roles": ["admin"]` (403 Problem JSON otherwise). Every other routed path is public
-//!   (any valid token).
+//!   claim `"roles": ["admin"]` (403 Problem JSON otherwise). Handlers take the [`Caller`]
+//!   for ownership: the token's `sub` is the customer, and idempotency keys are scoped to it.
 //! - **Rate limiting** (governor, GCRA): per client, keyed by the token's `sub` when the caller
-//!   is authenticated, else by the peer IP address. Off unless
-//!   `SAGAFLOW_RATE_LIMIT_PER_SECOND` is set; over the limit → 429 Problem JSON with
+//!   is authenticated, else by the peer IP address ([`crate::proxy`] behind trusted proxies).
+//!   Off unless `SAGAFLOW_RATE_LIMIT_PER_SECOND` is set; over the limit → 429 Problem JSON with
 //!   `Retry-After` (whole seconds, at least 1) and `http_rate_limited_total` counted.
 //!
 //! [`protect`] puts both in front of a router's routes; the operational routes (health,
