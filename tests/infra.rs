@@ -276,3 +276,6 @@ async fn watermarks_count_every_record_of_a_multi_record_batch() {
     let read = sagaflow_tests::kafka_probe::read_all(&config, "batched").await;
     assert_eq!(read.len(), 5, "every record up to the high watermark");
 }
+
+#[path = "infra/consumer.rs"]
+mod consumer;

@@ -10,28 +10,35 @@
 //! (keys — order ids — are partition-affine, so one saga's messages never race); partitions
 //! are applied concurrently, each on its own lane task. A consumer's throughput is therefore
 //! not bounded by one commit round trip per message but by one per message *per partition*.
-//! Handlers that touch rows shared across keys (stock) lock them in a fixed order.
+//! Handlers that touch rows shared across keys (stock) lock them in a fixed order. The fetch
+//! loop never waits for a lane: when one partition's lane is full (a slow provider, a lock
+//! wait) that partition is paused and its messages wait in order, while the other
+//! partitions keep moving.
 //!
 //! Failures:
 //! - the database unreachable: retried with backoff for as long as it takes (never
 //!   dead-lettered: the message is fine, the infrastructure is not);
 //! - a malformed value, missing envelope or unknown type: dead-lettered at once;
 //! - a handler error: retried `max_attempts` times with exponential backoff and jitter, then
-//!   dead-lettered to `<topic>.dlq` with the reason in headers, and the partition moves on.
+//!   dead-lettered to `<topic>.dlq` with the reason in headers, and the partition moves on;
+//! - a handler that panics: the consumer stops with an error (the component exits non-zero)
+//!   and `/health/ready` turns red; nothing of that lane is committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::Message as _;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_schemas::{CodecError, Envelope, Message, header_names, topics};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
@@ -209,6 +216,18 @@ pub async fn run<H: Handler>(
         }
         match ended {
             Ended::Stopped => return Ok(()),
+            Ended::LanePanicked(panic) => {
+                // A handler bug, not a transient fault: the component stops (non-zero exit)
+                // and reports not ready meanwhile, instead of consuming nothing while looking
+                // healthy. Its messages stay uncommitted for the next member.
+                let group = worker.group();
+                error!(consumer = %worker.settings.name, panic = %panic, "a partition lane panicked; the consumer stops");
+                crate::http::mark_failed(
+                    &group,
+                    format!("consumer {group}: a lane panicked: {panic}"),
+                );
+                anyhow::bail!("consumer {group}: a partition lane panicked: {panic}");
+            }
             Ended::OutOfGroup(out_for) => {
                 // Seen after a broker outage longer than the session timeout: the client kept
                 // its connections but never rejoined. A new member (the old one leaves as it
@@ -224,10 +243,127 @@ pub async fn run<H: Handler>(
     }
 }
 
+/// The fetch loop's side of one partition's lane: its queue, and the messages that did not
+/// fit (while there are any, the partition is paused and every newer message queues behind
+/// them, so offset order is kept).
+struct LaneFeed {
+    queue: mpsc::Sender<OwnedMessage>,
+    overflow: VecDeque<OwnedMessage>,
+    /// The offset after the last message handed over: anything below it is a re-fetch
+    /// (librdkafka may fetch again what it had prefetched when a partition is paused and
+    /// resumed) of a message the lane already has.
+    next_offset: i64,
+}
+
+/// The lane's task has ended.
+#[derive(Debug, PartialEq, Eq)]
+struct Closed;
+
+/// Where [`LaneFeed::offer`] put a message.
+#[derive(Debug, PartialEq, Eq)]
+enum Offered {
+    /// In the lane's queue, or dropped as a re-fetch.
+    Queued,
+    /// In the overflow: pause the partition.
+    Overflowed { topic: String, partition: i32 },
+}
+
+impl LaneFeed {
+    fn new(queue: mpsc::Sender<OwnedMessage>) -> Self {
+        LaneFeed {
+            queue,
+            overflow: VecDeque::new(),
+            next_offset: i64::MIN,
+        }
+    }
+
+    fn has_overflow(&self) -> bool {
+        !self.overflow.is_empty()
+    }
+
+    /// Hand `raw` to the lane without waiting.
+    fn offer(&mut self, raw: OwnedMessage) -> Result<Offered, Closed> {
+        if raw.offset() < self.next_offset {
+            return Ok(Offered::Queued);
+        }
+        self.next_offset = raw.offset() + 1;
+        if self.overflow.is_empty() {
+            match self.queue.try_send(raw) {
+                Ok(()) => return Ok(Offered::Queued),
+                Err(TrySendError::Closed(_)) => return Err(Closed),
+                Err(TrySendError::Full(raw)) => self.overflow.push_back(raw),
+            }
+        } else {
+            self.overflow.push_back(raw);
+        }
+        let last = self.overflow.back().expect("just pushed");
+        Ok(Offered::Overflowed {
+            topic: last.topic().to_string(),
+            partition: last.partition(),
+        })
+    }
+
+    /// Move what fits from the overflow into the queue. `Some((topic, partition))` when the
+    /// overflow has just emptied: the partition can be resumed.
+    fn drain(&mut self) -> Result<Option<(String, i32)>, Closed> {
+        let Some(first) = self.overflow.front() else {
+            return Ok(None);
+        };
+        let partition = (first.topic().to_string(), first.partition());
+        while let Some(raw) = self.overflow.pop_front() {
+            match self.queue.try_send(raw) {
+                Ok(()) => {}
+                Err(TrySendError::Closed(_)) => return Err(Closed),
+                Err(TrySendError::Full(raw)) => {
+                    self.overflow.push_front(raw);
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(partition))
+    }
+}
+
+/// Pause or resume fetching one partition. A failure (the partition was revoked meanwhile)
+/// is only logged: a new assignment starts unpaused, and a full lane pauses it again.
+fn pause(consumer: &kafka::GroupConsumer, topic: &str, partition: i32, paused: bool) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let result = if paused {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    match result {
+        Ok(()) => {
+            metrics::counter!("consumer_partition_pauses_total", "action" => if paused { "pause" } else { "resume" }).increment(1);
+            debug!(
+                topic,
+                partition, paused, "partition fetch paused/resumed (lane full)"
+            );
+        }
+        Err(e) => {
+            debug!(topic, partition, paused, error = %e, "pausing/resuming a partition failed")
+        }
+    }
+}
+
+/// The message of a lane's panic.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    let panic = error.into_panic();
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
 /// Why [`Worker::consume`] returned.
 enum Ended {
     /// Shutdown (or an interrupted message).
     Stopped,
+    /// A lane's task panicked (the panic's message).
+    LanePanicked(String),
     /// The member was out of its group longer than `rejoin_after`.
     OutOfGroup(Duration),
     /// librdkafka could not fetch the committed offsets of the member's assignment, so those
@@ -245,24 +381,46 @@ struct Worker<H> {
 }
 
 impl<H: Handler> Worker<H> {
+    /// Move overflowed messages into their lanes; resume partitions whose overflow emptied.
+    fn drain_overflows(
+        lanes: &mut HashMap<(String, i32), LaneFeed>,
+        consumer: &kafka::GroupConsumer,
+    ) -> Result<(), Closed> {
+        for lane in lanes.values_mut().filter(|l| l.has_overflow()) {
+            if let Some((topic, partition)) = lane.drain()? {
+                pause(consumer, &topic, partition, false);
+            }
+        }
+        Ok(())
+    }
+
     /// The consumer group: the metrics label (prefixed, so deployments sharing a process differ).
     fn group(&self) -> String {
         self.kafka_config.group(&self.settings.name)
     }
 
     /// The fetch loop: hands each message to its partition's lane, spawning lanes as
-    /// partitions show up, and watches group membership. On return every lane has stopped,
-    /// so nothing stores an offset into a consumer that is about to be dropped.
+    /// partitions show up, and watches group membership. It never waits for a lane: a lane
+    /// whose queue is full (a slow handler, a lock wait) gets its partition paused, and its
+    /// messages wait in the lane's overflow, so every other partition keeps moving. On return
+    /// every lane has stopped, so nothing stores an offset into a consumer that is about to
+    /// be dropped.
     async fn consume(this: &Arc<Self>, consumer: &Arc<kafka::GroupConsumer>) -> Ended {
         let stop_lanes = this.shutdown.child_token();
-        let mut lanes: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
+        let mut lanes: HashMap<(String, i32), LaneFeed> = HashMap::new();
         let mut running = JoinSet::new();
         let mut watch = tokio::time::interval(Duration::from_secs(1));
+        let mut drain = tokio::time::interval(Duration::from_millis(20));
         let ended = loop {
+            let backlog = lanes.values().any(LaneFeed::has_overflow);
             let received = tokio::select! {
                 _ = this.shutdown.cancelled() => break Ended::Stopped,
-                // A lane ends early only when shutdown interrupted its retries.
-                Some(_) = running.join_next() => break Ended::Stopped,
+                // A lane ends early only when shutdown interrupted its retries — or when it
+                // panicked.
+                Some(joined) = running.join_next() => match joined {
+                    Err(e) if e.is_panic() => break Ended::LanePanicked(panic_message(e)),
+                    _ => break Ended::Stopped,
+                },
                 received = consumer.recv() => received,
                 _ = watch.tick() => {
                     let out_for = consumer.context().out_of_group_for();
@@ -271,6 +429,12 @@ impl<H: Handler> Worker<H> {
                     }
                     if consumer.context().offsets_not_fetched() {
                         break Ended::OffsetsNotFetched;
+                    }
+                    continue;
+                }
+                _ = drain.tick(), if backlog => {
+                    if Self::drain_overflows(&mut lanes, consumer).is_err() {
+                        break Ended::Stopped;
                     }
                     continue;
                 }
@@ -293,12 +457,14 @@ impl<H: Handler> Worker<H> {
                         rx,
                         stop_lanes.clone(),
                     ));
-                    tx
-                })
-                .clone();
-            tokio::select! {
-                _ = this.shutdown.cancelled() => break Ended::Stopped,
-                sent = lane.send(raw) => if sent.is_err() { break Ended::Stopped },
+                    LaneFeed::new(tx)
+                });
+            match lane.offer(raw) {
+                Ok(Offered::Queued) => {}
+                Ok(Offered::Overflowed { topic, partition }) => {
+                    pause(consumer, &topic, partition, true);
+                }
+                Err(Closed) => break Ended::Stopped,
             }
         };
         // Messages still queued in a lane are not applied and their offsets not stored:
@@ -545,4 +711,85 @@ fn parse(raw: &OwnedMessage) -> Result<Incoming, Unreadable> {
         envelope,
         message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+
+    fn message(offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "orders.events".into(),
+            Timestamp::NotAvailable,
+            3,
+            offset,
+            None,
+        )
+    }
+
+    fn offsets(queue: &mut mpsc::Receiver<OwnedMessage>) -> Vec<i64> {
+        std::iter::from_fn(|| queue.try_recv().ok())
+            .map(|m| m.offset())
+            .collect()
+    }
+
+    #[test]
+    fn a_full_lane_overflows_in_order_and_asks_for_a_pause() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut feed = LaneFeed::new(tx);
+        assert_eq!(feed.offer(message(10)), Ok(Offered::Queued));
+        assert_eq!(feed.offer(message(11)), Ok(Offered::Queued));
+        let paused = Offered::Overflowed {
+            topic: "orders.events".into(),
+            partition: 3,
+        };
+        assert_eq!(feed.offer(message(12)), Ok(paused));
+        assert!(feed.has_overflow());
+        // Behind an overflow everything queues up, even when the lane has room again.
+        assert_eq!(offsets(&mut rx), vec![10, 11]);
+        assert!(matches!(
+            feed.offer(message(13)),
+            Ok(Offered::Overflowed { .. })
+        ));
+        assert_eq!(feed.drain(), Ok(Some(("orders.events".into(), 3))));
+        assert!(!feed.has_overflow());
+        assert_eq!(offsets(&mut rx), vec![12, 13]);
+    }
+
+    #[test]
+    fn a_drain_stops_where_the_lane_is_full_again() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut feed = LaneFeed::new(tx);
+        for offset in 0..4 {
+            feed.offer(message(offset)).unwrap();
+        }
+        assert_eq!(offsets(&mut rx), vec![0]);
+        assert_eq!(feed.drain(), Ok(None), "only one fits: still paused");
+        assert_eq!(offsets(&mut rx), vec![1]);
+        assert_eq!(feed.drain(), Ok(None));
+        assert_eq!(offsets(&mut rx), vec![2]);
+        assert_eq!(feed.drain(), Ok(Some(("orders.events".into(), 3))));
+        assert_eq!(offsets(&mut rx), vec![3]);
+    }
+
+    #[test]
+    fn a_refetch_of_what_the_lane_already_has_is_dropped() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut feed = LaneFeed::new(tx);
+        for offset in [5, 6, 7, 6, 7, 8] {
+            feed.offer(message(offset)).unwrap();
+        }
+        assert_eq!(offsets(&mut rx), vec![5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_closed_lane_is_reported() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let mut feed = LaneFeed::new(tx);
+        assert_eq!(feed.offer(message(0)), Err(Closed));
+    }
 }

@@ -181,6 +181,35 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Consumer groups of this process that died, with why: `/health/ready` is red while one of
+/// its deployment's groups (same topic prefix) is listed. Keyed by the prefixed group name, so
+/// platforms sharing a process (tests) do not see each other's failures.
+fn failed_groups() -> &'static std::sync::Mutex<Vec<(String, String)>> {
+    static FAILED: OnceLock<std::sync::Mutex<Vec<(String, String)>>> = OnceLock::new();
+    FAILED.get_or_init(Default::default)
+}
+
+/// Report consumer `group` (prefixed) as dead: readiness turns red (see [`ops_router`]).
+pub fn mark_failed(group: &str, reason: String) {
+    if let Ok(mut failed) = failed_groups().lock() {
+        failed.push((group.to_string(), reason));
+    }
+}
+
+/// Why consumers of the deployment with `topic_prefix` died, if any did.
+pub fn failures(topic_prefix: &str) -> Vec<String> {
+    failed_groups().lock().map_or_else(
+        |_| vec!["the failure registry is poisoned".to_string()],
+        |failed| {
+            failed
+                .iter()
+                .filter(|(group, _)| group.starts_with(topic_prefix))
+                .map(|(_, reason)| reason.clone())
+                .collect()
+        },
+    )
+}
+
 /// What `/health/ready` checks.
 #[derive(Clone)]
 pub struct Readiness {
@@ -229,6 +258,11 @@ async fn ready(readiness: Readiness) -> Response {
         );
     }
     if let Some(kafka) = readiness.kafka {
+        let failed = failures(&kafka.topic_prefix);
+        if !failed.is_empty() {
+            ok = false;
+            checks.insert("consumers".into(), json!(failed));
+        }
         let up = tokio::task::spawn_blocking(move || broker_reachable(&kafka))
             .await
             .unwrap_or(false);
