@@ -419,3 +419,6 @@ async fn an_unreachable_broker_delays_but_loses_nothing() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[path = "outbox/retention.rs"]
+mod retention;

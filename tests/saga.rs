@@ -187,6 +187,110 @@ async fn provider_down_opens_the_circuit_hits_the_deadline_compensates_then_reco
     app.stop().await;
 }
 
+/// A saga whose deadline cannot fire — a state this version does not know, data that does not
+/// decode — must not stop every other deadline (issue 16): it is skipped and reported
+/// (`saga_deadline_failures_total`), its row left as it is but its deadline pushed back, and
+/// a normal saga whose step times out next to it still compensates.
+#[tokio::test]
+async fn a_saga_whose_deadline_cannot_fire_does_not_hold_up_the_others() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options {
+        step_timeout: Duration::from_secs(4),
+        ..Options::default()
+    })
+    .await;
+    // Two broken sagas stuck for an hour: the most overdue rows, so the sweeper meets them
+    // first. (No CHECK constraint on `state`: 'BOGUS' goes in as it is.)
+    let unknown_state = Uuid::new_v4();
+    let corrupt_data = Uuid::new_v4();
+    let valid_data = serde_json::json!({
+        "customer_id": Uuid::new_v4(),
+        "items": [],
+        "total_cents": 0,
+        "currency": "EUR",
+        "payment_method": "pm_card_visa",
+        "reason": null,
+        "awaiting_release": false,
+        "awaiting_refund": false,
+    });
+    for (order_id, state, data) in [
+        (unknown_state, "BOGUS", valid_data),
+        (
+            corrupt_data,
+            "COMPENSATING",
+            serde_json::json!({"not": "saga data"}),
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO sagas (order_id, state, data, deadline, attempts, created_at, updated_at)
+             VALUES ($1, $2, $3, now() - interval '1 hour', 0,
+                     now() - interval '1 hour', now() - interval '1 hour')",
+        )
+        .bind(order_id)
+        .bind(state)
+        .bind(data)
+        .execute(&app.pools.saga)
+        .await
+        .unwrap();
+    }
+
+    // A normal order whose payment step times out (the provider is down).
+    app.set_stock("SKU-BAD", 10).await;
+    app.provider.set_down(true);
+    let order = app.place(&[("SKU-BAD", 2, 500)], "pm_card_visa").await;
+    let saga = app.saga_terminal(order, Duration::from_secs(90)).await;
+    assert_eq!(saga["saga"]["state"], "REJECTED", "{saga}");
+    let history = saga["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|h| h["trigger"] == "DEADLINE" && h["from_state"] == "AUTHORIZING_PAYMENT"),
+        "the payment step's deadline fired: {history:?}"
+    );
+
+    // Both broken sagas are left as they were, but for a deadline pushed back (no longer
+    // overdue)...
+    for (order_id, state) in [(unknown_state, "BOGUS"), (corrupt_data, "COMPENSATING")] {
+        let (now_state, attempts) = wait::until(
+            &format!("the deadline of {order_id} pushed back"),
+            FINISH,
+            || async {
+                let (state, attempts, pushed_back): (String, i32, bool) = sqlx::query_as(
+                    "SELECT state, attempts, deadline > now() FROM sagas WHERE order_id = $1",
+                )
+                .bind(order_id)
+                .fetch_one(&app.pools.saga)
+                .await
+                .unwrap();
+                pushed_back.then_some((state, attempts))
+            },
+        )
+        .await;
+        assert_eq!((now_state.as_str(), attempts), (state, 0), "{order_id}");
+        assert_eq!(
+            count(
+                &app.pools.saga,
+                "SELECT count(*) FROM saga_history WHERE order_id = $1",
+                order_id
+            )
+            .await,
+            0,
+            "{order_id}: no transition recorded"
+        );
+    }
+    // ...and reported (counted before their deadline is pushed back).
+    let metrics = app.metrics().await;
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("saga_deadline_failures_total "))
+        .unwrap_or_else(|| panic!("saga_deadline_failures_total missing:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(failures >= 2.0, "{failures}");
+    app.provider.set_down(false);
+    app.stop().await;
+}
+
 /// Group counters of `consumer_messages_total` by (group, outcome), from this process's
 /// metrics.
 fn consumer_outcomes(metrics: &str, prefix: &str) -> HashMap<(String, String), f64> {

@@ -21,6 +21,7 @@ mod relay;
 
 pub use relay::{Relay, RelayConfig, RelayHooks};
 
+use sagaflow_common::consumer::HandlerError;
 use sagaflow_common::db::Tx;
 use sagaflow_common::trace;
 use sagaflow_schemas::{CodecError, Envelope, Message};
@@ -61,6 +62,19 @@ pub enum OutboxError {
     Database(#[from] sqlx::Error),
 }
 
+/// How a consumer's handler fails when enqueueing its outgoing message fails — the one
+/// mapping every handler uses (`?`). A database error stays a database error, so an outage is
+/// retried without counting attempts and the message is never dead-lettered for it; a message
+/// that does not encode is a handler failure (retried, then dead-lettered).
+impl From<OutboxError> for HandlerError {
+    fn from(error: OutboxError) -> Self {
+        match error {
+            OutboxError::Database(e) => HandlerError::Database(e),
+            other @ OutboxError::Codec(_) => HandlerError::Failed(other.into()),
+        }
+    }
+}
+
 /// Write `message` to the outbox inside `tx`. It is published only if `tx` commits.
 /// Returns the message id (UUID v7).
 pub async fn enqueue(tx: &mut Tx, message: &Message, origin: &Origin) -> Result<Uuid, OutboxError> {
@@ -91,4 +105,25 @@ pub async fn enqueue(tx: &mut Tx, message: &Message, origin: &Origin) -> Result<
     .execute(&mut **tx)
     .await?;
     Ok(envelope.message_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_while_enqueueing_stays_a_database_error() {
+        let error: HandlerError = OutboxError::Database(sqlx::Error::PoolTimedOut).into();
+        assert!(
+            matches!(error, HandlerError::Database(sqlx::Error::PoolTimedOut)),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_message_that_does_not_encode_is_a_handler_failure() {
+        let codec = CodecError::UnknownType("NoSuchMessage".into());
+        let error: HandlerError = OutboxError::Codec(codec).into();
+        assert!(matches!(error, HandlerError::Failed(_)), "{error:?}");
+    }
 }

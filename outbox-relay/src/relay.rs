@@ -14,6 +14,9 @@ use sqlx::{FromRow, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// Published rows deleted per statement by [`Relay::delete_expired`].
+pub const RETENTION_BATCH: i64 = 5_000;
+
 /// Tunables of one relay.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -384,17 +387,31 @@ impl Relay {
         Ok(())
     }
 
-    async fn delete_expired(&self) -> Result<u64, sqlx::Error> {
+    /// One housekeeping round: delete every published row past retention, in batches of
+    /// [`RETENTION_BATCH`] until none is left (a round keeps up with any write rate the relay
+    /// can publish; one statement per batch keeps each delete's locks and WAL burst short).
+    /// Returns how many rows went.
+    pub async fn delete_expired(&self) -> Result<u64, sqlx::Error> {
         let retention_secs = self.config.retention.as_secs_f64();
-        let deleted = sqlx::query(
-            "DELETE FROM outbox WHERE id IN (
-                SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1) LIMIT 10000)",
-        )
-        .bind(retention_secs)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(deleted)
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox WHERE id IN (
+                    SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1)
+                    LIMIT $2)",
+            )
+            .bind(retention_secs)
+            .bind(RETENTION_BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += deleted;
+            metrics::counter!("outbox_rows_deleted_total", "database" => self.config.name.clone())
+                .increment(deleted);
+            if deleted < RETENTION_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 }
 

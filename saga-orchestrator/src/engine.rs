@@ -3,14 +3,15 @@
 //! Each transition, its history row, its outgoing commands (outbox) and — for messages — the
 //! inbox row commit in one transaction, under the saga's row lock. Several orchestrators may
 //! run: messages of one saga arrive on one partition, and the sweeper claims overdue sagas
-//! with `FOR UPDATE SKIP LOCKED`.
+//! with `FOR UPDATE SKIP LOCKED`, one transaction per saga so that one that cannot fire does
+//! not hold up the others.
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use outbox_relay::{Origin, enqueue};
 use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_common::db::Tx;
+use sagaflow_common::db::{self, Tx};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -76,9 +77,7 @@ async fn apply(
             )
             .await?;
             for command in &commands {
-                enqueue(tx, command, &origin)
-                    .await
-                    .map_err(|e| HandlerError::Failed(e.into()))?;
+                enqueue(tx, command, &origin).await?;
             }
             metrics::counter!("saga_transitions_total", "to" => saga.state.as_str()).increment(1);
             if alert {
@@ -163,19 +162,77 @@ pub async fn sweep_deadlines(
     }
 }
 
-/// Fire the deadlines of up to 100 overdue sagas in one transaction; returns how many.
+/// Overdue sagas looked at per sweep.
+const SWEEP_BATCH: i64 = 100;
+
+/// Fire the deadlines of up to 100 overdue sagas, each in its own transaction; returns how
+/// many were handled (fired, or failed and postponed).
+///
+/// One saga whose deadline cannot fire (a state this version does not know, corrupt data, a
+/// command that does not encode) must not hold up the others: it is reported — an error log
+/// with its order id and `saga_deadline_failures_total` — and its deadline is pushed back
+/// ([`store::postpone`]), otherwise it would be the most overdue row and picked first for
+/// ever. Its row is left as it is for an operator. A database that cannot be reached ends the
+/// sweep instead (nothing is postponed for an outage); a deadlock or serialization conflict
+/// just leaves the saga for the next sweep.
 pub async fn sweep_once(pool: &PgPool, policy: &Policy) -> Result<usize, HandlerError> {
-    let mut tx = pool.begin().await?;
-    let overdue = store::lock_overdue(&mut tx, 100).await?;
-    for (saga, traceparent) in &overdue {
-        let origin = Origin {
-            source: NAME,
-            correlation_id: saga.order_id,
-            causation_id: None,
-            traceparent: traceparent.clone(),
-        };
-        apply(&mut tx, Some(saga), Trigger::Deadline, origin, None, policy).await?;
+    let overdue = store::overdue_ids(pool, SWEEP_BATCH).await?;
+    let mut handled = 0;
+    for order_id in overdue {
+        match fire(pool, policy, order_id).await {
+            Ok(fired) => handled += usize::from(fired),
+            Err(HandlerError::Database(e)) if db::is_unavailable(&e) => return Err(e.into()),
+            Err(HandlerError::Database(e)) if db::is_conflict(&e) => {
+                warn!(%order_id, error = %e, "deadline conflicted with a concurrent change; retried next sweep");
+            }
+            Err(e) => {
+                metrics::counter!("saga_deadline_failures_total").increment(1);
+                error!(%order_id, error = %e, "saga deadline failed to fire; skipping the saga and postponing its deadline");
+                match postpone(pool, order_id).await {
+                    Ok(retry_at) => {
+                        info!(%order_id, ?retry_at, "saga deadline postponed");
+                        handled += 1;
+                    }
+                    Err(e) if db::is_unavailable(&e) => return Err(e.into()),
+                    // Not counted as handled: the sweep does not start over at once.
+                    Err(e) => error!(%order_id, error = %e, "postponing a saga deadline failed"),
+                }
+            }
+        }
     }
+    Ok(handled)
+}
+
+/// Fire one saga's deadline in a transaction of its own; `false` if it is no longer overdue
+/// or another orchestrator holds it.
+async fn fire(pool: &PgPool, policy: &Policy, order_id: Uuid) -> Result<bool, HandlerError> {
+    let mut tx = pool.begin().await?;
+    let Some((saga, traceparent)) = store::lock_overdue(&mut tx, order_id).await? else {
+        return Ok(false);
+    };
+    let origin = Origin {
+        source: NAME,
+        correlation_id: saga.order_id,
+        causation_id: None,
+        traceparent,
+    };
+    apply(
+        &mut tx,
+        Some(&saga),
+        Trigger::Deadline,
+        origin,
+        None,
+        policy,
+    )
+    .await?;
     tx.commit().await?;
-    Ok(overdue.len())
+    Ok(true)
+}
+
+/// [`store::postpone`] in a transaction of its own (the failed one was rolled back).
+async fn postpone(pool: &PgPool, order_id: Uuid) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let retry_at = store::postpone(&mut tx, order_id).await?;
+    tx.commit().await?;
+    Ok(retry_at)
 }

@@ -50,19 +50,53 @@ pub async fn lock(
     row.map(SagaRow::into_saga).transpose()
 }
 
-/// Lock up to `limit` sagas whose deadline passed; other orchestrators skip them.
-pub async fn lock_overdue(
-    tx: &mut Tx,
-    limit: i64,
-) -> Result<Vec<(Saga, Option<String>)>, sqlx::Error> {
-    let rows: Vec<SagaRow> = sqlx::query_as(
-        "SELECT order_id, state, data, deadline, attempts, traceparent FROM sagas
-          WHERE deadline <= now() ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
+/// Up to `limit` sagas whose deadline passed, most overdue first: only their ids, so a row
+/// that does not decode (an unknown state, corrupt data) cannot fail the listing — it fails
+/// on its own in [`lock_overdue`], and the others still fire.
+pub async fn overdue_ids(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT order_id FROM sagas WHERE deadline <= now() ORDER BY deadline LIMIT $1",
     )
     .bind(limit)
-    .fetch_all(&mut **tx)
+    .fetch_all(pool)
+    .await
+}
+
+/// Lock and load one saga if its deadline (still) passed; `None` if it did not, or another
+/// orchestrator holds it (`SKIP LOCKED`: several orchestrators share the sweep).
+pub async fn lock_overdue(
+    tx: &mut Tx,
+    order_id: Uuid,
+) -> Result<Option<(Saga, Option<String>)>, sqlx::Error> {
+    let row: Option<SagaRow> = sqlx::query_as(
+        "SELECT order_id, state, data, deadline, attempts, traceparent FROM sagas
+          WHERE order_id = $1 AND deadline <= now() FOR UPDATE SKIP LOCKED",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut **tx)
     .await?;
-    rows.into_iter().map(SagaRow::into_saga).collect()
+    row.map(SagaRow::into_saga).transpose()
+}
+
+/// Push back the deadline of a saga whose deadline could not fire, so that it is not picked
+/// first again at once (it would be, for ever: it is the most overdue) and the sweep moves on.
+/// It is retried after as long again as it has been stuck since its last transition
+/// (`updated_at`, which this does not touch), at least 1 s and at most 5 min: the delay
+/// roughly doubles with each failure, so a broken row is retried — and reported — ever less
+/// often but at least every 5 minutes, while a row that failed for a passing reason is not
+/// held back long. Only the deadline changes: state, data and attempts stay as they were, for
+/// an operator to inspect. Returns the new deadline (`None`: the saga is no longer overdue).
+pub async fn postpone(tx: &mut Tx, order_id: Uuid) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE sagas
+            SET deadline = now() + LEAST(GREATEST(now() - updated_at, interval '1 second'),
+                                         interval '5 minutes')
+          WHERE order_id = $1 AND deadline <= now()
+      RETURNING deadline",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut **tx)
+    .await
 }
 
 /// Insert or update a saga after a transition.

@@ -116,7 +116,17 @@ pub struct ConsumerSettings {
     pub rejoin_after: Duration,
     /// Messages fetched ahead per partition lane (back-pressure on the fetch loop).
     pub lane_depth: usize,
+    /// Inbox rows older than this are deleted (hourly-ish rounds). A redelivery older than it
+    /// would be applied again, so it must stay far above any redelivery window.
+    pub inbox_retention: Duration,
 }
+
+/// Inbox rows are kept this long by default: 7 days.
+pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Inbox rows deleted per statement by [`prune_inbox`].
+pub const INBOX_PRUNE_BATCH: i64 = 5_000;
+/// How often a consumer prunes its inbox.
+const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl ConsumerSettings {
     pub fn new(name: &str, topics: &[&'static str]) -> Self {
@@ -130,6 +140,10 @@ impl ConsumerSettings {
             first_backoff: Duration::from_millis(50),
             rejoin_after: Duration::from_secs(20),
             lane_depth: 64,
+            inbox_retention: std::env::var("SAGAFLOW_INBOX_RETENTION_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(DEFAULT_INBOX_RETENTION, Duration::from_secs),
         }
     }
 }
@@ -179,6 +193,12 @@ pub async fn run<H: Handler>(
         .map(|t| kafka_config.topic(t))
         .collect();
     let dead_letters = kafka::producer(&kafka_config)?;
+    tokio::spawn(prune_inbox_every(
+        pool.clone(),
+        settings.name.clone(),
+        settings.inbox_retention,
+        shutdown.clone(),
+    ));
     let worker = Arc::new(Worker {
         pool,
         kafka_config,
@@ -238,6 +258,61 @@ pub async fn run<H: Handler>(
             Ended::OffsetsNotFetched => {
                 warn!(consumer = %worker.settings.name, "committed offsets of the assignment could not be fetched; rejoining with a new member");
                 metrics::counter!("consumer_rejoins_total", "group" => worker.group()).increment(1);
+            }
+        }
+    }
+}
+
+/// Delete `consumer`'s inbox rows older than `retention`, in batches of [`INBOX_PRUNE_BATCH`]
+/// until none is left; returns how many went.
+pub async fn prune_inbox(
+    pool: &PgPool,
+    consumer: &str,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE (consumer, message_id) IN (
+                SELECT consumer, message_id FROM inbox
+                 WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2)
+                 LIMIT $3)",
+        )
+        .bind(consumer)
+        .bind(retention.as_secs_f64())
+        .bind(INBOX_PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < INBOX_PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// [`prune_inbox`] every [`INBOX_PRUNE_EVERY`] until `shutdown`; a failed round is logged and
+/// the next one tries again.
+async fn prune_inbox_every(
+    pool: PgPool,
+    consumer: String,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(INBOX_PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match prune_inbox(&pool, &consumer, retention).await {
+            Ok(deleted) => {
+                metrics::counter!("inbox_rows_deleted_total", "consumer" => consumer.clone())
+                    .increment(deleted);
+            }
+            Err(e) => {
+                warn!(consumer, error = %e, "pruning the inbox failed; the next round retries")
             }
         }
     }

@@ -11,7 +11,7 @@
 //!   one after the other, and each sees what the other recorded.
 
 use chrono::{DateTime, Utc};
-use outbox_relay::{Origin, OutboxError, enqueue};
+use outbox_relay::{Origin, enqueue};
 use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_common::db::Tx;
 use sagaflow_schemas::{Message, ReleaseStock, ReserveStock, StockLine};
@@ -59,13 +59,7 @@ impl Handler for InventoryHandler {
                 )));
             }
         };
-        enqueue(tx, &reply, &Origin::caused_by(NAME, &incoming.envelope))
-            .await
-            .map_err(|e| match e {
-                // Kept as a database error so an outage is waited out, not dead-lettered.
-                OutboxError::Database(e) => HandlerError::Database(e),
-                other => HandlerError::Failed(other.into()),
-            })?;
+        enqueue(tx, &reply, &Origin::caused_by(NAME, &incoming.envelope)).await?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! transaction, only when the row was actually inserted.
 
 use chrono::Utc;
-use outbox_relay::{Origin, OutboxError, enqueue};
+use outbox_relay::{Origin, enqueue};
 use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_common::db::Tx;
 use sagaflow_schemas::NotificationSent;
@@ -49,12 +49,7 @@ impl Handler for NotificationHandler {
             &sent.into(),
             &Origin::caused_by(NAME, &incoming.envelope),
         )
-        .await
-        .map_err(|e| match e {
-            // Kept as a database error so an outage is waited out, not dead-lettered.
-            OutboxError::Database(e) => HandlerError::Database(e),
-            other => HandlerError::Failed(other.into()),
-        })?;
+        .await?;
         // The simulated e-mail. It is logged before the consumer commits, so a failed commit
         // logs it again on the retry; a real sender would be fed from NotificationSent instead.
         info!(

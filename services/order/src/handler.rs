@@ -60,9 +60,7 @@ impl Handler for OrderCommands {
             }
             .into()
         };
-        enqueue(tx, &event, &Origin::caused_by(NAME, &incoming.envelope))
-            .await
-            .map_err(|e| HandlerError::Failed(e.into()))?;
+        enqueue(tx, &event, &Origin::caused_by(NAME, &incoming.envelope)).await?;
         Ok(())
     }
 }

@@ -271,12 +271,7 @@ fn declined(order_id: uuid::Uuid, reason: String, now: chrono::DateTime<Utc>) ->
 }
 
 async fn enqueue(tx: &mut Tx, incoming: &Incoming, reply: &Message) -> Result<(), HandlerError> {
-    outbox_relay::enqueue(tx, reply, &Origin::caused_by(NAME, &incoming.envelope))
-        .await
-        .map_err(|e| match e {
-            outbox_relay::OutboxError::Database(db) => HandlerError::Database(db),
-            other => HandlerError::Failed(anyhow::Error::new(other).context("encoding the reply")),
-        })?;
+    outbox_relay::enqueue(tx, reply, &Origin::caused_by(NAME, &incoming.envelope)).await?;
     Ok(())
 }
 
