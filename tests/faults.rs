@@ -680,3 +680,40 @@ async fn a_restarted_component_gets_its_partitions_back_within_seconds() {
     );
     app.stop().await;
 }
+
+/// Issue 16 item 6: the provider takes 2 s and processes a charge to the end whatever the
+/// client does, answering 409 `idempotency_key_in_use` to the same key meanwhile (as Stripe
+/// does); the client gives up on an attempt after 500 ms. The first attempt times out and the
+/// retries meet the 409: the charge is noted as uncertain (not "refused, nothing happened"),
+/// and however the saga ends, the provider's ledger adds up: charges − refunds = approved
+/// orders.
+#[tokio::test]
+async fn a_charge_that_timed_out_then_met_409_in_flight_is_uncertain_and_the_money_adds_up() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options::default()).await;
+    let initial = stocked(&app, 10).await;
+    app.provider.set_faults(payment_service::ProviderFaults {
+        latency_ms: 2_000,
+        in_flight_conflict: true,
+        ..Default::default()
+    });
+    let id = app.place(&[(SKUS[0], 1, 700)], "pm_card_visa").await;
+    let order = app.terminal(id, Duration::from_secs(90)).await;
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("payment_charge_outcome_unknown_total"),
+        "the timed-out charge was not noted as uncertain: {order}"
+    );
+    let report = invariants::check(&app, &initial, Duration::from_secs(60)).await;
+    let stats = app.provider.stats();
+    assert_eq!(
+        stats.charges - stats.refunds,
+        report.approved as u64,
+        "provider ledger {stats:?}, order {order}"
+    );
+    assert_eq!(
+        stats.charges, 1,
+        "one charge however often it was asked: {stats:?}"
+    );
+    app.stop().await;
+}

@@ -253,6 +253,9 @@ enum AttemptError {
 struct Answer {
     status: StatusCode,
     body: Vec<u8>,
+    /// An earlier attempt of the same call may have been processed (it timed out, or met
+    /// the request still in flight): a refusal now does not say the money did not move.
+    after_uncertain_attempt: bool,
 }
 
 /// The provider client. Cheap to clone; clones share the connection pool and the breaker.
@@ -395,17 +398,23 @@ impl ProviderClient {
         .when(|e| matches!(e, AttemptError::Transient { .. }))
         .notify(|e, delay| debug!(operation, error = ?e, ?delay, "payment provider call failed; retrying"))
         .await;
-        result.map_err(|e| {
-            let detail = match e {
-                AttemptError::Rejected => "circuit open".to_string(),
-                AttemptError::Transient { detail, .. } => detail,
-            };
-            warn!(operation, %detail, "payment provider unavailable");
-            ProviderError::Unavailable {
-                detail,
-                outcome_unknown: maybe_processed.load(Ordering::Relaxed),
-            }
-        })
+        let after_uncertain_attempt = maybe_processed.load(Ordering::Relaxed);
+        result
+            .map(|answer| Answer {
+                after_uncertain_attempt,
+                ..answer
+            })
+            .map_err(|e| {
+                let detail = match e {
+                    AttemptError::Rejected => "circuit open".to_string(),
+                    AttemptError::Transient { detail, .. } => detail,
+                };
+                warn!(operation, %detail, "payment provider unavailable");
+                ProviderError::Unavailable {
+                    detail,
+                    outcome_unknown: maybe_processed.load(Ordering::Relaxed),
+                }
+            })
     }
 
     async fn attempt(
@@ -423,15 +432,12 @@ impl ProviderClient {
                 match response.bytes().await {
                     Ok(_) if transient_status(status) => Err(AttemptError::Transient {
                         detail: format!("HTTP {status}"),
-                        // 503 and 429 are the provider refusing to work, not work half done.
-                        maybe_processed: !matches!(
-                            status,
-                            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-                        ),
+                        maybe_processed: may_have_been_processed(status),
                     }),
                     Ok(body) => Ok(Answer {
                         status,
                         body: body.to_vec(),
+                        after_uncertain_attempt: false,
                     }),
                     Err(e) => Err(AttemptError::Transient {
                         detail: describe(&e),
@@ -466,10 +472,23 @@ impl ProviderClient {
     }
 }
 
+/// Statuses worth another attempt. 409 is a Stripe-like provider saying a request with this
+/// idempotency key is still being processed (e.g. the attempt that timed out): its answer is
+/// coming, not refused.
 fn transient_status(status: StatusCode) -> bool {
     status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::CONFLICT
+}
+
+/// Whether a transient `status` leaves open that the work was done: 503 and 429 are the
+/// provider refusing to work, not work half done; a 409 means it is being done right now.
+fn may_have_been_processed(status: StatusCode) -> bool {
+    !matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    )
 }
 
 /// The error kind without the URL (which names internal hosts).
@@ -503,16 +522,51 @@ fn error_code(answer: &Answer) -> Option<String> {
     value.pointer("/error/code")?.as_str().map(str::to_string)
 }
 
+/// A final non-success answer. It is a refusal whose outcome is known — nothing happened —
+/// only if no earlier attempt may have been processed; otherwise the money may have moved
+/// and the caller must treat the outcome as unknown (note it, reconcile later).
 fn refused(answer: &Answer) -> ProviderError {
-    ProviderError::Refused {
-        status: answer.status.as_u16(),
-        code: error_code(answer).unwrap_or_default(),
+    let status = answer.status.as_u16();
+    let code = error_code(answer).unwrap_or_default();
+    if answer.after_uncertain_attempt {
+        ProviderError::Unavailable {
+            detail: format!("HTTP {status} {code} after an attempt whose outcome is unknown"),
+            outcome_unknown: true,
+        }
+    } else {
+        ProviderError::Refused { status, code }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: StatusCode, after_uncertain_attempt: bool) -> Answer {
+        Answer {
+            status,
+            body: br#"{"error":{"code":"idempotency_error"}}"#.to_vec(),
+            after_uncertain_attempt,
+        }
+    }
+
+    #[test]
+    fn a_key_in_use_is_retried_and_may_have_been_processed() {
+        assert!(transient_status(StatusCode::CONFLICT));
+        assert!(may_have_been_processed(StatusCode::CONFLICT));
+        assert!(may_have_been_processed(StatusCode::GATEWAY_TIMEOUT));
+        assert!(!may_have_been_processed(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!may_have_been_processed(StatusCode::TOO_MANY_REQUESTS));
+    }
+
+    #[test]
+    fn a_refusal_after_an_uncertain_attempt_leaves_the_outcome_unknown() {
+        let first = refused(&answer(StatusCode::BAD_REQUEST, false));
+        assert!(matches!(first, ProviderError::Refused { status: 400, .. }));
+        assert!(!first.outcome_unknown());
+        let after_timeout = refused(&answer(StatusCode::BAD_REQUEST, true));
+        assert!(after_timeout.outcome_unknown(), "{after_timeout}");
+    }
 
     #[test]
     fn idempotency_keys_depend_only_on_the_order() {
@@ -540,13 +594,13 @@ mod tests {
 
     #[test]
     fn only_transient_statuses_are_retried() {
-        for status in [500, 502, 503, 504, 408, 429] {
+        for status in [500, 502, 503, 504, 408, 429, 409] {
             assert!(
                 transient_status(StatusCode::from_u16(status).unwrap()),
                 "{status}"
             );
         }
-        for status in [200, 400, 401, 402, 404, 409] {
+        for status in [200, 400, 401, 402, 404] {
             assert!(
                 !transient_status(StatusCode::from_u16(status).unwrap()),
                 "{status}"

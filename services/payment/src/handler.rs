@@ -140,6 +140,7 @@ impl PaymentHandler {
                 // while the database is away.
                 return HandlerError::Database(db);
             }
+            metrics::counter!("payment_charge_outcome_unknown_total").increment(1);
             warn!(order_id = %command.order_id, error = %error, "charge outcome unknown; noted for reconciliation");
         }
         HandlerError::Failed(anyhow::Error::new(error).context("charging the order"))

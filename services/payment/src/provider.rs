@@ -70,6 +70,20 @@ pub struct ProviderFaults {
         default_missing_value = "true"
     )]
     pub down: bool,
+    /// Process charges as a real provider does: the key is taken when the request arrives,
+    /// the latency is the processing time, and the charge completes even if the client gave
+    /// up meanwhile; a request with the same key while it runs gets 409
+    /// `idempotency_key_in_use` (Stripe's answer). Off: the latency precedes the request and
+    /// a client that gave up cancels it.
+    #[arg(
+        long = "simulated-provider-in-flight-conflict",
+        env = "SIMULATED_PROVIDER_IN_FLIGHT_CONFLICT",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub in_flight_conflict: bool,
 }
 
 /// A change of faults (`POST /_control`): absent fields keep their value.
@@ -79,6 +93,7 @@ pub struct FaultsUpdate {
     pub latency_ms: Option<u64>,
     pub error_rate: Option<f64>,
     pub down: Option<bool>,
+    pub in_flight_conflict: Option<bool>,
 }
 
 /// What the provider did (`GET /_stats`).
@@ -130,6 +145,8 @@ struct Stored {
 struct Ledger {
     charges: HashMap<String, ChargeRecord>,
     charge_keys: HashMap<String, Stored>,
+    /// Charge keys being processed (in-flight mode).
+    charges_in_flight: std::collections::HashSet<String>,
     refund_keys: HashMap<String, Stored>,
     stats: ProviderStats,
 }
@@ -175,6 +192,9 @@ impl ProviderControl {
         if let Some(down) = update.down {
             faults.down = down;
         }
+        if let Some(in_flight_conflict) = update.in_flight_conflict {
+            faults.in_flight_conflict = in_flight_conflict;
+        }
         *faults = sanitized(*faults);
         *faults
     }
@@ -204,10 +224,16 @@ impl ProviderControl {
     /// Apply the faults to one call: `Some(503)` when it fails.
     async fn inject(&self) -> Option<Response> {
         let faults = self.faults();
-        self.ledger().stats.requests += 1;
         if faults.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
         }
+        self.inject_failure()
+    }
+
+    /// The failure part of [`ProviderControl::inject`], without the latency.
+    fn inject_failure(&self) -> Option<Response> {
+        let faults = self.faults();
+        self.ledger().stats.requests += 1;
         let fails = faults.down
             || (faults.error_rate > 0.0 && rand::rng().random::<f64>() < faults.error_rate);
         if !fails {
@@ -313,7 +339,13 @@ struct ChargeBody {
 }
 
 async fn create_charge(State(control): State<ProviderControl>, body: Bytes) -> Response {
-    if let Some(failure) = control.inject().await {
+    let in_flight_mode = control.faults().in_flight_conflict;
+    let failure = if in_flight_mode {
+        control.inject_failure()
+    } else {
+        control.inject().await
+    };
+    if let Some(failure) = failure {
         return failure;
     }
     let Ok(request) = serde_json::from_slice::<ChargeBody>(&body) else {
@@ -332,14 +364,42 @@ async fn create_charge(State(control): State<ProviderControl>, body: Bytes) -> R
         "{}|{}|{}",
         request.amount, request.currency, request.payment_method
     );
-    let mut ledger = control.ledger();
-    if let Some(previous) = ledger.charge_keys.get(&request.idempotency_key) {
-        return if previous.fingerprint == fingerprint {
-            stored(previous)
-        } else {
-            error(StatusCode::BAD_REQUEST, "idempotency_error")
-        };
+    {
+        let mut ledger = control.ledger();
+        if let Some(previous) = ledger.charge_keys.get(&request.idempotency_key) {
+            return if previous.fingerprint == fingerprint {
+                stored(previous)
+            } else {
+                error(StatusCode::BAD_REQUEST, "idempotency_error")
+            };
+        }
+        if !in_flight_mode {
+            let answer = settle_charge(&mut ledger, &request, fingerprint);
+            return stored(&answer);
+        }
+        if !ledger
+            .charges_in_flight
+            .insert(request.idempotency_key.clone())
+        {
+            return error(StatusCode::CONFLICT, "idempotency_key_in_use");
+        }
     }
+    // In-flight mode: the charge is processed to the end whatever the client does.
+    let latency = Duration::from_millis(control.faults().latency_ms);
+    let processing = tokio::spawn(async move {
+        tokio::time::sleep(latency).await;
+        let mut ledger = control.ledger();
+        ledger.charges_in_flight.remove(&request.idempotency_key);
+        let answer = settle_charge(&mut ledger, &request, fingerprint);
+        stored(&answer)
+    });
+    processing
+        .await
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "api_error"))
+}
+
+/// Decide a new charge (declined by its payment method, or made), record it under its key.
+fn settle_charge(ledger: &mut Ledger, request: &ChargeBody, fingerprint: String) -> Stored {
     let decline = DECLINING_METHODS
         .iter()
         .find(|(method, _)| *method == request.payment_method)
@@ -371,9 +431,10 @@ async fn create_charge(State(control): State<ProviderControl>, body: Bytes) -> R
             }
         }
     };
-    let response = stored(&answer);
-    ledger.charge_keys.insert(request.idempotency_key, answer);
-    response
+    ledger
+        .charge_keys
+        .insert(request.idempotency_key.clone(), answer.clone());
+    answer
 }
 
 #[derive(Debug, Deserialize)]
@@ -526,6 +587,7 @@ mod tests {
             latency_ms: 10,
             error_rate: 7.0,
             down: false,
+            in_flight_conflict: false,
         });
         assert_eq!(control.faults().error_rate, 1.0);
         let faults = control.update(FaultsUpdate {
@@ -538,7 +600,8 @@ mod tests {
             ProviderFaults {
                 latency_ms: 10,
                 error_rate: 0.25,
-                down: true
+                down: true,
+                in_flight_conflict: false,
             }
         );
         control.set_error_rate(f64::NAN);
@@ -549,7 +612,8 @@ mod tests {
             ProviderFaults {
                 latency_ms: 3,
                 error_rate: 0.0,
-                down: false
+                down: false,
+                in_flight_conflict: false,
             }
         );
     }
