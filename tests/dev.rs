@@ -1,7 +1,8 @@
 //! Running it like a user: `sagaflow dev` as a subprocess, and one trace per order.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sagaflow_schemas::{header_names, topics};
 use sagaflow_tests::kafka_probe::read_all;
@@ -36,6 +37,44 @@ async fn start_dev(extra_env: &[(&str, String)]) -> (Child, String) {
 
 /// [`start_dev`], also returning the embedded broker's address.
 async fn start_dev_with_broker(extra_env: &[(&str, String)]) -> (Child, String, String) {
+    start_dev_with_output(extra_env, Stdio::null, Stdio::null).await
+}
+
+/// What a child process printed, line by line, stdout and stderr interleaved as read.
+type Output = Arc<Mutex<Vec<String>>>;
+
+/// [`start_dev`] with its stdout and stderr read into an [`Output`] (until it exits; the
+/// returned task ends then).
+async fn start_dev_capturing_output() -> (Child, String, Output, tokio::task::JoinHandle<()>) {
+    let (mut child, base_url, _) = start_dev_with_output(&[], Stdio::piped, Stdio::piped).await;
+    let output = Output::default();
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let stderr = child.0.stderr.take().expect("piped stderr");
+    let readers = tokio::spawn({
+        let output = output.clone();
+        async move {
+            tokio::join!(
+                read_lines(stdout, output.clone()),
+                read_lines(stderr, output)
+            );
+        }
+    });
+    (child, base_url, output, readers)
+}
+
+async fn read_lines(from: impl tokio::io::AsyncRead + Unpin, into: Output) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        into.lock().unwrap().push(line);
+    }
+}
+
+async fn start_dev_with_output(
+    extra_env: &[(&str, String)],
+    stdout: fn() -> Stdio,
+    stderr: fn() -> Stdio,
+) -> (Child, String, String) {
     let infra = infra();
     let server = infra
         .postgres_admin_url
@@ -61,8 +100,8 @@ async fn start_dev_with_broker(extra_env: &[(&str, String)]) -> (Child, String, 
         command.env(name, value);
     }
     let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(stdout())
+        .stderr(stderr())
         .kill_on_drop(true)
         .spawn()
         .expect("start sagaflow dev");
@@ -85,11 +124,10 @@ async fn start_dev_with_broker(extra_env: &[(&str, String)]) -> (Child, String, 
     (child, base_url, format!("127.0.0.1:{broker_port}"))
 }
 
-#[tokio::test]
-async fn sagaflow_dev_runs_the_platform_in_one_process() {
-    let (_child, base_url) = start_dev(&[]).await;
+/// Place an order that is approved and one whose payment is declined, and wait until both are
+/// final.
+async fn approve_one_order_and_reject_another(base_url: &str, timeout: Duration) {
     let http = reqwest::Client::new();
-
     let mut ids = Vec::new();
     for method in ["pm_card_visa", "pm_card_chargeDeclined"] {
         let response = http
@@ -104,25 +142,29 @@ async fn sagaflow_dev_runs_the_platform_in_one_process() {
         ids.push(body["order_id"].as_str().unwrap().to_string());
     }
     for (id, expected) in ids.iter().zip(["APPROVED", "REJECTED"]) {
-        let status = wait::until(
-            &format!("order {id} to finish"),
-            Duration::from_secs(10),
-            || async {
-                let order: Value = http
-                    .get(format!("{base_url}/orders/{id}"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                let status = order["status"].as_str()?.to_string();
-                (status != "PENDING").then_some(status)
-            },
-        )
+        let status = wait::until(&format!("order {id} to finish"), timeout, || async {
+            let order: Value = http
+                .get(format!("{base_url}/orders/{id}"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let status = order["status"].as_str()?.to_string();
+            (status != "PENDING").then_some(status)
+        })
         .await;
         assert_eq!(status, expected, "order {id}");
     }
+}
+
+#[tokio::test]
+async fn sagaflow_dev_runs_the_platform_in_one_process() {
+    let (_child, base_url) = start_dev(&[]).await;
+    let http = reqwest::Client::new();
+
+    approve_one_order_and_reject_another(&base_url, Duration::from_secs(10)).await;
     let metrics = http
         .get(format!("{base_url}/metrics"))
         .send()
@@ -140,6 +182,93 @@ async fn sagaflow_dev_runs_the_platform_in_one_process() {
     ] {
         assert!(metrics.contains(name), "/metrics exposes {name}");
     }
+}
+
+/// A log line without its colours (the ANSI escapes of a terminal's log format).
+fn plain(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters… final byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// `sagaflow dev` after some orders, stopped as a terminal (SIGINT) or a container runtime
+/// (SIGTERM) stops it: it stops within 10 s, with success, and quietly — its embedded broker
+/// stops after the platform's clients, so none of them logs its loss (AllBrokersDown) nor
+/// waits for it.
+async fn sagaflow_dev_stops_quietly_and_promptly_on(signal: &str) {
+    let (mut child, base_url, output, readers) = start_dev_capturing_output().await;
+    approve_one_order_and_reject_another(&base_url, Duration::from_secs(30)).await;
+
+    let pid = child.0.id().expect("sagaflow dev runs").to_string();
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("run kill");
+    assert!(kill.success(), "kill -{signal} {pid}");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.0.wait())
+        .await
+        .unwrap_or_else(|_| panic!("sagaflow dev still runs 10 s after SIG{signal}"))
+        .expect("wait for sagaflow dev");
+    let took = sent.elapsed();
+    // Its pipes close as it exits (nothing else holds them).
+    tokio::time::timeout(Duration::from_secs(5), readers)
+        .await
+        .expect("the output ends with the process")
+        .unwrap();
+    eprintln!("sagaflow dev exited ({status}) {took:?} after SIG{signal}");
+
+    let lines: Vec<String> = output.lock().unwrap().iter().map(|l| plain(l)).collect();
+    let everything = lines.join("\n");
+    assert!(
+        status.success(),
+        "sagaflow dev exits with success after SIG{signal}, not {status}:\n{everything}"
+    );
+    let requested = lines
+        .iter()
+        .position(|l| l.contains("shutdown requested"))
+        .unwrap_or_else(|| panic!("sagaflow dev logs the SIG{signal}:\n{everything}"));
+    let after = &lines[requested..];
+    let loud: Vec<&String> = after
+        .iter()
+        .filter(|l| {
+            l.split_whitespace().any(|word| word == "ERROR") || l.contains("AllBrokersDown")
+        })
+        .collect();
+    assert!(
+        loud.is_empty(),
+        "no error is logged by a normal stop, yet:\n{}\n\nthe whole output:\n{everything}",
+        loud.iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        after.iter().any(|l| l.contains("sagaflow dev stopped")),
+        "sagaflow dev says it stopped:\n{everything}"
+    );
+}
+
+#[tokio::test]
+async fn sagaflow_dev_stops_quietly_and_promptly_on_sigterm() {
+    sagaflow_dev_stops_quietly_and_promptly_on("TERM").await;
+}
+
+#[tokio::test]
+async fn sagaflow_dev_stops_quietly_and_promptly_on_sigint() {
+    sagaflow_dev_stops_quietly_and_promptly_on("INT").await;
 }
 
 #[tokio::test]

@@ -63,6 +63,11 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // What the platform's components talk to — the embedded broker and the simulated payment
+    // provider — stops after them, however `run` ends: stopped first, the broker would leave
+    // every client still closing to log its loss (AllBrokersDown) and wait for it.
+    let stop_last = CancellationToken::new();
+    let _stop_last_on_return = stop_last.clone().drop_guard();
     // Open on loopback, as a development platform should be; anywhere else only with a
     // secret or by explicit choice — checked before anything starts.
     for addr in tokio::net::lookup_host(&args.http_addr)
@@ -83,7 +88,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 address.clone(),
                 address.clone(),
                 broker::IN_MEMORY.parse()?,
-                shutdown.clone(),
+                stop_last.clone(),
             )?;
             address
         }
@@ -117,7 +122,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     spawn_provider(
         provider_listener,
         ProviderFaults::default(),
-        shutdown.clone(),
+        stop_last.clone(),
     )
     .await;
 
@@ -138,7 +143,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         request_timeout: Duration::from_secs(10),
         security: args.security.clone(),
     };
-    let mut platform = wait_for_broker_then_start(config).await?;
+    let Some(mut platform) = wait_for_broker_then_start(config, &shutdown).await? else {
+        info!("sagaflow dev stopped while starting");
+        return Ok(());
+    };
     inventory_service::seed(
         &platform.pools.inventory,
         &[("SKU-1", 100), ("SKU-2", 100), ("SKU-3", 25)],
@@ -160,19 +168,27 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let stopper = platform.shutdown.clone();
     tokio::spawn(async move {
         shutdown.cancelled().await;
+        info!("stopping the platform, then the broker");
         stopper.cancel();
     });
-    platform.wait().await?;
+    let stopped = platform.wait().await;
+    stop_last.cancel();
+    stopped?;
     info!("sagaflow dev stopped");
     Ok(())
 }
 
 /// The embedded broker takes a moment to listen; retry the start-up (topic creation) briefly.
+/// `None` when `shutdown` is cancelled meanwhile.
 async fn wait_for_broker_then_start(
     config: platform::PlatformConfig,
-) -> anyhow::Result<platform::Platform> {
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<platform::Platform>> {
     let mut last = None;
     for _ in 0..20 {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
         let attempt = platform::PlatformConfig {
             databases: config.databases.clone(),
             kafka: config.kafka.clone(),
@@ -184,7 +200,7 @@ async fn wait_for_broker_then_start(
             security: config.security.clone(),
         };
         match platform::start(attempt).await {
-            Ok(platform) => return Ok(platform),
+            Ok(platform) => return Ok(Some(platform)),
             Err(e) => {
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(500)).await;
