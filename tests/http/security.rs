@@ -309,6 +309,7 @@ async fn idempotency_keys_expire_and_their_rows_are_pruned() {
         orders: order_service::OrderConfig {
             idempotency_key_ttl_secs: 1,
             idempotency_prune_interval_ms: 100,
+            ..order_service::OrderConfig::default()
         },
         ..Options::default()
     })

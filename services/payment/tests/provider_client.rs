@@ -286,7 +286,8 @@ async fn faults_can_be_changed_and_stats_read_over_http() {
         ProviderFaults {
             latency_ms: 5,
             error_rate: 0.0,
-            down: true
+            down: true,
+            in_flight_conflict: false,
         }
     );
     assert_eq!(sim.control.faults(), faults);
