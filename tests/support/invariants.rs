@@ -86,6 +86,15 @@ pub async fn check_allowing_failed(
         stats.charges as i64, findings.charges,
         "the provider charged once per recorded charge"
     );
+    if failed.is_empty() {
+        // The provider's own ledger, net: money still taken is exactly one charge per
+        // approved order (every other charge was refunded).
+        assert_eq!(
+            stats.charges as i64 - stats.refunds as i64,
+            findings.approved,
+            "the provider's net charges differ from the approved orders: {stats:?}"
+        );
+    }
 
     // Every event of every database is on its topic: read each topic until every published
     // outbox row's message id has been seen (a deadline, not a watermark snapshot: the broker

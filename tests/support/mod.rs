@@ -14,6 +14,7 @@ pub mod invariants;
 pub mod kafka_probe;
 pub mod load;
 pub mod platform;
+pub mod processes;
 pub mod proxy;
 pub mod wait;
 

@@ -21,8 +21,8 @@ pub struct TestApp {
     pub pools: Pools,
     pub kafka: KafkaConfig,
     pub provider: ProviderControl,
-    platform: Option<Platform>,
-    config: platform::PlatformConfig,
+    pub(crate) platform: Option<Platform>,
+    pub(crate) config: platform::PlatformConfig,
     provider_shutdown: CancellationToken,
 }
 
