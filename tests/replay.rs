@@ -1,13 +1,16 @@
 //! Read models: replay equals live, duplicates and reordering change nothing, poison events
-//! are dead-lettered and redriven exactly once.
+//! are dead-lettered and redriven exactly once, a replay never silently drops history (a
+//! truncated topic is refused, a differing view is not switched in without force).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use query_service::lag::Group;
-use query_service::replay::{self, Start};
+use query_service::replay::{self, ReplayError, Start};
 use query_service::{Projection, Rules};
+use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -764,5 +767,318 @@ async fn a_poison_event_is_parked_with_its_reason_and_redriven_once_after_the_fi
             .await
             .unwrap();
     assert_eq!(total, (1234, Some("XTS".into())));
+    query.stop().await;
+}
+
+/// A partition's low watermark (`topic` as named in Kafka).
+async fn low_watermark(kafka: &KafkaConfig, topic: &str, partition: i32) -> i64 {
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("broker.address.family", "v4")
+            .set("log_level", "3")
+            .create()
+            .unwrap();
+        clients::watermarks(&client, &topic, partition, Duration::from_secs(10))
+            .unwrap()
+            .0
+    })
+    .await
+    .unwrap()
+}
+
+/// Delete the records of a partition before `offset`, as retention deletes old segments
+/// (Kafka's DeleteRecords), and wait until the broker reports the new low watermark.
+async fn delete_before(kafka: &KafkaConfig, topic: &str, partition: i32, offset: i64) {
+    let admin = clients::admin(kafka).unwrap();
+    let topic = kafka.topic(topic);
+    let mut records = TopicPartitionList::new();
+    records
+        .add_partition_offset(&topic, partition, Offset::Offset(offset))
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deleted = admin
+        .delete_records(&records, &options)
+        .await
+        .expect("DeleteRecords");
+    let result = deleted
+        .find_partition(&topic, partition)
+        .expect("a result for the partition");
+    result.error().expect("records deleted");
+    assert_eq!(result.offset(), Offset::Offset(offset));
+    wait::until("the new low watermark", SETTLE, || async {
+        (low_watermark(kafka, &topic, partition).await == offset).then_some(())
+    })
+    .await;
+}
+
+/// What a replay left in the database: (shadow tables, replay positions).
+async fn leftovers(pool: &PgPool) -> (i64, i64) {
+    let shadows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables
+         WHERE schemaname = current_schema() AND tablename LIKE '%\\_rebuild'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let positions: i64 = sqlx::query_scalar("SELECT count(*) FROM replay_positions")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (shadows, positions)
+}
+
+#[tokio::test]
+async fn a_replay_of_a_topic_whose_start_was_deleted_is_refused() {
+    let _broker = broker_lock().read().await;
+    let mut query = Standalone::new().await;
+    query.start(Rules::default());
+    let producer = clients::producer(&query.kafka).unwrap();
+    // A history, then every event again (a producer redelivering): the second copies alone
+    // build the same views, so deleting first copies loses nothing — yet the replay cannot
+    // know that, and must not guess.
+    let orders = history(12);
+    let unique: i64 = orders.iter().map(|o| o.len() as i64).sum();
+    // orders.events partition → offset of its last first copy.
+    let mut first_copies: BTreeMap<i32, i64> = BTreeMap::new();
+    for e in orders.iter().flatten() {
+        let (partition, offset) = publish(&producer, &query.kafka, e).await;
+        if e.message.topic() == topics::ORDERS_EVENTS {
+            first_copies.insert(partition, offset);
+        }
+    }
+    for e in orders.iter().flatten() {
+        publish(&producer, &query.kafka, e).await;
+    }
+    wait::until("every event applied", SETTLE, || async {
+        (query.inbox().await == unique).then_some(())
+    })
+    .await;
+    let live = checksums(&query.pool).await;
+
+    // Retention deleted the start of one partition of orders.events.
+    let (&partition, &last) = first_copies.iter().max_by_key(|(_, o)| **o).unwrap();
+    let low = last + 1;
+    delete_before(&query.kafka, topics::ORDERS_EVENTS, partition, low).await;
+
+    let refused = replay::replay(
+        &query.pool,
+        &query.kafka,
+        Projection::Orders,
+        Start::Beginning,
+        &Rules::default(),
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect_err("a replay of a truncated topic is refused");
+    assert!(
+        matches!(&refused, ReplayError::TruncatedHistory(t) if t.len() == 1),
+        "{refused:?}"
+    );
+    let text = refused.to_string();
+    for named in [
+        format!(
+            "{} partition {partition}",
+            query.kafka.topic(topics::ORDERS_EVENTS)
+        ),
+        format!("low watermark {low}"),
+        "truncated".to_string(),
+        "--allow-truncated-history".to_string(),
+    ] {
+        assert!(text.contains(&named), "{named:?} in: {text}");
+    }
+    // Refused before any work: no shadows, no positions, the live views as they were.
+    assert_eq!(leftovers(&query.pool).await, (0, 0));
+    assert_eq!(checksums(&query.pool).await, live);
+
+    // The stock view reads only inventory.events, which is whole.
+    let stock = replay::replay(
+        &query.pool,
+        &query.kafka,
+        Projection::Stock,
+        Start::Beginning,
+        &Rules::default(),
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("a replay of whole topics");
+    assert_eq!(stock.checksum, live.1);
+
+    // Accepting the truncation: the rebuild starts at the low watermark.
+    let report = replay::replay(
+        &query.pool,
+        &query.kafka,
+        Projection::Orders,
+        replay::Options {
+            allow_truncated_history: true,
+            ..replay::Options::default()
+        },
+        &Rules::default(),
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("a replay that accepts the truncated history");
+    assert_eq!(report.messages, (2 * unique - low) as u64, "{report:?}");
+    assert_eq!(report.checksum, live.0, "{report:?}");
+    assert_eq!(report.previous_checksum, live.0);
+    assert_eq!(checksums(&query.pool).await, live);
+    assert_eq!(leftovers(&query.pool).await, (0, 0));
+    query.stop().await;
+}
+
+#[tokio::test]
+async fn a_rebuilt_view_that_differs_from_the_live_one_is_switched_in_only_with_force() {
+    let _broker = broker_lock().read().await;
+    let mut query = Standalone::new().await;
+    query.start(Rules::default());
+    let producer = clients::producer(&query.kafka).unwrap();
+    let now = Utc::now();
+    let (declined, held) = (Uuid::now_v7(), Uuid::now_v7());
+    let lines = |sku: &str, quantity| {
+        vec![StockLine {
+            sku: sku.into(),
+            quantity,
+        }]
+    };
+    // A declined order reserved and released two; another order holds one.
+    let (partition, reserved_at) = publish(
+        &producer,
+        &query.kafka,
+        &event(
+            StockReserved {
+                order_id: declined,
+                lines: lines("SKU-GONE", 2),
+                reserved_at: 0,
+            }
+            .into(),
+            now,
+        ),
+    )
+    .await;
+    publish(
+        &producer,
+        &query.kafka,
+        &event(
+            StockReleased {
+                order_id: declined,
+                lines: lines("SKU-GONE", 2),
+                released_at: 0,
+            }
+            .into(),
+            now + chrono::Duration::milliseconds(10),
+        ),
+    )
+    .await;
+    publish(
+        &producer,
+        &query.kafka,
+        &event(
+            StockReserved {
+                order_id: held,
+                lines: lines("SKU-KEPT", 1),
+                reserved_at: 0,
+            }
+            .into(),
+            now + chrono::Duration::milliseconds(20),
+        ),
+    )
+    .await;
+    let reserved = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, i64)>("SELECT sku, reserved FROM stock_view ORDER BY sku")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    let kept = vec![("SKU-GONE".to_string(), 0), ("SKU-KEPT".to_string(), 1)];
+    wait::until("the three events applied", SETTLE, || async {
+        (reserved(query.pool.clone()).await == kept).then_some(())
+    })
+    .await;
+    let live = replay::checksum(&query.pool, Projection::Stock)
+        .await
+        .unwrap();
+
+    // Retention deleted the reservation but not the release: a rebuild holds -2.
+    delete_before(
+        &query.kafka,
+        topics::INVENTORY_EVENTS,
+        partition,
+        reserved_at + 1,
+    )
+    .await;
+    let accept_truncation = replay::Options {
+        allow_truncated_history: true,
+        ..replay::Options::default()
+    };
+    let refused = replay::replay(
+        &query.pool,
+        &query.kafka,
+        Projection::Stock,
+        accept_truncation,
+        &Rules::default(),
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect_err("a differing view is not switched in without force");
+    match &refused {
+        ReplayError::ViewsDiffer {
+            projection,
+            rebuilt,
+            live: compared,
+            ..
+        } => {
+            assert_eq!(*projection, "stock");
+            assert_eq!(compared, &live);
+            assert_ne!(rebuilt, &live);
+        }
+        other => panic!("expected ViewsDiffer, got {other:?}"),
+    }
+    let text = refused.to_string();
+    for named in ["differs", "live view was kept", "--force"] {
+        assert!(text.contains(named), "{named:?} in: {text}");
+    }
+    // The live view stays; the rebuild is gone.
+    assert_eq!(reserved(query.pool.clone()).await, kept);
+    assert_eq!(
+        replay::checksum(&query.pool, Projection::Stock)
+            .await
+            .unwrap(),
+        live
+    );
+    assert_eq!(leftovers(&query.pool).await, (0, 0));
+
+    // With force, the rebuilt view is switched in, loss and all.
+    let report = replay::replay(
+        &query.pool,
+        &query.kafka,
+        Projection::Stock,
+        replay::Options {
+            force: true,
+            ..accept_truncation
+        },
+        &Rules::default(),
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("a forced replay switches");
+    assert_eq!(report.previous_checksum, live);
+    assert_ne!(report.checksum, live);
+    assert_eq!(
+        replay::checksum(&query.pool, Projection::Stock)
+            .await
+            .unwrap(),
+        report.checksum
+    );
+    assert_eq!(
+        reserved(query.pool.clone()).await,
+        [("SKU-GONE".to_string(), -2), ("SKU-KEPT".to_string(), 1)]
+    );
+    assert_eq!(leftovers(&query.pool).await, (0, 0));
     query.stop().await;
 }

@@ -1,11 +1,13 @@
-//! `sagaflow replay --projection <orders|stock|all> [--from-beginning | --from-time T]`:
-//! rebuild read models from the topics while the live views keep answering (see
-//! `query_service::replay`), with a progress bar, resumable after an interruption, ending
-//! with the checksum of each rebuilt view.
+//! `sagaflow replay --projection <orders|stock|all> [--from-beginning | --from-time T]
+//! [--allow-truncated-history] [--force]`: rebuild read models from the topics while the live
+//! views keep answering (see `query_service::replay`), with a progress bar, resumable after an
+//! interruption, ending with the checksum of each rebuilt view. Refused when retention deleted
+//! the start of a topic it needs (unless `--allow-truncated-history`); a rebuilt view that
+//! differs from the live one is dropped and the live one kept (unless `--force`).
 
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
-use query_service::replay::{self, Start};
+use query_service::replay::{self, Options, Start};
 use query_service::{Projection, Rules};
 use sagaflow_common::{KafkaConfig, db};
 use tokio_util::sync::CancellationToken;
@@ -15,12 +17,20 @@ pub struct ReplayArgs {
     /// orders, stock, or all.
     #[arg(long)]
     pub projection: String,
-    /// Rebuild from the first retained message (the default).
+    /// Rebuild from the start of every partition (the default).
     #[arg(long, conflicts_with = "from_time")]
     pub from_beginning: bool,
     /// Start from a copy of the live view and re-apply events since this RFC 3339 time.
     #[arg(long)]
     pub from_time: Option<DateTime<Utc>>,
+    /// Replay even though retention (or DeleteRecords) deleted the start of a partition: the
+    /// rebuilt view then lacks those events. Without it such a replay is refused.
+    #[arg(long)]
+    pub allow_truncated_history: bool,
+    /// Switch to the rebuilt view even when its checksum differs from the live view's.
+    /// Without it the live view is kept and the rebuild dropped.
+    #[arg(long)]
+    pub force: bool,
     /// PostgreSQL URL of the query database.
     #[arg(long, env = "QUERY_DATABASE_URL")]
     pub database_url: String,
@@ -30,9 +40,13 @@ pub struct ReplayArgs {
 
 pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let projections = Projection::parse_selection(&args.projection).map_err(anyhow::Error::msg)?;
-    let start = match args.from_time {
-        Some(at) => Start::Time(at),
-        None => Start::Beginning,
+    let options = Options {
+        start: match args.from_time {
+            Some(at) => Start::Time(at),
+            None => Start::Beginning,
+        },
+        allow_truncated_history: args.allow_truncated_history,
+        force: args.force,
     };
     let rules = Rules::from_env().map_err(anyhow::Error::msg)?;
     let pool = db::connect(&args.database_url, 4).await?;
@@ -50,7 +64,7 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
             &pool,
             &args.kafka,
             projection,
-            start,
+            options,
             &rules,
             |p| {
                 bar.set_length(p.total);
@@ -73,7 +87,7 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
             if report.checksum == report.previous_checksum {
                 ", identical"
             } else {
-                ", differs"
+                ", differs; switched (--force)"
             }
         );
     }
