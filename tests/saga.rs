@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
 use sagaflow_common::kafka as clients;
-use sagaflow_schemas::topics;
+use sagaflow_schemas::{Message, header_names, topics};
 use sagaflow_tests::broker_lock;
 use sagaflow_tests::kafka_probe::{self, read_all};
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
@@ -535,4 +535,274 @@ async fn two_hundred_concurrent_orders_all_finish_and_conserve_stock_and_money()
     if let Ok(app) = std::sync::Arc::try_unwrap(app) {
         app.stop().await;
     }
+}
+
+/// The order service's options of the order-deadline tests: a fast sweep, and `deadline`.
+fn order_deadline(deadline: Duration) -> order_service::OrderConfig {
+    order_service::OrderConfig {
+        order_deadline_secs: deadline.as_secs(),
+        order_sweep_interval_ms: 200,
+        ..order_service::OrderConfig::default()
+    }
+}
+
+/// A counter of this process's metrics (0 when it was never incremented).
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Issue 16 item 1: an OrderPlaced the orchestrator cannot read — a schema reference it does
+/// not know, as from a newer writer during a rolling upgrade — is dead-lettered and starts no
+/// saga, yet its order does not stay PENDING: the order deadline rejects it and announces
+/// OrderRejected. An overdue order whose expiry fails (its row does not decode) is reported
+/// (`order_deadline_failures_total`) and postponed, and holds up no other.
+#[tokio::test]
+async fn an_order_placed_with_an_unknown_schema_ends_rejected_within_the_order_deadline() {
+    let _broker = broker_lock().read().await;
+    let deadline = Duration::from_secs(3);
+    let app = spawn_platform(Options {
+        orders: order_deadline(deadline),
+        ..Options::default()
+    })
+    .await;
+    // A PENDING order an hour overdue whose items do not decode: the first row of every sweep.
+    let broken = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method,
+                             created_at, updated_at)
+         VALUES ($1, $2, 'PENDING', '{\"not\": \"lines\"}', 0, 'EUR', 'pm_card_visa',
+                 now() - interval '1 hour', now() - interval '1 hour')",
+    )
+    .bind(broken)
+    .bind(Uuid::new_v4())
+    .execute(&app.pools.order)
+    .await
+    .unwrap();
+    // The OrderPlaced written next names a schema version no reader knows.
+    sqlx::raw_sql(
+        "CREATE FUNCTION unknown_schema() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.message_type = 'OrderPlaced' THEN
+                 NEW.headers := jsonb_set(NEW.headers, '{ce_dataschema}',
+                     to_jsonb(split_part(NEW.headers->>'ce_dataschema', '@', 1) || '@0'));
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER unknown_schema BEFORE INSERT ON outbox
+             FOR EACH ROW EXECUTE FUNCTION unknown_schema();",
+    )
+    .execute(&app.pools.order)
+    .await
+    .unwrap();
+    let placed = std::time::Instant::now();
+    let order = app.place(&[("SKU-UNKNOWN", 1, 100)], "pm_card_visa").await;
+    sqlx::raw_sql("DROP TRIGGER unknown_schema ON outbox")
+        .execute(&app.pools.order)
+        .await
+        .unwrap();
+
+    // The orchestrator dead-letters the OrderPlaced for its schema...
+    let key = order.to_string();
+    let dead = kafka_probe::read_until(
+        &app.kafka,
+        &topics::dlq(topics::ORDERS_EVENTS),
+        FINISH,
+        |records| {
+            records.iter().any(|r| {
+                r.key.as_deref() == Some(key.as_str())
+                    && r.header(header_names::DLQ_CONSUMER).as_deref()
+                        == Some(saga_orchestrator::NAME)
+            })
+        },
+    )
+    .await;
+    let dead = dead
+        .iter()
+        .find(|r| {
+            r.key.as_deref() == Some(key.as_str())
+                && r.header(header_names::DLQ_CONSUMER).as_deref() == Some(saga_orchestrator::NAME)
+        })
+        .unwrap();
+    assert_eq!(
+        dead.header(header_names::DLQ_ERROR_KIND).as_deref(),
+        Some("unknown_schema"),
+        "{:?}",
+        dead.header(header_names::DLQ_REASON)
+    );
+
+    // ...yet the order ends REJECTED for its deadline, well within a bound...
+    let done = app.terminal(order, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "REJECTED", "{done}");
+    let reason = order_service::deadline_reason(deadline);
+    assert_eq!(done["reason"], reason.as_str(), "{done}");
+    assert!(
+        placed.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        placed.elapsed()
+    );
+    // ...announced on orders.events...
+    let events = kafka_probe::read_until(&app.kafka, topics::ORDERS_EVENTS, FINISH, |records| {
+        records.iter().any(|r| {
+            r.key.as_deref() == Some(key.as_str())
+                && r.header(header_names::TYPE).as_deref() == Some("OrderRejected")
+        })
+    })
+    .await;
+    let rejected = events
+        .iter()
+        .find(|r| {
+            r.key.as_deref() == Some(key.as_str())
+                && r.header(header_names::TYPE).as_deref() == Some("OrderRejected")
+        })
+        .unwrap();
+    let envelope = rejected.envelope();
+    match Message::decode(
+        &envelope.message_type,
+        Some(&envelope.schema_ref),
+        rejected.payload.as_deref().unwrap(),
+    )
+    .unwrap()
+    {
+        Message::OrderRejected(m) => {
+            assert_eq!((m.order_id, m.reason.as_str()), (order, reason.as_str()))
+        }
+        other => panic!("{other:?}"),
+    }
+    // ...and no saga was ever started for it.
+    assert_eq!(
+        count(
+            &app.pools.saga,
+            "SELECT count(*) FROM sagas WHERE order_id = $1",
+            order
+        )
+        .await,
+        0
+    );
+
+    // The broken order was skipped and reported: still PENDING, tried again later.
+    wait::until("the broken order postponed", FINISH, || async {
+        let (status, postponed): (String, bool) = sqlx::query_as(
+            "SELECT status, COALESCE(deadline_retry_at > now(), false) FROM orders WHERE id = $1",
+        )
+        .bind(broken)
+        .fetch_one(&app.pools.order)
+        .await
+        .unwrap();
+        assert_eq!(status, "PENDING");
+        postponed.then_some(())
+    })
+    .await;
+    let metrics = app.metrics().await;
+    assert!(
+        counter(&metrics, "order_deadline_failures_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(counter(&metrics, "order_deadline_expired_total") >= 1.0);
+    app.stop().await;
+}
+
+/// Issue 16 item 1, the saga's side: a saga still running when its order's deadline passed must
+/// not approve it later. The order service keeps the order REJECTED and answers the late
+/// ApproveOrder with OrderRejected (not a dead letter); the saga, told the order is rejected,
+/// refunds the charge and releases the stock, and ends REJECTED.
+#[tokio::test]
+async fn a_late_approval_for_an_order_rejected_by_its_deadline_leaves_it_rejected_and_gives_back_stock_and_money()
+ {
+    let _broker = broker_lock().read().await;
+    let deadline = Duration::from_secs(order_service::DEFAULT_ORDER_DEADLINE_SECS);
+    let app = spawn_platform(Options {
+        orders: order_deadline(deadline),
+        ..Options::default()
+    })
+    .await;
+    app.set_stock("SKU-LATE", 10).await;
+    // Hold the order service's consumer back: it cannot write its inbox row, so the saga's
+    // ApproveOrder waits (the API and the deadline sweeper do not touch the inbox).
+    let mut hold = app.pools.order.begin().await.unwrap();
+    sqlx::query("LOCK TABLE inbox IN SHARE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let order = app.place(&[("SKU-LATE", 3, 1000)], "pm_card_visa").await;
+    wait::until("the saga approving", FINISH, || async {
+        (app.saga(order).await["saga"]["state"] == "APPROVING").then_some(())
+    })
+    .await;
+    assert_eq!(app.stock("SKU-LATE").await, (7, 3), "stock held");
+    assert_eq!(charges(&app, order).await, 1, "charged");
+
+    // The order's deadline passes before the approval is applied (placed "3 hours ago").
+    sqlx::query("UPDATE orders SET created_at = now() - interval '3 hours' WHERE id = $1")
+        .bind(order)
+        .execute(&app.pools.order)
+        .await
+        .unwrap();
+    let done = app.terminal(order, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "REJECTED", "{done}");
+    let reason = order_service::deadline_reason(deadline);
+    assert_eq!(done["reason"], reason.as_str(), "{done}");
+    // The saga hears of it and starts giving back.
+    wait::until("the saga compensating", FINISH, || async {
+        let state = app.saga(order).await["saga"]["state"].clone();
+        matches!(state.as_str(), Some("COMPENSATING" | "REJECTING")).then_some(())
+    })
+    .await;
+
+    // Now the late ApproveOrder is applied: answered with OrderRejected, the order unchanged.
+    hold.rollback().await.unwrap();
+    let approve: Uuid = sqlx::query_scalar(
+        "SELECT message_id FROM outbox WHERE msg_key = $1::text AND message_type = 'ApproveOrder'
+          ORDER BY id LIMIT 1",
+    )
+    .bind(order)
+    .fetch_one(&app.pools.saga)
+    .await
+    .unwrap();
+    wait::until(
+        "the ApproveOrder answered with OrderRejected",
+        FINISH,
+        || async {
+            let answered: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM outbox
+              WHERE msg_key = $1::text AND message_type = 'OrderRejected'
+                AND headers->>'causation_id' = $2::text",
+            )
+            .bind(order)
+            .bind(approve)
+            .fetch_one(&app.pools.order)
+            .await
+            .unwrap();
+            (answered == 1).then_some(())
+        },
+    )
+    .await;
+    let saga = app.saga_terminal(order, FINISH).await;
+    assert_eq!(saga["saga"]["state"], "REJECTED", "{saga}");
+    let history = saga["history"].as_array().unwrap();
+    assert!(
+        history.iter().any(|h| h["from_state"] == "APPROVING"
+            && h["to_state"] == "COMPENSATING"
+            && h["trigger"] == "OrderRejected"),
+        "{history:?}"
+    );
+    let after = app.order(order).await;
+    assert_eq!(
+        (after["status"].as_str(), after["reason"].as_str()),
+        (Some("REJECTED"), Some(reason.as_str())),
+        "{after}"
+    );
+    assert_eq!(app.stock("SKU-LATE").await, (10, 0), "stock given back");
+    let refunded = count(
+        &app.pools.payment,
+        "SELECT count(*) FROM payments WHERE order_id = $1 AND refund_id IS NOT NULL",
+        order,
+    )
+    .await;
+    assert_eq!(refunded, 1, "the charge refunded");
+    let stats = app.provider.stats();
+    assert_eq!((stats.charges, stats.refunds), (1, 1), "{stats:?}");
+    app.stop().await;
 }

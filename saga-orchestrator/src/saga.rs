@@ -15,6 +15,11 @@
 //! because the compensation was sent *after* the command on the same partition (key = order
 //! id): inventory applies ReserveStock then ReleaseStock, payment applies AuthorizePayment then
 //! RefundPayment, so stock and money balance whatever the timing.
+//!
+//! Orders rejected without the saga: the order service rejects an order still PENDING at its
+//! order deadline (issue 16), and answers a later ApproveOrder with OrderRejected again. An
+//! OrderRejected the saga did not ask for (in RESERVING_STOCK, AUTHORIZING_PAYMENT or
+//! APPROVING) is handled like a step deadline: compensate, then confirm with RejectOrder.
 
 use chrono::{DateTime, Duration, Utc};
 use sagaflow_schemas::{
@@ -329,6 +334,22 @@ fn on_message(saga: &Saga, message: &Message, now: DateTime<Utc>, policy: &Polic
             next.data.awaiting_refund = false;
             compensation_progress(next, "payment refunded", now, policy)
         }
+        // The order service rejected the order by itself: its order deadline passed before the
+        // saga decided (order-service `deadline`), or it answered this saga's ApproveOrder for an
+        // order it had already rejected that way. It will never be approved: give back what may
+        // be held — stock always, money once a charge may exist — then confirm with RejectOrder
+        // (answered with OrderRejected again). Safe whatever is still in flight, like a step
+        // deadline: the compensations queue behind the commands on the order's partition.
+        (
+            State::ReservingStock | State::AuthorizingPayment | State::Approving,
+            Message::OrderRejected(m),
+        ) => compensate(
+            saga,
+            format!("order rejected by the order service: {}", m.reason),
+            saga.state != State::ReservingStock,
+            now,
+            policy,
+        ),
         (State::Rejecting, Message::OrderRejected(_)) => {
             let next = Saga {
                 state: State::Rejected,
@@ -771,6 +792,62 @@ mod tests {
         then_transition(when(&s, Deadline), State::Approving, &["ApproveOrder"]);
         let s = given(&[M(&p), M(&rj)]);
         then_transition(when(&s, Deadline), State::Rejecting, &["RejectOrder"]);
+    }
+
+    /// The order service rejected the order (its order deadline passed) while the saga was
+    /// approving it — or answered the ApproveOrder with OrderRejected: refund and release, then
+    /// reject; a second OrderRejected (the reply to a retried ApproveOrder) changes nothing.
+    #[test]
+    fn an_order_rejected_by_the_order_service_while_approving_refunds_releases_then_rejects() {
+        let (p, r, a, o, rel, refd) = (
+            placed(),
+            stock_reserved(),
+            authorized(),
+            rejected(),
+            stock_released(),
+            refunded(),
+        );
+        let s = given(&[M(&p), M(&r), M(&a)]);
+        assert_eq!(s.as_ref().unwrap().state, State::Approving);
+        let s = Some(then_transition(
+            when(&s, M(&o)),
+            State::Compensating,
+            &["RefundPayment", "ReleaseStock"],
+        ));
+        assert!(
+            s.as_ref()
+                .unwrap()
+                .data
+                .reason
+                .as_ref()
+                .unwrap()
+                .contains("x"),
+            "the order's reason is kept: {s:?}"
+        );
+        then_ignored(when(&s, M(&o)));
+        let s = Some(then_transition(when(&s, M(&rel)), State::Compensating, &[]));
+        let s = Some(then_transition(
+            when(&s, M(&refd)),
+            State::Rejecting,
+            &["RejectOrder"],
+        ));
+        then_transition(when(&s, M(&o)), State::Rejected, &[]);
+    }
+
+    #[test]
+    fn an_order_rejected_by_the_order_service_before_approval_gives_back_what_may_be_held() {
+        let (p, r, o) = (placed(), stock_reserved(), rejected());
+        let s = given(&[M(&p)]);
+        then_transition(when(&s, M(&o)), State::Compensating, &["ReleaseStock"]);
+        let s = given(&[M(&p), M(&r)]);
+        then_transition(
+            when(&s, M(&o)),
+            State::Compensating,
+            &["RefundPayment", "ReleaseStock"],
+        );
+        // Already compensating: the saga's own rejection follows.
+        let s = given(&[M(&p), M(&r), Deadline]);
+        then_ignored(when(&s, M(&o)));
     }
 
     #[test]

@@ -97,9 +97,33 @@ pub fn validate(order: &NewOrder) -> Result<i64, ValidationError> {
     Ok(total)
 }
 
+/// Why an order still PENDING at its order deadline is rejected, e.g. "no saga decision
+/// within the order deadline (2h)".
+pub fn deadline_reason(deadline: std::time::Duration) -> String {
+    let secs = deadline.as_secs();
+    let span = match secs {
+        0 => format!("{}ms", deadline.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}min", s / 60),
+        s => format!("{s}s"),
+    };
+    format!("no saga decision within the order deadline ({span})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_deadline_reason_names_the_deadline() {
+        for (secs, span) in [(7200, "2h"), (5400, "90min"), (3, "3s"), (0, "0ms")] {
+            assert_eq!(
+                deadline_reason(Duration::from_secs(secs)),
+                format!("no saga decision within the order deadline ({span})")
+            );
+        }
+    }
 
     fn order() -> NewOrder {
         NewOrder {

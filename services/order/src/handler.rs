@@ -1,6 +1,20 @@
-//! ApproveOrder / RejectOrder from the saga. A command for an order already in the target
-//! state re-announces it (the saga may have retried after a lost reply); a command that
-//! contradicts the state is rejected to the dead-letter topic.
+//! ApproveOrder / RejectOrder from the saga, and the announcement of an order's verdict (also
+//! used by the order deadline, [`crate::deadline`]).
+//!
+//! What a command does depends on the order's status:
+//! - PENDING: the command decides. The order becomes APPROVED / REJECTED and OrderApproved /
+//!   OrderRejected is enqueued, in one transaction ([`conclude`]).
+//! - already the command's target: announced again (the saga may have retried after a lost
+//!   reply).
+//! - REJECTED, and the command is ApproveOrder: the order deadline rejected the order while its
+//!   saga was still running (a saga never rejects an order and then approves it). A verdict
+//!   announced is never reversed: the order stays REJECTED, and the ApproveOrder is answered
+//!   with OrderRejected again instead of being dead-lettered. The saga, which believes it
+//!   approved and holds stock and a charge, compensates on that reply (refund + release, in
+//!   `saga_orchestrator::saga`) and then sends RejectOrder, which lands in the case above.
+//!   Dead-lettering would leave the saga retrying ApproveOrder until FAILED, with both held.
+//! - APPROVED, and the command is RejectOrder: contradicts the state (nothing rejects an
+//!   approved order); dead-lettered.
 
 use chrono::Utc;
 use outbox_relay::{Origin, enqueue};
@@ -8,7 +22,8 @@ use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_common::db::Tx;
 use sagaflow_schemas::{Message, OrderApproved, OrderRejected};
 
-use crate::{NAME, store};
+use crate::NAME;
+use crate::store::{self, APPROVED, OrderRow, PENDING, REJECTED};
 
 pub struct OrderCommands;
 
@@ -19,8 +34,8 @@ impl Handler for OrderCommands {
 
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         let (order_id, target, reason) = match &incoming.message {
-            Message::ApproveOrder(m) => (m.order_id, "APPROVED", None),
-            Message::RejectOrder(m) => (m.order_id, "REJECTED", Some(m.reason.as_str())),
+            Message::ApproveOrder(m) => (m.order_id, APPROVED, None),
+            Message::RejectOrder(m) => (m.order_id, REJECTED, Some(m.reason.as_str())),
             _ => return Ok(()),
         };
         let Some(order) = store::lock(tx, order_id).await? else {
@@ -28,39 +43,65 @@ impl Handler for OrderCommands {
                 "order {order_id} does not exist"
             )));
         };
+        let origin = Origin::caused_by(NAME, &incoming.envelope);
         match order.status.as_str() {
-            "PENDING" => store::set_status(tx, order_id, target, reason).await?,
-            status if status == target => {} // re-announce below
-            status => {
-                return Err(HandlerError::Rejected(format!(
-                    "order {order_id} is {status}; cannot become {target}"
-                )));
-            }
+            PENDING => conclude(tx, &order, target, reason, &origin).await,
+            status if status == target => announce(tx, &order, target, reason, &origin).await,
+            // Rejected by the order deadline before the saga's approval came: the saga is told
+            // the order is rejected and compensates (see the module documentation).
+            REJECTED => announce(tx, &order, REJECTED, None, &origin).await,
+            status => Err(HandlerError::Rejected(format!(
+                "order {order_id} is {status}; cannot become {target}"
+            ))),
         }
-        let now = Utc::now().timestamp_millis();
-        let event: Message = if target == "APPROVED" {
-            OrderApproved {
-                order_id,
-                customer_id: order.customer_id,
-                total_cents: order.total_cents,
-                currency: order.currency.clone(),
-                approved_at: now,
-            }
-            .into()
-        } else {
-            OrderRejected {
-                order_id,
-                customer_id: order.customer_id,
-                reason: order
-                    .reason
-                    .clone()
-                    .or(reason.map(str::to_string))
-                    .unwrap_or_default(),
-                rejected_at: now,
-            }
-            .into()
-        };
-        enqueue(tx, &event, &Origin::caused_by(NAME, &incoming.envelope)).await?;
-        Ok(())
     }
+}
+
+/// Decide a PENDING `order`, locked by the caller: it becomes `status` (APPROVED, or REJECTED
+/// with `reason`) and the verdict is enqueued, inside `tx`.
+pub(crate) async fn conclude(
+    tx: &mut Tx,
+    order: &OrderRow,
+    status: &str,
+    reason: Option<&str>,
+    origin: &Origin,
+) -> Result<(), HandlerError> {
+    store::set_status(tx, order.id, status, reason).await?;
+    announce(tx, order, status, reason, origin).await
+}
+
+/// Enqueue the event announcing `order`'s `status`: OrderApproved, or OrderRejected with the
+/// order's reason (`reason` when the row has none yet).
+async fn announce(
+    tx: &mut Tx,
+    order: &OrderRow,
+    status: &str,
+    reason: Option<&str>,
+    origin: &Origin,
+) -> Result<(), HandlerError> {
+    let now = Utc::now().timestamp_millis();
+    let event: Message = if status == APPROVED {
+        OrderApproved {
+            order_id: order.id,
+            customer_id: order.customer_id,
+            total_cents: order.total_cents,
+            currency: order.currency.clone(),
+            approved_at: now,
+        }
+        .into()
+    } else {
+        OrderRejected {
+            order_id: order.id,
+            customer_id: order.customer_id,
+            reason: order
+                .reason
+                .clone()
+                .or(reason.map(str::to_string))
+                .unwrap_or_default(),
+            rejected_at: now,
+        }
+        .into()
+    };
+    enqueue(tx, &event, origin).await?;
+    Ok(())
 }

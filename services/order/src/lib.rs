@@ -2,8 +2,11 @@
 //!
 //! `POST /orders` writes the order (PENDING) and `OrderPlaced` in one transaction; the saga
 //! answers with `ApproveOrder` / `RejectOrder` on orders.commands, which this service applies
-//! and announces (`OrderApproved` / `OrderRejected`), again in one transaction.
+//! and announces (`OrderApproved` / `OrderRejected`), again in one transaction. An order the
+//! saga has not decided within `ORDER_DEADLINE_SECS` is rejected by this service itself
+//! (`deadline`).
 
+mod deadline;
 mod domain;
 mod handler;
 mod http;
@@ -17,7 +20,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use domain::{NewOrder, OrderLine, ValidationError, validate};
+pub use domain::{NewOrder, OrderLine, ValidationError, deadline_reason, validate};
 pub use http::router;
 
 pub const NAME: &str = "order-service";
@@ -27,6 +30,16 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub const DEFAULT_IDEMPOTENCY_KEY_TTL_SECS: u64 = 24 * 60 * 60;
 /// How often expired keys are deleted by default.
 pub const DEFAULT_IDEMPOTENCY_PRUNE_INTERVAL_MS: u64 = 60_000;
+/// How long an order may stay PENDING by default: 2 h. It must exceed the saga's own worst
+/// case, or orders the saga would still have approved get rejected (and compensated). With the
+/// saga's defaults (`SAGA_STEP_TIMEOUT_MS` 30 s, `SAGA_MAX_ATTEMPTS` 5; a step that cannot be
+/// undone is retried after 60, 120, 240, 480 and 960 s, so it takes up to 30 + 1,860 = 1,890 s
+/// before FAILED) the longest way to a verdict is reserve (30 s) + authorize (30 s) + compensate
+/// (1,890 s) + reject (1,890 s) = 3,840 s, 64 min; 2 h leaves as much again for lag. Raise it
+/// with the saga's timeouts.
+pub const DEFAULT_ORDER_DEADLINE_SECS: u64 = 2 * 60 * 60;
+/// How often overdue orders are looked for by default.
+pub const DEFAULT_ORDER_SWEEP_INTERVAL_MS: u64 = 5_000;
 
 /// The order service's settings (read by the binary; libraries take them as arguments).
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -47,6 +60,24 @@ pub struct OrderConfig {
         default_value_t = DEFAULT_IDEMPOTENCY_PRUNE_INTERVAL_MS
     )]
     pub idempotency_prune_interval_ms: u64,
+    /// How long an order may stay PENDING: then it is REJECTED ("no saga decision within the
+    /// order deadline") and OrderRejected announced, saga or no saga. Keep it above the saga's
+    /// worst case (64 min with the saga's default step timeout and attempts).
+    #[arg(
+        id = "order_deadline_secs",
+        long = "order-deadline-secs",
+        env = "ORDER_DEADLINE_SECS",
+        default_value_t = DEFAULT_ORDER_DEADLINE_SECS
+    )]
+    pub order_deadline_secs: u64,
+    /// How often orders past their deadline are looked for.
+    #[arg(
+        id = "order_sweep_interval_ms",
+        long = "order-sweep-interval-ms",
+        env = "ORDER_SWEEP_INTERVAL_MS",
+        default_value_t = DEFAULT_ORDER_SWEEP_INTERVAL_MS
+    )]
+    pub order_sweep_interval_ms: u64,
 }
 
 impl Default for OrderConfig {
@@ -54,6 +85,8 @@ impl Default for OrderConfig {
         OrderConfig {
             idempotency_key_ttl_secs: DEFAULT_IDEMPOTENCY_KEY_TTL_SECS,
             idempotency_prune_interval_ms: DEFAULT_IDEMPOTENCY_PRUNE_INTERVAL_MS,
+            order_deadline_secs: DEFAULT_ORDER_DEADLINE_SECS,
+            order_sweep_interval_ms: DEFAULT_ORDER_SWEEP_INTERVAL_MS,
         }
     }
 }
@@ -62,10 +95,14 @@ impl OrderConfig {
     pub fn idempotency_key_ttl(&self) -> Duration {
         Duration::from_secs(self.idempotency_key_ttl_secs)
     }
+
+    pub fn order_deadline(&self) -> Duration {
+        Duration::from_secs(self.order_deadline_secs)
+    }
 }
 
-/// The order service's background work: the orders.commands consumer and the pruning of
-/// expired idempotency keys, until `shutdown` (or the consumer fails).
+/// The order service's background work: the orders.commands consumer, the pruning of expired
+/// idempotency keys and the order deadline, until `shutdown` (or the consumer fails).
 pub async fn run(
     pool: PgPool,
     kafka: KafkaConfig,
@@ -78,9 +115,17 @@ pub async fn run(
         config,
         stop_pruning.clone(),
     ));
+    let stop_expiring = shutdown.child_token();
+    let expirer = tokio::spawn(deadline::expire_overdue_orders(
+        pool.clone(),
+        config,
+        stop_expiring.clone(),
+    ));
     let consumed = run_consumer(pool, kafka, shutdown).await;
     stop_pruning.cancel();
+    stop_expiring.cancel();
     let _ = pruner.await;
+    let _ = expirer.await;
     consumed
 }
 

@@ -8,6 +8,11 @@ use uuid::Uuid;
 
 use crate::domain::{NewOrder, OrderLine};
 
+/// The statuses of an order (`orders.status`).
+pub const PENDING: &str = "PENDING";
+pub const APPROVED: &str = "APPROVED";
+pub const REJECTED: &str = "REJECTED";
+
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct OrderRow {
     #[serde(rename = "order_id")]
@@ -143,5 +148,65 @@ pub async fn set_status(
         .bind(reason)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Up to `limit` PENDING orders past their order deadline (`created_at + deadline`), oldest
+/// first; an order whose expiry failed waits for its `deadline_retry_at`.
+pub async fn overdue_orders(
+    pool: &PgPool,
+    deadline: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders
+          WHERE status = 'PENDING' AND created_at <= now() - make_interval(secs => $1)
+            AND (deadline_retry_at IS NULL OR deadline_retry_at <= now())
+          ORDER BY created_at
+          LIMIT $2",
+    )
+    .bind(deadline.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Lock the order if it is still PENDING and past its deadline; `None` when it is not (any
+/// more), or when another transaction holds it (the order-service consumer applying the saga's
+/// verdict, another replica's sweeper): the next sweep looks again.
+pub async fn lock_overdue(
+    tx: &mut Tx,
+    id: Uuid,
+    deadline: std::time::Duration,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM orders
+          WHERE id = $1 AND status = 'PENDING' AND created_at <= now() - make_interval(secs => $2)
+            AND (deadline_retry_at IS NULL OR deadline_retry_at <= now())
+          FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(id)
+    .bind(deadline.as_secs_f64())
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Try the deadline of an order whose expiry failed again after `delay`, so that it is not the
+/// first row of every sweep.
+pub async fn postpone_deadline(
+    pool: &PgPool,
+    id: Uuid,
+    delay: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET deadline_retry_at = now() + make_interval(secs => $2)
+          WHERE id = $1 AND status = 'PENDING'",
+    )
+    .bind(id)
+    .bind(delay.as_secs_f64())
+    .execute(pool)
+    .await?;
     Ok(())
 }
