@@ -319,19 +319,47 @@ async fn three_relays_keep_per_key_order() {
     }
 }
 
-#[tokio::test]
-async fn an_unpublishable_row_is_parked_without_blocking_other_keys() {
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
-    let huge_order = Uuid::now_v7();
+/// Enqueue a RejectOrder whose reason is 3 MiB: more than the producer's message.max.bytes
+/// (1 MB), so the send fails with MsgSizeTooLarge and the row is parked.
+async fn write_huge(pool: &PgPool, order_id: Uuid) -> Uuid {
     let huge: Message = RejectOrder {
-        order_id: huge_order,
+        order_id,
         reason: "x".repeat(3 * 1024 * 1024),
     }
     .into();
     let mut tx = pool.begin().await.unwrap();
-    let huge_id = enqueue(&mut tx, &huge, &origin(huge_order)).await.unwrap();
+    let id = enqueue(&mut tx, &huge, &origin(order_id)).await.unwrap();
     tx.commit().await.unwrap();
+    id
+}
+
+/// (published_at is set, parked_at is set, attempts) of the row with this message id.
+async fn row_state(pool: &PgPool, message_id: Uuid) -> (bool, bool, i32) {
+    sqlx::query_as(
+        "SELECT published_at IS NOT NULL, parked_at IS NOT NULL, attempts
+           FROM outbox WHERE message_id = $1",
+    )
+    .bind(message_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn wait_published(pool: &PgPool, message_id: Uuid, what: &str) {
+    wait::until(what, Duration::from_secs(30), || async {
+        row_state(pool, message_id).await.0.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unpublishable_row_is_parked_and_holds_back_only_its_own_key() {
+    let _broker = broker_lock().read().await;
+    let (pool, config) = setup().await;
+    let huge_order = Uuid::now_v7();
+    let huge_id = write_huge(&pool, huge_order).await;
+    // The next message of the same key must not overtake the parked one.
+    let behind_id = write(&pool, huge_order, 1).await;
     let others: BTreeSet<Uuid> = {
         let mut set = BTreeSet::new();
         for i in 0..20 {
@@ -340,9 +368,10 @@ async fn an_unpublishable_row_is_parked_without_blocking_other_keys() {
         set
     };
     let (shutdown, task) = spawn_relay(&pool, &config);
+    // Other keys move on.
     let published = published_ids(&config, &others, Duration::from_secs(30)).await;
     assert!(!published.contains(&huge_id));
-    let reason: Option<String> = sagaflow_tests::wait::until(
+    let reason: Option<String> = wait::until(
         "the huge row to be parked",
         Duration::from_secs(30),
         || async {
@@ -361,8 +390,285 @@ async fn an_unpublishable_row_is_parked_without_blocking_other_keys() {
         reason.unwrap().to_lowercase().contains("size"),
         "parked with the broker's reason"
     );
+    // A row written after the parking is published: by then the relay has had every chance
+    // to publish the held-back row (it has the smaller id) if it were going to.
+    let later = write(&pool, Uuid::now_v7(), 99).await;
+    wait_published(
+        &pool,
+        later,
+        "a row of another key written after the parking",
+    )
+    .await;
+    let (published, parked, attempts) = row_state(&pool, behind_id).await;
+    assert!(
+        !published && !parked && attempts == 0,
+        "the parked row holds back the next row of its key, untried \
+         (published {published}, parked {parked}, attempts {attempts})"
+    );
+    let records = read_until(
+        &config,
+        topics::ORDERS_COMMANDS,
+        Duration::from_secs(30),
+        |r| ids(r).contains(&later),
+    )
+    .await;
+    assert!(
+        !ids(&records).contains(&behind_id),
+        "the held-back row is not on the topic"
+    );
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// A configuration mistake (here a topic prefix with a character Kafka does not allow in topic
+/// names, so the broker answers InvalidTopic; the harness broker runs without an authorizer,
+/// where TopicAuthorizationFailed would be the same case) is not the row's fault: the row is
+/// retried with backoff, not parked, and its key waits; once the configuration is fixed, the
+/// key's rows are published in order.
+#[tokio::test]
+async fn a_configuration_error_is_retried_with_backoff_and_the_key_published_in_order_once_fixed() {
+    let _broker = broker_lock().read().await;
+    let (pool, config) = setup().await;
+    let order = Uuid::now_v7();
+    let first = write(&pool, order, 0).await;
+    let second = write(&pool, order, 1).await;
+
+    let mut misconfigured = config.clone();
+    misconfigured.topic_prefix = format!("{}staging/", config.topic_prefix);
+    let wrong = relay(&pool, &misconfigured);
+    assert_eq!(
+        wrong.publish_once().await.unwrap(),
+        1,
+        "the first row of the key is the only head"
+    );
+    let (parked, error, waits, attempts): (bool, Option<String>, Option<bool>, i32) =
+        sqlx::query_as(
+            "SELECT parked_at IS NOT NULL, last_error, retry_at > now(), attempts
+           FROM outbox WHERE message_id = $1",
+        )
+        .bind(first)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !parked,
+        "a configuration error does not park the row: {error:?}"
+    );
+    assert!(
+        error.as_deref().unwrap_or("").contains("InvalidTopic"),
+        "{error:?}"
+    );
+    assert_eq!(waits, Some(true), "the row waits for its retry_at");
+    assert_eq!(attempts, 1);
+    // No hammering: before its retry_at the row is not tried again, and the key's next row
+    // stays behind it.
+    assert_eq!(wrong.publish_once().await.unwrap(), 0);
+    assert_eq!(row_state(&pool, second).await, (false, false, 0));
+    // Tried again once retry_at has passed, then with a doubled backoff.
+    wait::until("the row's retry", Duration::from_secs(10), || async {
+        (wrong.publish_once().await.unwrap() == 1).then_some(())
+    })
+    .await;
+    let (attempts, backoff_s): (i32, f64) = sqlx::query_as(
+        "SELECT attempts, EXTRACT(EPOCH FROM retry_at - now())::float8
+           FROM outbox WHERE message_id = $1",
+    )
+    .bind(first)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 2);
+    assert!(
+        (1.0..=2.1).contains(&backoff_s),
+        "the second backoff is 2 s, double the first: {backoff_s} s left"
+    );
+    assert_eq!(row_state(&pool, second).await, (false, false, 0));
+    drop(wrong);
+
+    // The configuration is fixed: a relay with the right prefix publishes both, in order.
+    let (shutdown, task) = spawn_relay(&pool, &config);
+    let records = read_until(
+        &config,
+        topics::ORDERS_COMMANDS,
+        Duration::from_secs(30),
+        |r| ids(r).is_superset(&BTreeSet::from([first, second])),
+    )
+    .await;
+    let mut of_key: Vec<(i32, i64, Uuid)> = records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(order.to_string().as_str()))
+        .map(|r| (r.partition, r.offset, r.envelope().message_id))
+        .collect();
+    of_key.sort();
+    assert_eq!(
+        of_key.iter().map(|r| r.2).collect::<Vec<_>>(),
+        vec![first, second],
+        "published once each, in order: {of_key:?}"
+    );
+    wait_published(&pool, second, "the second row marked published").await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// The relay's producer, accepting messages up to 8 MiB (the fix an operator makes for rows
+/// parked as too large).
+fn large_message_producer(config: &KafkaConfig) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("broker.address.family", "v4")
+        .set("log_level", "4")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "15000")
+        .set("message.max.bytes", (8 * 1024 * 1024).to_string())
+        .create()
+        .unwrap()
+}
+
+/// Run `sagaflow outbox <args>` against the test's order database; its stdout.
+async fn sagaflow_outbox(database_url: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(sagaflow_tests::sagaflow_binary())
+        .arg("outbox")
+        .args(args)
+        .env("OUTBOX_DATABASE_URLS", format!("order={database_url}"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "sagaflow outbox {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn sagaflow_outbox_lists_parked_rows_and_retry_hands_them_back_in_order() {
+    let _broker = broker_lock().read().await;
+    let db = database("order").await;
+    let pool = db.pool.clone();
+    let config = kafka();
+    clients::ensure_topics(&config, &[topics::ORDERS_COMMANDS])
+        .await
+        .unwrap();
+    let order = Uuid::now_v7();
+    let huge = write_huge(&pool, order).await;
+    let behind = write(&pool, order, 1).await;
+    let row_id: i64 = sqlx::query_scalar("SELECT id FROM outbox WHERE message_id = $1")
+        .bind(huge)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    relay(&pool, &config).drain().await.unwrap();
+    assert_eq!(row_state(&pool, huge).await, (false, true, 1), "parked");
+    assert_eq!(
+        row_state(&pool, behind).await,
+        (false, false, 0),
+        "held back"
+    );
+
+    // Listed, with what an operator needs.
+    let listed: Vec<serde_json::Value> = sagaflow_outbox(&db.url, &["parked", "--json"])
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let row = &listed[0];
+    assert_eq!(row["database"], "order");
+    assert_eq!(row["id"], row_id);
+    assert_eq!(row["message_id"], huge.to_string());
+    assert_eq!(row["key"], order.to_string());
+    assert_eq!(row["type"], "RejectOrder");
+    assert_eq!(row["topic"], topics::ORDERS_COMMANDS);
+    assert_eq!(row["held_back"], 1);
+    assert!(row["parked_at"].is_string(), "{row}");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("size"),
+        "{row}"
+    );
+    let table = sagaflow_outbox(&db.url, &["parked"]).await;
+    assert!(
+        table.starts_with("1 parked outbox row(s)") && table.contains(&order.to_string()),
+        "{table}"
+    );
+
+    // `retry <id>`: tried again (still too large for this producer: parked again, once more).
+    let out = sagaflow_outbox(&db.url, &["retry", &row_id.to_string()]).await;
+    assert!(out.contains("1 parked row(s) handed back"), "{out}");
+    let (parked, retry_at): (bool, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT parked_at IS NOT NULL, retry_at FROM outbox WHERE id = $1")
+            .bind(row_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!parked && retry_at.is_none());
+    relay(&pool, &config).drain().await.unwrap();
+    assert_eq!(
+        row_state(&pool, huge).await,
+        (false, true, 2),
+        "tried again"
+    );
+    assert_eq!(
+        row_state(&pool, behind).await,
+        (false, false, 0),
+        "held back"
+    );
+    // An id that is not parked is refused.
+    let refused = tokio::process::Command::new(sagaflow_tests::sagaflow_binary())
+        .args(["outbox", "retry", &(row_id + 1).to_string()])
+        .env("OUTBOX_DATABASE_URLS", format!("order={}", db.url))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "retrying a row that is not parked"
+    );
+
+    // Fixed (the relay's producer accepts larger messages), `retry --all`: the parked row, then
+    // the row it held back, published in order.
+    let out = sagaflow_outbox(&db.url, &["retry", "--all"]).await;
+    assert!(out.contains("1 parked row(s) handed back"), "{out}");
+    let fixed = Relay::new(
+        pool.clone(),
+        large_message_producer(&config),
+        config.clone(),
+        RelayConfig::new("test"),
+    );
+    fixed.drain().await.unwrap();
+    assert!(row_state(&pool, huge).await.0, "published");
+    assert!(row_state(&pool, behind).await.0, "published");
+    let records = read_until(
+        &config,
+        topics::ORDERS_COMMANDS,
+        Duration::from_secs(30),
+        |r| ids(r).contains(&behind),
+    )
+    .await;
+    let mut of_key: Vec<(i32, i64, Uuid)> = records
+        .iter()
+        .map(|r| (r.partition, r.offset, r.envelope().message_id))
+        .collect();
+    of_key.sort();
+    assert_eq!(
+        of_key.iter().map(|r| r.2).collect::<Vec<_>>(),
+        vec![huge, behind],
+        "in order: {of_key:?}"
+    );
+    assert!(
+        sagaflow_outbox(&db.url, &["parked", "--json"])
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]

@@ -30,6 +30,11 @@ pub struct RelayConfig {
     pub retention: Duration,
     /// How long a publish may wait for the broker before the pass gives up (rows stay pending).
     pub send_timeout: Duration,
+    /// A row refused for a configuration error (topic missing, not authorised, invalid name)
+    /// is tried again after this, doubled for each earlier attempt of the row …
+    pub retry_backoff: Duration,
+    /// … up to this.
+    pub retry_backoff_max: Duration,
 }
 
 impl RelayConfig {
@@ -47,6 +52,8 @@ impl RelayConfig {
             poll_interval: Duration::from_millis(500),
             retention: Duration::from_secs(24 * 3600),
             send_timeout: Duration::from_secs(5),
+            retry_backoff: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(60),
         }
     }
 }
@@ -85,17 +92,91 @@ struct Pending {
     created_at: DateTime<Utc>,
 }
 
-/// The heads of keys: pending rows with no earlier pending row of the same key, from id $2 on.
+/// The heads of keys, from id $2 on: rows with no earlier unpublished row of the same key —
+/// parked or waiting for its `retry_at` included, so a key never moves past a row it has not
+/// published — that are neither parked nor waiting for their `retry_at`.
 const CLAIM_HEADS: &str = "
     SELECT id, topic, msg_key, payload, headers, created_at
       FROM outbox o
      WHERE published_at IS NULL AND parked_at IS NULL AND id >= $2
+       AND (retry_at IS NULL OR retry_at <= now())
        AND NOT EXISTS (SELECT 1 FROM outbox e
                         WHERE e.msg_key = o.msg_key AND e.id < o.id
-                          AND e.published_at IS NULL AND e.parked_at IS NULL)
+                          AND e.published_at IS NULL)
      ORDER BY id
      LIMIT $1
        FOR UPDATE SKIP LOCKED";
+
+/// A parked row: it can never be published as it is, and it holds back the later rows of its
+/// key until an operator hands it back with [`retry_parked`].
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct ParkedRow {
+    pub id: i64,
+    pub message_id: uuid::Uuid,
+    pub msg_key: String,
+    pub message_type: String,
+    /// The logical topic (the relay adds its prefix).
+    pub topic: String,
+    pub attempts: i32,
+    pub parked_at: DateTime<Utc>,
+    pub parked_reason: Option<String>,
+    /// Later unpublished rows of the same key, held back by this one.
+    pub held_back: i64,
+}
+
+/// The parked rows of one outbox database, oldest first.
+pub async fn parked_rows(pool: &PgPool) -> Result<Vec<ParkedRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, message_id, msg_key, message_type, topic, attempts, parked_at, parked_reason,
+                (SELECT count(*) FROM outbox e
+                  WHERE e.msg_key = o.msg_key AND e.id > o.id AND e.published_at IS NULL) AS held_back
+           FROM outbox o
+          WHERE published_at IS NULL AND parked_at IS NOT NULL
+          ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Which parked rows to hand back to the relay.
+#[derive(Debug, Clone, Copy)]
+pub enum Unpark<'a> {
+    All,
+    Ids(&'a [i64]),
+}
+
+/// Hand parked rows back to the relay (clears `parked_at`, `parked_reason` and `retry_at`;
+/// `attempts` and `last_error` stay as history) and wake the relays. Each is published again
+/// in its key's order: it is still the head of its key. Returns the ids un-parked; asking for
+/// an id that is not parked is an error, and then nothing changes.
+pub async fn retry_parked(pool: &PgPool, which: Unpark<'_>) -> anyhow::Result<Vec<i64>> {
+    let mut tx = pool.begin().await?;
+    let (all, ids): (bool, &[i64]) = match which {
+        Unpark::All => (true, &[]),
+        Unpark::Ids(ids) => (false, ids),
+    };
+    let mut unparked: Vec<i64> = sqlx::query_scalar(
+        "UPDATE outbox SET parked_at = NULL, parked_reason = NULL, retry_at = NULL
+          WHERE published_at IS NULL AND parked_at IS NOT NULL AND ($1 OR id = ANY($2))
+         RETURNING id",
+    )
+    .bind(all)
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    unparked.sort_unstable();
+    if let Some(missing) = ids.iter().find(|id| unparked.binary_search(id).is_err()) {
+        anyhow::bail!("outbox row {missing} is not parked (no such row, published, or pending)");
+    }
+    if !unparked.is_empty() {
+        // Relays wake on this as on a new row (notifications are delivered at commit).
+        sqlx::query("SELECT pg_notify('sagaflow_outbox', '')")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(unparked)
+}
 
 impl Relay {
     pub fn new(
@@ -174,6 +255,7 @@ impl Relay {
 
         let mut published = Vec::with_capacity(rows.len());
         let mut parked: Vec<(i64, String)> = Vec::new();
+        let mut deferred: Vec<(i64, String)> = Vec::new();
         let mut failed: Vec<(i64, String)> = Vec::new();
         for (row, result) in rows.iter().zip(results) {
             match result {
@@ -184,14 +266,17 @@ impl Relay {
                     metrics::histogram!("outbox_publish_latency_seconds", "database" => self.config.name.clone())
                         .record(latency.max(0.0));
                 }
-                Err((error, _)) if is_permanent(&error) => parked.push((row.id, error.to_string())),
-                Err((error, _)) => {
-                    if poisons_producer(&error) {
-                        self.producer_poisoned
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err((error, _)) => match classify(&error) {
+                    Failure::Unpublishable => parked.push((row.id, error.to_string())),
+                    Failure::Configuration => deferred.push((row.id, error.to_string())),
+                    Failure::Transient => {
+                        if poisons_producer(&error) {
+                            self.producer_poisoned
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        failed.push((row.id, error.to_string()));
                     }
-                    failed.push((row.id, error.to_string()));
-                }
+                },
             }
         }
         if let Some(hook) = &self.hooks.after_ack {
@@ -203,12 +288,39 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         for (id, reason) in &parked {
-            warn!(relay = %self.config.name, id, %reason, "parking outbox row that can never be published");
-            sqlx::query("UPDATE outbox SET parked_at = now(), parked_reason = $2, attempts = attempts + 1 WHERE id = $1")
-                .bind(id)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
+            warn!(relay = %self.config.name, id, %reason, "parking outbox row that cannot be published; it holds back the later rows of its key until `sagaflow outbox retry`");
+        }
+        if let Some((_, error)) = deferred.first() {
+            warn!(relay = %self.config.name, rows = deferred.len(), %error, "the broker refused rows for a configuration error (topic missing, not authorised, invalid name); retrying each with backoff");
+        }
+        if !parked.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = parked.iter().cloned().unzip();
+            sqlx::query(
+                "UPDATE outbox o SET parked_at = now(), parked_reason = f.error, last_error = f.error,
+                        retry_at = NULL, attempts = o.attempts + 1
+                   FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Not before retry_backoff * 2^(earlier attempts), at most retry_backoff_max, from now
+        // (clock_timestamp: `now()` is when this pass began, before the sends).
+        if !deferred.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = deferred.iter().cloned().unzip();
+            sqlx::query(
+                "UPDATE outbox o SET last_error = f.error, attempts = o.attempts + 1,
+                        retry_at = clock_timestamp() + make_interval(secs =>
+                            least($4, $3 * power(2, least(o.attempts, 30)::float8)))
+                   FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .bind(self.config.retry_backoff.as_secs_f64())
+            .bind(self.config.retry_backoff_max.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
         }
         for (id, error) in &failed {
             sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
@@ -235,6 +347,8 @@ impl Relay {
             .increment(published.len() as u64);
         metrics::counter!("outbox_parked_total", "database" => label.clone())
             .increment(parked.len() as u64);
+        metrics::counter!("outbox_configuration_errors_total", "database" => label.clone())
+            .increment(deferred.len() as u64);
         metrics::counter!("outbox_publish_failures_total", "database" => label)
             .increment(failed.len() as u64);
         if let Some((_, error)) = failed.first() {
@@ -375,13 +489,18 @@ impl Relay {
     }
 
     async fn record_backlog(&self) -> Result<(), sqlx::Error> {
-        let (count, oldest): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
-               FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
+        let (count, oldest, parked): (i64, Option<f64>, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE parked_at IS NULL),
+                    EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8,
+                    count(*) FILTER (WHERE parked_at IS NOT NULL)
+               FROM outbox WHERE published_at IS NULL",
         )
         .fetch_one(&self.pool)
         .await?;
         metrics::gauge!("outbox_backlog", "database" => self.config.name.clone()).set(count as f64);
+        // Each parked row holds back its key: alert on this above zero.
+        metrics::gauge!("outbox_parked_rows", "database" => self.config.name.clone())
+            .set(parked as f64);
         metrics::gauge!("outbox_oldest_unpublished_seconds", "database" => self.config.name.clone())
             .set(oldest.unwrap_or(0.0));
         Ok(())
@@ -449,18 +568,101 @@ fn poisons_producer(error: &KafkaError) -> bool {
     )
 }
 
-/// Errors no retry can fix: the row is parked.
-fn is_permanent(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
+/// What a failed send means for its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The row can never be published as it is (larger than the broker accepts, refused by
+    /// the broker's record validation): it is parked, and holds back its key until an
+    /// operator hands it back (`sagaflow outbox retry`).
+    Unpublishable,
+    /// A mistake in the deployment's configuration that an operator fixes (no ACL for the
+    /// topic, the topic not created, an invalid topic name, a topic setting): the row is
+    /// tried again after a backoff of its own, and the pass goes on with the other keys.
+    Configuration,
+    /// Anything else (broker unreachable, timeouts, leader changes): the row stays pending,
+    /// the pass fails and the relay backs off.
+    Transient,
+}
+
+fn classify(error: &KafkaError) -> Failure {
+    use RDKafkaErrorCode as E;
+    match error.rdkafka_error_code() {
+        Some(E::MessageSizeTooLarge | E::InvalidMessageSize | E::InvalidRecord) => {
+            Failure::Unpublishable
+        }
         Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::MessageBatchTooLarge
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::InvalidRecord
-        )
-    )
+            E::TopicAuthorizationFailed
+            | E::ClusterAuthorizationFailed
+            | E::TransactionalIdAuthorizationFailed
+            | E::Authentication
+            | E::SaslAuthenticationFailed
+            | E::InvalidTopic
+            | E::UnknownTopic
+            | E::UnknownTopicOrPartition
+            | E::UnknownTopicId
+            | E::UnknownPartition
+            | E::PolicyViolation
+            | E::InvalidRequiredAcks
+            | E::UnsupportedForMessageFormat
+            | E::UnsupportedCompressionType
+            // A batch larger than the topic's segment.bytes: a topic setting (a single row is
+            // already capped by the producer's message.max.bytes, far below any sane segment).
+            | E::MessageBatchTooLarge,
+        ) => Failure::Configuration,
+        _ => Failure::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: RDKafkaErrorCode) -> Failure {
+        classify(&KafkaError::MessageProduction(code))
+    }
+
+    #[test]
+    fn only_rows_the_broker_can_never_accept_are_parked() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidMessageSize,
+            RDKafkaErrorCode::InvalidRecord,
+        ] {
+            assert_eq!(failure(code), Failure::Unpublishable, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn configuration_errors_are_retried_with_backoff_not_parked() {
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+            RDKafkaErrorCode::InvalidTopic,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownPartition,
+            RDKafkaErrorCode::PolicyViolation,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+        ] {
+            assert_eq!(failure(code), Failure::Configuration, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn other_errors_are_transient() {
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::InvalidMessage,
+            RDKafkaErrorCode::QueueFull,
+        ] {
+            assert_eq!(failure(code), Failure::Transient, "{code:?}");
+        }
+        assert_eq!(
+            classify(&KafkaError::Canceled),
+            Failure::Transient,
+            "no error code"
+        );
+    }
 }
