@@ -726,5 +726,7 @@ async fn an_unreachable_broker_delays_but_loses_nothing() {
     task.await.unwrap().unwrap();
 }
 
+#[path = "outbox/late_commit.rs"]
+mod late_commit;
 #[path = "outbox/retention.rs"]
 mod retention;

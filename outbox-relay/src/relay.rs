@@ -14,6 +14,11 @@ use sqlx::{FromRow, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// A sweep of full passes (each resuming after the previous one's claims) starts over from
+/// the lowest pending id at least this often: a row committed late, with an id below the
+/// sweep's position, is published within about this bound even while every pass is full.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
 /// Published rows deleted per statement by [`Relay::delete_expired`].
 pub const RETENTION_BATCH: i64 = 5_000;
 
@@ -77,6 +82,9 @@ pub struct Relay {
     producer_poisoned: std::sync::atomic::AtomicBool,
     /// Lowest id the next pass looks at (0: all pending rows).
     resume_from: std::sync::atomic::AtomicI64,
+    /// When the current sweep (the run of passes since the last one from 0) started, in ms
+    /// since `created`.
+    sweep_started_ms: std::sync::atomic::AtomicU64,
     created: Instant,
     /// When the planner statistics were last checked, in ms since `created`.
     stats_checked_ms: std::sync::atomic::AtomicU64,
@@ -193,6 +201,7 @@ impl Relay {
             hooks: RelayHooks::default(),
             producer_poisoned: Default::default(),
             resume_from: Default::default(),
+            sweep_started_ms: Default::default(),
             created: Instant::now(),
             stats_checked_ms: std::sync::atomic::AtomicU64::new(0),
         }
@@ -210,8 +219,16 @@ impl Relay {
         // While a backlog drains (full batches), each pass starts after the previous one's
         // claims instead of walking again through the index entries of rows just published.
         // Any pass that is not full starts from 0 again, so rows skipped meanwhile (a late
-        // commit, a row locked by another replica) are found as soon as the backlog is gone.
+        // commit, a row locked by another replica) are found as soon as the backlog is gone —
+        // and under a load that keeps every pass full, a sweep older than RESCAN_EVERY starts
+        // over too, so such a row waits at most about that long, not until the load stops.
         let from = self.resume_from.load(Relaxed);
+        let now_ms = self.created.elapsed().as_millis() as u64;
+        if from == 0 {
+            self.sweep_started_ms.store(now_ms, Relaxed);
+        }
+        let sweep_age =
+            Duration::from_millis(now_ms.saturating_sub(self.sweep_started_ms.load(Relaxed)));
         self.refresh_planner_stats_if_stale().await;
         let pass_started = Instant::now();
         let mut tx = self.pool.begin().await?;
@@ -221,7 +238,7 @@ impl Relay {
             .fetch_all(&mut *tx)
             .await?;
         let full = rows.len() as i64 >= self.config.batch_size;
-        let next = if full {
+        let next = if full && sweep_age < RESCAN_EVERY {
             rows.last().map_or(0, |r| r.id + 1)
         } else {
             0

@@ -98,6 +98,10 @@ pub struct DynoStore {
     // not list every batch of the partition (which made each fetch O(log length)).
     batch_index: Arc<tokio::sync::Mutex<BTreeMap<Topition, BTreeSet<i64>>>>,
 
+    // PATCHED (sagaflow, vendor/README.md): produces to a partition take turns, so a batch
+    // is stored before the high watermark moves past it (see `produce`).
+    produce_turns: Arc<Mutex<BTreeMap<Topition, Arc<tokio::sync::Mutex<()>>>>>,
+
     object_store: Arc<DynObjectStore>,
 }
 
@@ -260,6 +264,59 @@ struct ProducerDetail {
     sequences: BTreeMap<ProducerEpoch, BTreeMap<String, BTreeMap<i32, Sequence>>>,
 }
 
+// PATCHED (sagaflow, vendor/README.md): upstream's sequence check and advance from `produce`,
+// unchanged, so that it can be checked (on a copy) before the batch is stored and advanced
+// after.
+fn advance_sequence(
+    meta: &mut Meta,
+    topition: &Topition,
+    deflated: &deflated::Batch,
+) -> Result<()> {
+    let Some(pd) = meta.producers.get_mut(&deflated.producer_id) else {
+        debug!(producer_id = deflated.producer_id, ?meta.producers);
+        return Err(Error::Api(ErrorCode::UnknownProducerId));
+    };
+
+    let Some(mut current) = pd.sequences.last_entry() else {
+        debug!(last_entry = ?pd.sequences.last_entry());
+        return Err(Error::Api(ErrorCode::UnknownServerError));
+    };
+
+    if current.key() != &deflated.producer_epoch {
+        debug!(current = ?current.key(), producer_epoch = deflated.producer_epoch);
+        return Err(Error::Api(ErrorCode::ProducerFenced));
+    }
+
+    let sequences = current.get_mut();
+    debug!(?sequences);
+
+    match sequences
+        .entry(topition.topic.clone())
+        .or_default()
+        .entry(topition.partition)
+        .or_default()
+    {
+        sequence if *sequence < deflated.base_sequence => {
+            debug!(?sequence, base_sequence = deflated.base_sequence);
+
+            Err(Error::Api(ErrorCode::OutOfOrderSequenceNumber))
+        }
+
+        sequence if *sequence > deflated.base_sequence => {
+            debug!(?sequence, base_sequence = deflated.base_sequence);
+
+            Err(Error::Api(ErrorCode::DuplicateSequenceNumber))
+        }
+
+        sequence => {
+            debug!(?sequence, delta = deflated.last_offset_delta + 1);
+
+            *sequence += deflated.last_offset_delta + 1;
+            Ok(())
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 struct TxnId {
     transaction: String,
@@ -361,6 +418,7 @@ impl DynoStore {
             watermarks: Arc::new(Mutex::new(BTreeMap::new())),
             meta: OptiCon::<Meta>::new(cluster),
             batch_index: Arc::new(tokio::sync::Mutex::new(BTreeMap::new())),
+            produce_turns: Arc::new(Mutex::new(BTreeMap::new())),
             object_store: Arc::new(Cache::new(
                 Metron::new(object_store, cluster),
                 Duration::from_millis(5_000),
@@ -810,56 +868,29 @@ impl Storage for DynoStore {
 
             Ok(offset)
         } else {
+            // PATCHED (sagaflow, vendor/README.md): the batch is stored *before* the high
+            // watermark and the producer's sequence advance. Upstream advanced both first, so
+            // a batch write that failed (or a broker killed before it) left a hole below the
+            // high watermark, where a fetch (a gapless run) stalled for good, and made the
+            // producer's retry a duplicate sequence: acknowledged, never stored. Now a failed
+            // step leaves the watermark and the sequence as they were and the retry is stored.
+            // Produces to a partition take turns (one broker process owns the storage, as for
+            // `file://`), so the batch's offset is the high watermark until the batch is in.
+            let turn = self
+                .produce_turns
+                .lock()
+                .map(|mut locked| locked.entry(topition.to_owned()).or_default().to_owned())?;
+            let _turn = turn.lock().await;
+
             if deflated.is_idempotent() {
+                // Checked now, advanced once the batch is stored.
                 self.meta
-                .with_mut(&self.object_store, |meta| {
-                    let Some(pd) = meta.producers.get_mut(&deflated.producer_id) else {
-                        debug!(producer_id = deflated.producer_id, ?meta.producers);
-                        return Err(Error::Api(ErrorCode::UnknownProducerId));
-                    };
-
-                    let Some(mut current) = pd.sequences.last_entry() else {
-                        debug!(last_entry = ?pd.sequences.last_entry());
-                        return Err(Error::Api(ErrorCode::UnknownServerError));
-                    };
-
-                    if current.key() != &deflated.producer_epoch {
-                        debug!(current = ?current.key(), producer_epoch = deflated.producer_epoch);
-                        return Err(Error::Api(ErrorCode::ProducerFenced));
-                    }
-
-                    let sequences = current.get_mut();
-                    debug!(?sequences);
-
-                    match sequences
-                        .entry(topition.topic.clone())
-                        .or_default()
-                        .entry(topition.partition)
-                        .or_default()
-                    {
-                        sequence if *sequence < deflated.base_sequence => {
-                            debug!(?sequence, base_sequence = deflated.base_sequence);
-
-                            Err(Error::Api(ErrorCode::OutOfOrderSequenceNumber))
-                        }
-
-                        sequence if *sequence > deflated.base_sequence => {
-                            debug!(?sequence, base_sequence = deflated.base_sequence);
-
-                            Err(Error::Api(ErrorCode::DuplicateSequenceNumber))
-                        }
-
-                        sequence => {
-                            debug!(?sequence, delta = deflated.last_offset_delta + 1);
-
-                            *sequence += deflated.last_offset_delta + 1;
-                            Ok(())
-                        }
-                    }
-                })
-                .await
-                .inspect(|outcome| debug!(transaction_id, ?topition, ?outcome))
-                .inspect_err(|err| error!(?err, transaction_id, ?topition))?;
+                    .with(&self.object_store, |meta| {
+                        advance_sequence(&mut meta.clone(), topition, &deflated)
+                    })
+                    .await
+                    .inspect(|outcome| debug!(transaction_id, ?topition, ?outcome))
+                    .inspect_err(|err| error!(?err, transaction_id, ?topition))?;
             }
 
             if let Some(ref registry) = self.schemas {
@@ -885,20 +916,9 @@ impl Storage for DynoStore {
             })?;
 
             let offset = watermark
-                .with_mut(&self.object_store, |watermark| {
+                .with(&self.object_store, |watermark| {
                     debug!(?watermark);
-
-                    let offset = watermark.high.unwrap_or_default();
-                    watermark.high = watermark.high.map_or_else(
-                        || Some(deflated.last_offset_delta as i64 + 1i64),
-                        |high| Some(high + deflated.last_offset_delta as i64 + 1i64),
-                    );
-
-                    watermark.timestamps = None;
-
-                    debug!(?watermark);
-
-                    Ok(offset)
+                    Ok(watermark.high.unwrap_or_default())
                 })
                 .await
                 .inspect(|offset| debug!(offset, transaction_id, ?topition))
@@ -974,15 +994,19 @@ impl Storage for DynoStore {
                 self.cluster, topition.topic, topition.partition, offset,
             ));
 
-            let payload = self.encode(deflated).inspect_err(|err| debug!(?err))?;
+            let payload = self
+                .encode(deflated.clone())
+                .inspect_err(|err| debug!(?err))?;
 
+            // Overwrite: a batch found at the high watermark was left by a produce that
+            // failed before advancing it, and was never acknowledged.
             _ = self
                 .object_store
                 .put_opts(
                     &location,
                     payload,
                     PutOptions {
-                        mode: PutMode::Create,
+                        mode: PutMode::Overwrite,
                         attributes: Attributes::new(),
                         ..Default::default()
                     },
@@ -995,6 +1019,37 @@ impl Storage for DynoStore {
             if let Some(index) = self.batch_index.lock().await.get_mut(topition) {
                 _ = index.insert(offset);
             }
+
+            watermark
+                .with_mut(&self.object_store, |watermark| {
+                    debug!(?watermark);
+
+                    if watermark.high.unwrap_or_default() != offset {
+                        return Err(Error::Api(ErrorCode::UnknownServerError));
+                    }
+
+                    watermark.high = Some(offset + deflated.last_offset_delta as i64 + 1i64);
+                    watermark.timestamps = None;
+
+                    debug!(?watermark);
+
+                    Ok(())
+                })
+                .await
+                .inspect_err(|err| error!(?err, offset, transaction_id, ?topition))?;
+
+            // After the watermark: a broker killed between the two stores the producer's
+            // retry a second time (Kafka's at-least-once), rather than losing the batch.
+            if deflated.is_idempotent() {
+                self.meta
+                    .with_mut(&self.object_store, |meta| {
+                        advance_sequence(meta, topition, &deflated)
+                    })
+                    .await
+                    .inspect(|outcome| debug!(transaction_id, ?topition, ?outcome))
+                    .inspect_err(|err| error!(?err, transaction_id, ?topition))?;
+            }
+
             crate::PRODUCED.notify_waiters();
 
             Ok(offset)
@@ -3009,6 +3064,235 @@ where
 mod tests {
 
     use super::*;
+
+    // PATCHED (sagaflow, vendor/README.md): a produce whose batch (or watermark) write fails
+    // leaves the high watermark and the producer's sequence as they were, so the producer's
+    // retry is stored rather than answered as a duplicate.
+    mod produce_order {
+        use std::ops::Range;
+
+        use object_store::memory::InMemory;
+        use tansu_sans_io::create_topics_request::CreatableTopic;
+
+        use super::*;
+
+        /// In memory; a put to a path ending with the armed suffix fails, after writing the
+        /// object when `written` (the store may have it even though the put failed).
+        #[derive(Clone, Debug, Default)]
+        struct Flaky {
+            inner: Arc<InMemory>,
+            armed: Arc<Mutex<Option<(&'static str, bool)>>>,
+        }
+
+        impl Flaky {
+            fn fail(&self, suffix: &'static str, written: bool) {
+                *self.armed.lock().unwrap() = Some((suffix, written));
+            }
+
+            fn heal(&self) {
+                *self.armed.lock().unwrap() = None;
+            }
+        }
+
+        impl Display for Flaky {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "Flaky({})", self.inner)
+            }
+        }
+
+        #[async_trait]
+        impl ObjectStore for Flaky {
+            async fn put_opts(
+                &self,
+                location: &Path,
+                payload: PutPayload,
+                opts: PutOptions,
+            ) -> Result<PutResult, object_store::Error> {
+                let armed = *self.armed.lock().unwrap();
+                match armed {
+                    Some((suffix, written)) if location.as_ref().ends_with(suffix) => {
+                        if written {
+                            _ = self.inner.put_opts(location, payload, opts).await?;
+                        }
+                        Err(object_store::Error::Generic {
+                            store: "Flaky",
+                            source: format!("put {location} failed").into(),
+                        })
+                    }
+                    _ => self.inner.put_opts(location, payload, opts).await,
+                }
+            }
+
+            async fn put_multipart_opts(
+                &self,
+                location: &Path,
+                opts: PutMultipartOptions,
+            ) -> Result<Box<dyn MultipartUpload>, object_store::Error> {
+                self.inner.put_multipart_opts(location, opts).await
+            }
+
+            async fn get_opts(
+                &self,
+                location: &Path,
+                options: GetOptions,
+            ) -> Result<GetResult, object_store::Error> {
+                self.inner.get_opts(location, options).await
+            }
+
+            async fn get_ranges(
+                &self,
+                location: &Path,
+                ranges: &[Range<u64>],
+            ) -> Result<Vec<Bytes>, object_store::Error> {
+                self.inner.get_ranges(location, ranges).await
+            }
+
+            fn delete_stream(
+                &self,
+                locations: BoxStream<'static, Result<Path, object_store::Error>>,
+            ) -> BoxStream<'static, Result<Path, object_store::Error>> {
+                self.inner.delete_stream(locations)
+            }
+
+            fn list(
+                &self,
+                prefix: Option<&Path>,
+            ) -> BoxStream<'static, Result<ObjectMeta, object_store::Error>> {
+                self.inner.list(prefix)
+            }
+
+            async fn list_with_delimiter(
+                &self,
+                prefix: Option<&Path>,
+            ) -> Result<ListResult, object_store::Error> {
+                self.inner.list_with_delimiter(prefix).await
+            }
+
+            async fn copy_opts(
+                &self,
+                from: &Path,
+                to: &Path,
+                opts: CopyOptions,
+            ) -> Result<(), object_store::Error> {
+                self.inner.copy_opts(from, to, opts).await
+            }
+        }
+
+        async fn engine(store: &Flaky) -> Result<(DynoStore, Topition, ProducerIdResponse)> {
+            let engine = DynoStore::new("tansu", 111, store.clone());
+
+            _ = engine
+                .create_topic(
+                    CreatableTopic::default()
+                        .name("t".into())
+                        .num_partitions(1)
+                        .replication_factor(1)
+                        .assignments(Some([].into()))
+                        .configs(Some([].into())),
+                    false,
+                )
+                .await?;
+
+            let producer = engine.init_producer(None, 0, Some(-1), Some(-1)).await?;
+            assert_eq!(ErrorCode::None, producer.error);
+
+            Ok((engine, Topition::new("t", 0), producer))
+        }
+
+        fn batch(producer: &ProducerIdResponse, sequence: i32, values: &[&str]) -> deflated::Batch {
+            values
+                .iter()
+                .enumerate()
+                .fold(inflated::Batch::builder(), |builder, (delta, value)| {
+                    builder.record(
+                        Record::builder()
+                            .offset_delta(delta as i32)
+                            .value(Some(Bytes::copy_from_slice(value.as_bytes()))),
+                    )
+                })
+                .last_offset_delta(values.len() as i32 - 1)
+                .producer_id(producer.id)
+                .producer_epoch(producer.epoch)
+                .base_sequence(sequence)
+                .build()
+                .and_then(TryInto::try_into)
+                .unwrap()
+        }
+
+        async fn high_watermark(engine: &DynoStore, topition: &Topition) -> Result<i64> {
+            engine
+                .offset_stage(topition)
+                .await
+                .map(|stage| stage.high_watermark())
+        }
+
+        async fn stored(engine: &DynoStore, topition: &Topition) -> Result<Vec<(i64, u32)>> {
+            engine
+                .fetch(topition, 0, 1, 1 << 20, IsolationLevel::ReadUncommitted)
+                .await
+                .map(|batches| {
+                    batches
+                        .iter()
+                        .map(|batch| (batch.base_offset, batch.record_count))
+                        .collect()
+                })
+        }
+
+        async fn a_failed_put_then_retry(suffix: &'static str, written: bool) -> Result<()> {
+            let store = Flaky::default();
+            let (engine, topition, producer) = engine(&store).await?;
+
+            let first = batch(&producer, 0, &["a"]);
+
+            store.fail(suffix, written);
+            assert!(
+                engine
+                    .produce(None, &topition, first.clone())
+                    .await
+                    .is_err()
+            );
+            assert_eq!(0, high_watermark(&engine, &topition).await?);
+            store.heal();
+
+            // The retry is stored, not answered as a duplicate.
+            assert_eq!(0, engine.produce(None, &topition, first.clone()).await?);
+            assert_eq!(1, high_watermark(&engine, &topition).await?);
+
+            // A real duplicate still is one.
+            assert!(matches!(
+                engine.produce(None, &topition, first).await,
+                Err(Error::Api(ErrorCode::DuplicateSequenceNumber))
+            ));
+            assert_eq!(1, high_watermark(&engine, &topition).await?);
+
+            assert_eq!(
+                1,
+                engine
+                    .produce(None, &topition, batch(&producer, 1, &["b", "c"]))
+                    .await?
+            );
+            assert_eq!(3, high_watermark(&engine, &topition).await?);
+
+            assert_eq!(vec![(0, 1), (1, 2)], stored(&engine, &topition).await?);
+
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_failed_batch_write_leaves_watermark_and_sequence_unchanged() -> Result<()> {
+            a_failed_put_then_retry(".batch", false).await
+        }
+
+        #[tokio::test]
+        async fn a_batch_written_but_not_acknowledged_is_replaced_by_the_retry() -> Result<()> {
+            a_failed_put_then_retry(".batch", true).await
+        }
+
+        #[tokio::test]
+        async fn a_failed_watermark_write_leaves_the_sequence_unchanged() -> Result<()> {
+            a_failed_put_then_retry("watermark.json", false).await
+        }
+    }
 
     #[test]
     fn range_check() {
