@@ -427,6 +427,13 @@ async fn an_unpublishable_row_is_parked_and_holds_back_only_its_own_key() {
 /// key's rows are published in order.
 #[tokio::test]
 async fn a_configuration_error_is_retried_with_backoff_and_the_key_published_in_order_once_fixed() {
+    // The embedded broker (tansu) does not validate topic names: a send to an invalid name
+    // times out instead of answering InvalidTopic, which the relay retries as transient (so
+    // nothing is parked there either). The configuration-error path is Apache Kafka's.
+    if std::env::var("SAGAFLOW_TEST_KAFKA_IMAGE").is_ok_and(|i| i.contains("sagaflow-broker")) {
+        eprintln!("skipped on the embedded broker: it does not answer InvalidTopic");
+        return;
+    }
     let _broker = broker_lock().read().await;
     let (pool, config) = setup().await;
     let order = Uuid::now_v7();
