@@ -3964,7 +3964,7 @@ mod tests {
             .member_id(member_id.clone())
             .assignment(Bytes::from_static(b"assignment_01"))];
 
-        let (s, _) = s
+        let (s, sync) = s
             .sync(
                 now,
                 GROUP_ID,
@@ -3977,7 +3977,15 @@ mod tests {
             )
             .await;
 
-        assert_eq!(Some(member_id.as_str()), s.leader());
+        // PATCHED (sagaflow, vendor/README.md): upstream let this member, which never
+        // completed its join, complete the forming group and become its leader. Only the
+        // leader completes a forming group now; this member is told to rejoin.
+        assert!(matches!(
+            sync,
+            Body::SyncGroupResponse(SyncGroupResponse { error_code, .. })
+                if error_code == i16::from(ErrorCode::RebalanceInProgress)
+        ));
+        assert_eq!(None, s.leader());
 
         let (s, _) = s.leave(now, GROUP_ID, Some(member_id.as_str()), None).await;
 
