@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::FutureRecord;
 use sagaflow_common::kafka as clients;
 use sagaflow_schemas::{header_names, topics};
-use sagaflow_tests::kafka_probe::{Record, read_until};
+use sagaflow_tests::kafka_probe::{Record, read_all, read_until};
 use sagaflow_tests::load::SteadyLoad;
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
 use sagaflow_tests::{broker_lock, docker, groups, infra, invariants, wait};
@@ -287,6 +287,77 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_order() {
     for id in &acknowledged {
         assert_ne!(app.order(*id).await["status"], "PENDING");
     }
+    app.stop().await;
+}
+
+/// Issue 16 item 5: the order database answers `57P03 cannot_connect_now` (what a restarting
+/// PostgreSQL answers) at the moment the order service writes OrderApproved to its outbox,
+/// for longer than five attempts' worth of backoff. The enqueue's database error is "not the
+/// message's fault" like any other: the ApproveOrder is retried without counting attempts,
+/// nothing is dead-lettered, and the order is APPROVED once the database answers again.
+///
+/// The failure is injected by a trigger on the outbox so that it hits exactly the enqueue
+/// (a whole-database outage fails earlier, at BEGIN, which was always retried), and only for
+/// OrderApproved, so the order itself is placed normally. A sequence counts the failed
+/// attempts (sequences are not rolled back with the transaction).
+#[tokio::test]
+async fn the_order_database_down_while_approving_dead_letters_nothing_and_approves_after() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options::default()).await;
+    let initial = stocked(&app, 10).await;
+    sqlx::raw_sql(
+        "CREATE SEQUENCE approval_outages;
+         CREATE FUNCTION approval_outage() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM nextval('approval_outages');
+             RAISE EXCEPTION 'the database system is starting up' USING ERRCODE = '57P03';
+         END $$;
+         CREATE TRIGGER approval_outage BEFORE INSERT ON outbox FOR EACH ROW
+             WHEN (NEW.message_type = 'OrderApproved') EXECUTE FUNCTION approval_outage();",
+    )
+    .execute(&app.pools.order)
+    .await
+    .unwrap();
+    let id = app.place(&[(SKUS[0], 1, 100)], "pm_card_visa").await;
+
+    // Five attempts with backoff take about 1.5 s (50 ms doubling, capped at 2 s); 10 failed
+    // attempts are well past where a counted failure would have been dead-lettered.
+    let failed_attempts = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM approval_outages",
+        )
+        .fetch_one(&app.pools.order)
+        .await
+        .unwrap()
+    };
+    wait::until(
+        "10 failed ApproveOrder attempts",
+        Duration::from_secs(60),
+        || async { (failed_attempts().await >= 10).then_some(()) },
+    )
+    .await;
+    assert_eq!(app.order(id).await["status"], "PENDING");
+    sqlx::raw_sql("DROP TRIGGER approval_outage ON outbox")
+        .execute(&app.pools.order)
+        .await
+        .unwrap();
+
+    let order = app.terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(order["status"], "APPROVED", "{order}");
+    let dead_lettered = read_all(&app.kafka, &topics::dlq(topics::ORDERS_COMMANDS)).await;
+    assert!(
+        dead_lettered.is_empty(),
+        "dead-lettered during the outage: {:?}",
+        dead_lettered
+            .iter()
+            .map(|r| r.header(header_names::TYPE))
+            .collect::<Vec<_>>()
+    );
+    eprintln!(
+        "{} failed attempts while the database was down",
+        failed_attempts().await
+    );
+    invariants::check(&app, &initial, Duration::from_secs(60)).await;
     app.stop().await;
 }
 
