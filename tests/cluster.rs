@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use sagaflow_cli::invariants::Databases;
-use sagaflow_common::KafkaConfig;
+use sagaflow_platform::invariants::Databases;
+use sagaflow_runtime::KafkaConfig;
 use sagaflow_schemas::topics;
 use sagaflow_tests::cluster::{BROKERS, Cluster, cluster, wait_for_brokers};
 use sagaflow_tests::kafka_probe::read_until;

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use outbox_relay::{Origin, Relay, RelayConfig, enqueue};
 use rdkafka::producer::FutureRecord;
-use sagaflow_common::kafka as clients;
+use sagaflow_messaging::{Origin, Relay, RelayConfig, enqueue};
+use sagaflow_runtime::kafka as clients;
 use sagaflow_schemas::{OrderItem, OrderPlaced, header_names as h, registry, topics};
 use sagaflow_tests::{broker_lock, database, kafka, sagaflow_binary};
 use serde_json::Value;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureRecord;
-use sagaflow_common::kafka as clients;
+use sagaflow_runtime::kafka as clients;
 use sagaflow_schemas::{header_names, topics};
 use sagaflow_tests::kafka_probe::{Record, read_all, read_until};
 use sagaflow_tests::load::SteadyLoad;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sagaflow_common::auth::{self, ApiSecurity, Claims};
+use sagaflow_runtime::auth::{self, ApiSecurity, Claims};
 use sagaflow_tests::broker_lock;
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
 use serde_json::{Value, json};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
-use sagaflow_common::kafka as clients;
+use sagaflow_runtime::kafka as clients;
 use sagaflow_tests::infra::migrations_dir;
 use sagaflow_tests::{database, infra, kafka};
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use outbox_relay::{Origin, Relay, RelayConfig, RelayHooks, enqueue};
-use sagaflow_common::{KafkaConfig, kafka as clients};
+use sagaflow_messaging::{Origin, Relay, RelayConfig, RelayHooks, enqueue};
+use sagaflow_runtime::{KafkaConfig, kafka as clients};
 use sagaflow_schemas::{Message, RejectOrder, topics};
 use sagaflow_tests::kafka_probe::{Record, read_until};
 use sagaflow_tests::{broker_lock, database, kafka, wait};

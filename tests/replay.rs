@@ -14,8 +14,8 @@ use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::kafka as clients;
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::kafka as clients;
 use sagaflow_schemas::{
     Envelope, Message, NotificationSent, OrderApproved, OrderItem, OrderPlaced, OrderRejected,
     PaymentAuthorized, PaymentDeclined, StockLine, StockReleased, StockReserved, header_names,
@@ -664,7 +664,7 @@ async fn a_poison_event_is_parked_with_its_reason_and_redriven_once_after_the_fi
 
     // Parked with its reason...
     let parked = wait::until("the poison in the DLQ", SETTLE, || async {
-        let parked = sagaflow_cli::dlq::read(&query.kafka, topics::ORDERS_EVENTS)
+        let parked = sagaflow_messaging::dead_letters::read(&query.kafka, topics::ORDERS_EVENTS)
             .await
             .unwrap();
         (!parked.is_empty()).then_some(parked)
@@ -718,7 +718,7 @@ async fn a_poison_event_is_parked_with_its_reason_and_redriven_once_after_the_fi
     let mut fixed = Rules::default();
     fixed.add_currencies("XTS=2").unwrap();
     query.start(fixed);
-    let sent = sagaflow_cli::dlq::redrive(
+    let sent = sagaflow_messaging::dead_letters::redrive(
         &query.kafka,
         topics::ORDERS_EVENTS,
         std::slice::from_ref(&id),
@@ -741,7 +741,7 @@ async fn a_poison_event_is_parked_with_its_reason_and_redriven_once_after_the_fi
         applied_at > followup_offset,
         "applied from the redriven copy"
     );
-    sagaflow_cli::dlq::redrive(&query.kafka, topics::ORDERS_EVENTS, &[])
+    sagaflow_messaging::dead_letters::redrive(&query.kafka, topics::ORDERS_EVENTS, &[])
         .await
         .unwrap();
     let end = wait::until("the second copy consumed", SETTLE, || async {

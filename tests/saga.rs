@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
-use sagaflow_common::kafka as clients;
+use sagaflow_runtime::kafka as clients;
 use sagaflow_schemas::{Message, header_names, topics};
 use sagaflow_tests::broker_lock;
 use sagaflow_tests::kafka_probe::{self, read_all};

@@ -8,7 +8,7 @@
 //! acknowledged) while, at seeded random times, one of relay, orchestrator, a service or the
 //! broker is SIGKILLed and restarted, or the broker is frozen (SIGSTOP) for a few seconds.
 //! Then the faults stop, every component runs, the platform settles, and the invariants are
-//! checked in the databases (see `sagaflow_cli::invariants`).
+//! checked in the databases (see `sagaflow_platform::invariants`).
 //!
 //! The broker keeps its log in `file://` storage, so a killed broker comes back with its
 //! topics, records and committed offsets, as a Kafka broker with a disk would.
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sagaflow_cli::invariants::{self, Databases, Findings, Settling};
+use sagaflow_platform::invariants::{self, Databases, Findings, Settling};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;

@@ -14,9 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use payment_service::{PaymentConfig, ProviderFaults, spawn_provider};
 use saga_orchestrator::SagaConfig;
-use sagaflow_cli::platform::{self, DatabaseUrls};
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::auth::ApiSecurity;
+use sagaflow_platform::{self as platform, DatabaseUrls};
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::auth::ApiSecurity;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -74,7 +74,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .await
         .with_context(|| format!("resolving {}", args.http_addr))?
     {
-        sagaflow_common::exposure::check(&args.security, addr)?;
+        sagaflow_runtime::exposure::check(&args.security, addr)?;
     }
     // Kafka
     let brokers = match &args.kafka_brokers {

@@ -5,7 +5,9 @@ mod bench;
 mod broker;
 mod chaos;
 mod dev;
+mod dlq;
 mod outbox;
+mod replay;
 mod tail;
 mod token;
 mod topics;
@@ -50,7 +52,7 @@ enum Command {
     /// then list them with their partitions and replication factor.
     Topics(topics::TopicsArgs),
     /// Rebuild read models from the topics while the live views keep answering.
-    Replay(Box<sagaflow_cli::replay::ReplayArgs>),
+    Replay(Box<crate::replay::ReplayArgs>),
     /// Print a signed bearer token for the API (HS256 with SAGAFLOW_JWT_SECRET).
     Token(token::TokenArgs),
     /// Dead-lettered messages: show them with their reasons, send them back.
@@ -65,14 +67,14 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// Show the messages parked in `<topic>.dlq` with their reasons.
-    List(sagaflow_cli::dlq::ListArgs),
+    List(crate::dlq::ListArgs),
     /// Send parked messages back to their source topic (all, or `--id` ones).
-    Redrive(sagaflow_cli::dlq::RedriveArgs),
+    Redrive(crate::dlq::RedriveArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    sagaflow_common::telemetry::init();
+    sagaflow_runtime::telemetry::init();
     let cli = Cli::parse();
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
@@ -84,19 +86,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Tail(args) => tail::run(args).await,
         Command::Token(args) => token::run(args),
         Command::Topics(args) => topics::run(args).await,
-        Command::Replay(args) => sagaflow_cli::replay::run(*args, shutdown).await,
+        Command::Replay(args) => crate::replay::run(*args, shutdown).await,
         Command::Dlq {
             action: DlqCommand::List(args),
-        } => sagaflow_cli::dlq::list(args).await,
+        } => crate::dlq::list(args).await,
         Command::Dlq {
             action: DlqCommand::Redrive(args),
-        } => sagaflow_cli::dlq::redrive_command(args).await,
+        } => crate::dlq::redrive_command(args).await,
         Command::Dev(args) => dev::run(*args, shutdown).await,
         Command::Bench(args) => bench::run(*args, shutdown).await,
         Command::Chaos(args) => chaos::run(*args, shutdown).await,
         Command::Outbox(args) => outbox::run(args).await,
     };
-    sagaflow_common::telemetry::shutdown();
+    sagaflow_runtime::telemetry::shutdown();
     result
 }
 

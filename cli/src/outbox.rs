@@ -15,8 +15,8 @@
 use std::io::Write;
 
 use anyhow::Context;
-use outbox_relay::{ParkedRow, Unpark};
-use sagaflow_common::db;
+use sagaflow_messaging::{ParkedRow, Unpark};
+use sagaflow_runtime::db;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -107,7 +107,7 @@ pub async fn parked(databases: &Databases) -> anyhow::Result<Vec<(String, Parked
     let mut out = Vec::new();
     for (name, url) in databases.selected()? {
         let pool = connect(&url).await?;
-        let rows = outbox_relay::parked_rows(&pool)
+        let rows = sagaflow_messaging::parked_rows(&pool)
             .await
             .with_context(|| format!("reading the parked rows of {name}"))?;
         out.extend(rows.into_iter().map(|row| (name.clone(), row)));
@@ -137,7 +137,7 @@ pub async fn retry(args: &RetryArgs) -> anyhow::Result<Vec<(String, i64)>> {
     let mut out = Vec::new();
     for (name, url) in selected {
         let pool = connect(&url).await?;
-        let ids = outbox_relay::retry_parked(&pool, which)
+        let ids = sagaflow_messaging::retry_parked(&pool, which)
             .await
             .with_context(|| format!("database {name}"))?;
         out.extend(ids.into_iter().map(|id| (name.clone(), id)));

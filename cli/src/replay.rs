@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use query_service::replay::{self, Options, Start};
 use query_service::{Projection, Rules};
-use sagaflow_common::{KafkaConfig, db};
+use sagaflow_runtime::{KafkaConfig, db};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use sagaflow_common::{KafkaConfig, inspect};
+use sagaflow_runtime::{KafkaConfig, inspect};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
@@ -55,7 +55,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
         let (low, high) =
-            sagaflow_common::kafka::watermarks(&consumer, &topic, p, Duration::from_secs(10))?;
+            sagaflow_runtime::kafka::watermarks(&consumer, &topic, p, Duration::from_secs(10))?;
         let start = if args.from_beginning {
             Offset::Offset(low)
         } else {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sagaflow_common::auth::{ADMIN_ROLE, Claims, mint};
+use sagaflow_runtime::auth::{ADMIN_ROLE, Claims, mint};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TokenArgs {

@@ -1,6 +1,6 @@
 //! `sagaflow topics`: create every domain topic and its dead-letter topic (with the
 //! deployment's prefix, partition count and replication settings: `--partitions`,
-//! `--replication-factor`, `--min-insync-replicas`; see `sagaflow_common::topic_policy`) if
+//! `--replication-factor`, `--min-insync-replicas`; see `sagaflow_runtime::topic_policy`) if
 //! missing, then print them as the broker sees them. Components do the same at start-up;
 //! this runs it once, up front, without Kafka's shell tools (docker-compose's `topics`
 //! service).
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use sagaflow_common::topic_policy::PolicyError;
-use sagaflow_common::{KafkaConfig, kafka};
+use sagaflow_runtime::topic_policy::PolicyError;
+use sagaflow_runtime::{KafkaConfig, kafka};
 use sagaflow_schemas::topics;
 
 #[derive(Debug, Clone, clap::Args)]

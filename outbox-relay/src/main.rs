@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use outbox_relay::{Relay, RelayConfig};
-use sagaflow_common::http::{Readiness, ops_router, serve};
-use sagaflow_common::{KafkaConfig, db, kafka, runner};
+use sagaflow_messaging::{Relay, RelayConfig};
+use sagaflow_runtime::http::{Readiness, ops_router, serve};
+use sagaflow_runtime::{KafkaConfig, db, kafka, runner};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -43,7 +43,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    sagaflow_common::telemetry::init();
+    sagaflow_runtime::telemetry::init();
     let args = Args::parse();
     let shutdown = CancellationToken::new();
     tokio::spawn(runner::cancel_on_signal(shutdown.clone()));
@@ -77,6 +77,6 @@ async fn main() -> anyhow::Result<()> {
     }
     shutdown.cancel();
     http.await??;
-    sagaflow_common::telemetry::shutdown();
+    sagaflow_runtime::telemetry::shutdown();
     Ok(())
 }

@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_relay::{Origin, enqueue};
-use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_common::db::{self, Tx};
+use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
+use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_runtime::db::{self, Tx};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};

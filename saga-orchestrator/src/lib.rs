@@ -10,8 +10,8 @@ mod store;
 use std::time::Duration;
 
 use clap::Args;
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::consumer::{self, ConsumerSettings};
+use sagaflow_messaging::consumer::{self, ConsumerSettings};
+use sagaflow_runtime::KafkaConfig;
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,13 @@ pub use engine::sweep_once;
 pub use http::router;
 
 pub const NAME: &str = "saga-orchestrator";
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/saga");
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        sagaflow_messaging::migrations::migrator(
+            &sqlx::migrate!("../migrations/saga"),
+            sagaflow_messaging::migrations::Tables::OutboxAndInbox,
+        )
+    });
 
 /// Deadlines and retries of the saga.
 #[derive(Debug, Clone, Args)]

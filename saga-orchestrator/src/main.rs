@@ -2,10 +2,10 @@
 
 use clap::Parser;
 use saga_orchestrator::SagaConfig;
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::auth::{ApiSecurity, protect};
-use sagaflow_common::http::{Readiness, ops_router, serve, with_request_timeout};
-use sagaflow_common::runner;
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::auth::{ApiSecurity, protect};
+use sagaflow_runtime::http::{Readiness, ops_router, serve, with_request_timeout};
+use sagaflow_runtime::runner;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -25,13 +25,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    sagaflow_common::telemetry::init();
+    sagaflow_runtime::telemetry::init();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(&args.http_addr).await?;
-    sagaflow_common::exposure::check(&args.security, listener.local_addr()?)?;
+    sagaflow_runtime::exposure::check(&args.security, listener.local_addr()?)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(runner::cancel_on_signal(shutdown.clone()));
-    let pool = sagaflow_common::db::connect_lazy(&args.database_url, 16)?;
+    let pool = sagaflow_runtime::db::connect_lazy(&args.database_url, 16)?;
     runner::migrate_with_retry(&pool, &saga_orchestrator::MIGRATOR, &shutdown).await?;
     let api = with_request_timeout(
         protect(saga_orchestrator::router(pool.clone()), &args.security),
@@ -45,6 +45,6 @@ async fn main() -> anyhow::Result<()> {
     let result = saga_orchestrator::run(pool, args.kafka, args.saga, shutdown.clone()).await;
     shutdown.cancel();
     http.await??;
-    sagaflow_common::telemetry::shutdown();
+    sagaflow_runtime::telemetry::shutdown();
     result
 }

@@ -2,7 +2,7 @@
 //! the caller's transaction (with the inbox row when a message triggered it).
 
 use chrono::{DateTime, Utc};
-use sagaflow_common::db::Tx;
+use sagaflow_runtime::db::Tx;
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sagaflow_common::auth::ApiSecurity;
+use sagaflow_runtime::auth::ApiSecurity;
 use sagaflow_tests::broker_lock;
 use sagaflow_tests::platform::{Options, TestApp, spawn_platform};
 use serde_json::{Value, json};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::Method;
-use sagaflow_common::auth::{self, ApiSecurity, Claims};
+use sagaflow_runtime::auth::{self, ApiSecurity, Claims};
 use sagaflow_tests::broker_lock;
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
 use sagaflow_tests::wait;

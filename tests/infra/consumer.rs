@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sagaflow_common::consumer::{self, ConsumerSettings, Handler, HandlerError, Incoming};
-use sagaflow_common::db::Tx;
-use sagaflow_common::http::{Readiness, ops_router, serve};
-use sagaflow_common::{KafkaConfig, kafka as clients};
+use sagaflow_messaging::consumer::{self, ConsumerSettings, Handler, HandlerError, Incoming};
+use sagaflow_runtime::db::Tx;
+use sagaflow_runtime::http::{Readiness, ops_router, serve};
+use sagaflow_runtime::{KafkaConfig, kafka as clients};
 use sagaflow_schemas::{Envelope, Message, ReleaseStock, topics};
 use sagaflow_tests::{database, kafka, wait};
 use tokio_util::sync::CancellationToken;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox_relay::{Relay, RelayConfig, enqueue};
-use sagaflow_common::kafka as clients;
+use sagaflow_messaging::{Relay, RelayConfig, enqueue};
+use sagaflow_runtime::kafka as clients;
 use sagaflow_tests::{broker_lock, wait};
 use uuid::Uuid;
 

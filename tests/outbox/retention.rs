@@ -2,7 +2,7 @@
 //! retention — 30,000 of them, far more than the old 10,000-per-minute cap — and nothing else,
 //! in the outbox (published rows) and in the inbox (rows older than the inbox retention).
 
-use sagaflow_common::consumer;
+use sagaflow_messaging::consumer;
 use sagaflow_tests::{database, kafka};
 
 use super::relay;

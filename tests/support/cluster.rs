@@ -199,10 +199,10 @@ pub async fn wait_for_brokers(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     wait_for_kafka(bootstrap, timeout).await?;
-    let config = sagaflow_common::KafkaConfig::new(bootstrap, "");
+    let config = sagaflow_runtime::KafkaConfig::new(bootstrap, "");
     let deadline = Instant::now() + timeout;
     loop {
-        match sagaflow_common::kafka::broker_count(&config).await {
+        match sagaflow_runtime::kafka::broker_count(&config).await {
             Ok(n) if n >= count => return Ok(()),
             Ok(_) | Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await

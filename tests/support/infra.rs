@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use sagaflow_common::KafkaConfig;
+use sagaflow_runtime::KafkaConfig;
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
@@ -38,7 +38,7 @@ static INFRA: OnceLock<Infra> = OnceLock::new();
 /// started or do not answer within their deadline.
 pub fn infra() -> &'static Infra {
     INFRA.get_or_init(|| {
-        sagaflow_common::telemetry::init_for_tests();
+        sagaflow_runtime::telemetry::init_for_tests();
         let infra = match (
             std::env::var("SAGAFLOW_TEST_DATABASE_URL"),
             std::env::var("SAGAFLOW_TEST_KAFKA"),
@@ -323,7 +323,7 @@ pub async fn database(component: &str) -> TestDatabase {
         .await
         .expect("create test database");
     let url = database_url(&name);
-    let pool = sagaflow_common::db::connect(&url, 20)
+    let pool = sagaflow_runtime::db::connect(&url, 20)
         .await
         .expect("connect to test database");
     let migrator = Migrator::new(migrations_dir(component))

@@ -8,13 +8,13 @@
 //! - every outbox row of every database is published and on its topic;
 //! - no effect applied twice: at most one charge per order, one notification per order event.
 //!
-//! The database checks live in `sagaflow_cli::invariants` (shared with `sagaflow chaos`);
+//! The database checks live in `sagaflow_platform::invariants` (shared with `sagaflow chaos`);
 //! the provider's ledger and the topics are checked here.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use sagaflow_cli::invariants::{self, Databases};
+use sagaflow_platform::invariants::{self, Databases};
 
 use crate::kafka_probe::read_until;
 use crate::platform::TestApp;
@@ -43,7 +43,7 @@ pub async fn check(
 /// still conserved, and reserved = sold + still held by those orders; their payments are left
 /// out of the money balance.
 ///
-/// The database checks are `sagaflow_cli::invariants` (shared with `sagaflow chaos`); this
+/// The database checks are `sagaflow_platform::invariants` (shared with `sagaflow chaos`); this
 /// adds what only a test can see: the provider's ledger and the topics.
 pub async fn check_allowing_failed(
     app: &TestApp,

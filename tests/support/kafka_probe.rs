@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use sagaflow_common::{KafkaConfig, kafka};
+use sagaflow_runtime::{KafkaConfig, kafka};
 use sagaflow_schemas::Envelope;
 
 /// One consumed record.

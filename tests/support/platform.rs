@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use payment_service::{PaymentConfig, ProviderControl, ProviderFaults, spawn_provider};
 use saga_orchestrator::SagaConfig;
-use sagaflow_cli::platform::{self, DatabaseUrls, Platform, Pools};
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::auth::ApiSecurity;
+use sagaflow_platform::{self as platform, DatabaseUrls, Platform, Pools};
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::auth::ApiSecurity;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -143,7 +143,7 @@ impl TestApp {
         self.platform = Some(platform);
     }
 
-    /// Crash one component (`sagaflow_cli::platform::COMPONENTS`) mid-flight and start it
+    /// Crash one component (`sagaflow_platform::COMPONENTS`) mid-flight and start it
     /// again; the rest keeps running.
     pub async fn kill_component(&mut self, component: &'static str) {
         self.platform

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
-use outbox_relay::{Origin, Relay, RelayConfig, enqueue};
 use rdkafka::producer::FutureRecord;
-use sagaflow_common::{KafkaConfig, kafka};
+use sagaflow_messaging::{Origin, Relay, RelayConfig, enqueue};
+use sagaflow_runtime::{KafkaConfig, kafka};
 use sagaflow_schemas::{Message, RejectOrder, topics};
 use serde_json::json;
 use sqlx::PgPool;
@@ -92,7 +92,7 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
     };
     let name = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
     crate::dev::ensure_database(&server, &name).await?;
-    let pool = sagaflow_common::db::connect(&format!("{server}/{name}"), 8).await?;
+    let pool = sagaflow_runtime::db::connect(&format!("{server}/{name}"), 8).await?;
     order_service::MIGRATOR.run(&pool).await?;
 
     // 1. Baseline: raw produce rate of the same messages.

@@ -24,12 +24,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
-use outbox_relay::{Origin, enqueue};
 use payment_service::{PaymentConfig, ProviderFaults, spawn_provider};
 use rdkafka::producer::FutureRecord;
 use saga_orchestrator::SagaConfig;
-use sagaflow_cli::platform::{self, DatabaseUrls, Platform, PlatformConfig};
-use sagaflow_common::{KafkaConfig, kafka};
+use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_platform::{self as platform, DatabaseUrls, Platform, PlatformConfig};
+use sagaflow_runtime::{KafkaConfig, kafka};
 use sagaflow_schemas::{Message, OrderItem, OrderPlaced};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -155,7 +155,7 @@ async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Resu
 
     // 1. Baselines, before the platform runs.
     progress("baseline: PostgreSQL commits of the POST /orders transaction");
-    let baseline_pool = sagaflow_common::db::connect(&url("baseline"), args.connections).await?;
+    let baseline_pool = sagaflow_runtime::db::connect(&url("baseline"), args.connections).await?;
     order_service::MIGRATOR.run(&baseline_pool).await?;
     let settings: (String, String) =
         sqlx::query_as("SELECT current_setting('synchronous_commit'), current_setting('fsync')")

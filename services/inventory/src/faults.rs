@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use sagaflow_common::auth;
-use sagaflow_common::http::ProblemJson;
+use sagaflow_runtime::auth;
+use sagaflow_runtime::http::ProblemJson;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -117,7 +117,7 @@ impl InventoryFaults {
 pub fn control_router(faults: InventoryFaults) -> Router {
     // Admin only, and only from this machine (404 to anyone else): fault injection is for
     // development and tests, which is the only wiring that mounts this router.
-    sagaflow_common::http::loopback_only(auth::admin_only(
+    sagaflow_runtime::http::loopback_only(auth::admin_only(
         Router::new().route("/_control/inventory", get(get_control).post(post_control)),
     ))
     .with_state(faults)

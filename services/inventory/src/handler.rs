@@ -11,9 +11,9 @@
 //!   one after the other, and each sees what the other recorded.
 
 use chrono::{DateTime, Utc};
-use outbox_relay::{Origin, enqueue};
-use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_common::db::Tx;
+use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
+use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::{Message, ReleaseStock, ReserveStock, StockLine};
 use tracing::info;
 use uuid::Uuid;

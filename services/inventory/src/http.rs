@@ -17,8 +17,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use sagaflow_common::auth;
-use sagaflow_common::http::{Problem, ProblemJson};
+use sagaflow_runtime::auth;
+use sagaflow_runtime::http::{Problem, ProblemJson};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 

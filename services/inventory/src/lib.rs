@@ -26,8 +26,8 @@ mod handler;
 mod http;
 mod store;
 
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::consumer::{self, ConsumerSettings};
+use sagaflow_messaging::consumer::{self, ConsumerSettings};
+use sagaflow_runtime::KafkaConfig;
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,13 @@ pub use http::router;
 pub const NAME: &str = "inventory-service";
 
 /// Migrations of the inventory database.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/inventory");
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        sagaflow_messaging::migrations::migrator(
+            &sqlx::migrate!("../../migrations/inventory"),
+            sagaflow_messaging::migrations::Tables::OutboxAndInbox,
+        )
+    });
 
 /// Topics this component reads or writes, for start-up creation.
 pub const TOPICS: &[&str] = &[topics::INVENTORY_COMMANDS, topics::INVENTORY_EVENTS];

@@ -10,7 +10,7 @@
 //! included — makes that client's `If-Match` fail.
 
 use chrono::{DateTime, Utc};
-use sagaflow_common::db::Tx;
+use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::StockLine;
 use sqlx::PgPool;
 use sqlx::types::Json;

@@ -6,9 +6,9 @@
 //! transaction, only when the row was actually inserted.
 
 use chrono::Utc;
-use outbox_relay::{Origin, enqueue};
-use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_common::db::Tx;
+use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
+use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::NotificationSent;
 use tracing::{debug, info};
 

@@ -8,14 +8,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use sagaflow_common::http::Problem;
+use sagaflow_runtime::http::Problem;
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::store::{self, Recorded};
 
-/// `GET /notifications`. Public: any authenticated caller (see `sagaflow_common::auth`).
+/// `GET /notifications`. Public: any authenticated caller (see `sagaflow_runtime::auth`).
 pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/notifications", get(list))

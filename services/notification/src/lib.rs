@@ -20,8 +20,8 @@ mod handler;
 mod http;
 mod store;
 
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::consumer::{self, ConsumerSettings};
+use sagaflow_messaging::consumer::{self, ConsumerSettings};
+use sagaflow_runtime::KafkaConfig;
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,13 @@ pub use http::router;
 pub const NAME: &str = "notification-service";
 
 /// Migrations of the notification database.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notification");
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        sagaflow_messaging::migrations::migrator(
+            &sqlx::migrate!("../../migrations/notification"),
+            sagaflow_messaging::migrations::Tables::OutboxAndInbox,
+        )
+    });
 
 /// Topics this component reads or writes, for start-up creation.
 pub const TOPICS: &[&str] = &[topics::ORDERS_EVENTS, topics::NOTIFICATION_EVENTS];

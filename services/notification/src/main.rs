@@ -2,9 +2,9 @@
 //! and its consumer, configured by environment; stops cleanly on Ctrl-C or SIGTERM.
 
 use clap::Parser;
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::auth::ApiSecurity;
-use sagaflow_common::runner::{self, Component};
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::auth::ApiSecurity;
+use sagaflow_runtime::runner::{self, Component};
 
 #[derive(Debug, Parser)]
 #[command(name = "notification-service", version)]

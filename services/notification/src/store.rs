@@ -1,7 +1,7 @@
 //! The notifications table. Write functions take the caller's transaction and never commit.
 
 use chrono::{DateTime, Utc};
-use sagaflow_common::db::Tx;
+use sagaflow_runtime::db::Tx;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;

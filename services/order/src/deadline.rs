@@ -27,9 +27,9 @@
 
 use std::time::Duration;
 
-use outbox_relay::Origin;
-use sagaflow_common::consumer::HandlerError;
-use sagaflow_common::db;
+use sagaflow_messaging::Origin;
+use sagaflow_messaging::consumer::HandlerError;
+use sagaflow_runtime::db;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};

@@ -17,9 +17,9 @@
 //!   approved order); dead-lettered.
 
 use chrono::Utc;
-use outbox_relay::{Origin, enqueue};
-use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_common::db::Tx;
+use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
+use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::{Message, OrderApproved, OrderRejected};
 
 use crate::NAME;

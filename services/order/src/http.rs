@@ -9,10 +9,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use outbox_relay::{Origin, enqueue};
-use sagaflow_common::auth::Caller;
-use sagaflow_common::http::{Problem, ProblemJson};
-use sagaflow_common::trace;
+use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_runtime::auth::Caller;
+use sagaflow_runtime::http::{Problem, ProblemJson};
+use sagaflow_runtime::trace;
 use sagaflow_schemas::{OrderItem, OrderPlaced};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -89,13 +89,13 @@ struct Orders {
     config: OrderConfig,
 }
 
-/// Public routes: any authenticated caller (see `sagaflow_common::auth`).
+/// Public routes: any authenticated caller (see `sagaflow_runtime::auth`).
 pub fn router(pool: PgPool, config: OrderConfig) -> Router {
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
         .layer(axum::extract::DefaultBodyLimit::max(
-            sagaflow_common::http::MAX_BODY_BYTES,
+            sagaflow_runtime::http::MAX_BODY_BYTES,
         ))
         .with_state(Orders { pool, config })
 }

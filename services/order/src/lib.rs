@@ -12,8 +12,8 @@ mod handler;
 mod http;
 mod store;
 
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::consumer::{self, ConsumerSettings};
+use sagaflow_messaging::consumer::{self, ConsumerSettings};
+use sagaflow_runtime::KafkaConfig;
 use sagaflow_schemas::topics;
 use std::time::Duration;
 
@@ -24,7 +24,13 @@ pub use domain::{NewOrder, OrderLine, ValidationError, deadline_reason, validate
 pub use http::router;
 
 pub const NAME: &str = "order-service";
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order");
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        sagaflow_messaging::migrations::migrator(
+            &sqlx::migrate!("../../migrations/order"),
+            sagaflow_messaging::migrations::Tables::OutboxAndInbox,
+        )
+    });
 
 /// How long an Idempotency-Key is remembered by default: 24 h, as Stripe does.
 pub const DEFAULT_IDEMPOTENCY_KEY_TTL_SECS: u64 = 24 * 60 * 60;

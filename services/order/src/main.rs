@@ -1,9 +1,9 @@
 //! The order-service binary: HTTP API + orders.commands consumer.
 
 use clap::Parser;
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::auth::ApiSecurity;
-use sagaflow_common::runner::{self, Component};
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::auth::ApiSecurity;
+use sagaflow_runtime::runner::{self, Component};
 
 #[derive(Debug, Parser)]
 #[command(name = "order-service")]

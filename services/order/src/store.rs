@@ -1,7 +1,7 @@
 //! Order persistence. Every write takes the caller's transaction; the caller commits once.
 
 use chrono::{DateTime, Utc};
-use sagaflow_common::db::Tx;
+use sagaflow_runtime::db::Tx;
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;

@@ -19,9 +19,9 @@
 //!   the order first (only possible if that redelivery was dead-lettered).
 
 use chrono::Utc;
-use outbox_relay::Origin;
-use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_common::db::Tx;
+use sagaflow_messaging::Origin;
+use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
+use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::{
     AuthorizePayment, Message, PaymentAuthorized, PaymentDeclined, PaymentRefunded, RefundPayment,
 };
@@ -272,7 +272,7 @@ fn declined(order_id: uuid::Uuid, reason: String, now: chrono::DateTime<Utc>) ->
 }
 
 async fn enqueue(tx: &mut Tx, incoming: &Incoming, reply: &Message) -> Result<(), HandlerError> {
-    outbox_relay::enqueue(tx, reply, &Origin::caused_by(NAME, &incoming.envelope)).await?;
+    sagaflow_messaging::enqueue(tx, reply, &Origin::caused_by(NAME, &incoming.envelope)).await?;
     Ok(())
 }
 

@@ -5,13 +5,13 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use sagaflow_common::http::Problem;
+use sagaflow_runtime::http::Problem;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::store::{self, PaymentRow};
 
-/// The payment API routes. Public: any authenticated caller (see `sagaflow_common::auth`).
+/// The payment API routes. Public: any authenticated caller (see `sagaflow_runtime::auth`).
 pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/payments/{order_id}", get(get_payment))

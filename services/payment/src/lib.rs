@@ -22,8 +22,8 @@ pub mod store;
 
 use std::time::Duration;
 
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::consumer::{self, ConsumerSettings};
+use sagaflow_messaging::consumer::{self, ConsumerSettings};
+use sagaflow_runtime::KafkaConfig;
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,13 @@ pub use store::{PaymentRow, PaymentStatus};
 pub const NAME: &str = "payment-service";
 
 /// The migrations of the payment database.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payment");
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        sagaflow_messaging::migrations::migrator(
+            &sqlx::migrate!("../../migrations/payment"),
+            sagaflow_messaging::migrations::Tables::OutboxAndInbox,
+        )
+    });
 
 /// How to reach the payment provider.
 #[derive(Debug, Clone, clap::Args)]

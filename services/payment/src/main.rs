@@ -11,10 +11,10 @@ use clap::Parser;
 use payment_service::{
     MIGRATOR, NAME, PaymentConfig, ProviderFaults, router, run_consumer, spawn_provider,
 };
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::auth::{ApiSecurity, protect};
-use sagaflow_common::http::{Readiness, ops_router, serve, with_request_timeout};
-use sagaflow_common::{db, kafka, telemetry};
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::auth::{ApiSecurity, protect};
+use sagaflow_runtime::http::{Readiness, ops_router, serve, with_request_timeout};
+use sagaflow_runtime::{db, kafka, telemetry};
 use sagaflow_schemas::topics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    sagaflow_common::exposure::check(&args.security, listener.local_addr()?)?;
+    sagaflow_runtime::exposure::check(&args.security, listener.local_addr()?)?;
     // Then the provider: with a simulated provider, the consumer's first calls find it.
     if let Some(address) = args.simulated_provider_addr {
         let listener = TcpListener::bind(address)

@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use sagaflow_common::http::{Problem, ProblemJson};
+use sagaflow_runtime::http::{Problem, ProblemJson};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -271,7 +271,7 @@ fn sanitized(mut faults: ProviderFaults) -> ProviderFaults {
 /// The provider's routes, state in `control`.
 pub fn provider_router(control: ProviderControl) -> Router {
     // Fault injection and statistics answer only on loopback (404 to anyone else).
-    let controls = sagaflow_common::http::loopback_only(
+    let controls = sagaflow_runtime::http::loopback_only(
         Router::new()
             .route("/_control", get(get_control).post(post_control))
             .route(
@@ -301,7 +301,7 @@ pub async fn spawn_provider(
         .unwrap_or_default();
     tracing::info!(%address, ?faults, "simulated payment provider listening");
     tokio::spawn(async move {
-        if let Err(e) = sagaflow_common::http::serve(listener, router, shutdown).await {
+        if let Err(e) = sagaflow_runtime::http::serve(listener, router, shutdown).await {
             tracing::error!(error = %e, "simulated payment provider stopped");
         }
     });

@@ -11,7 +11,7 @@ use payment_service::client::{
 };
 use payment_service::provider::{ProviderControl, ProviderFaults, spawn_provider};
 use payment_service::{MIGRATOR, PaymentHandler, PaymentStatus, store};
-use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
+use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_schemas::{
     AuthorizePayment, Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentRefunded,
     RefundPayment, topics,
@@ -65,7 +65,7 @@ async fn env(settings: impl FnOnce(ClientSettings) -> ClientSettings) -> Option<
         .expect("create database");
     let mut url = url_of(&admin_url);
     url.set_path(&database);
-    let pool = sagaflow_common::db::connect(url.as_str(), 8)
+    let pool = sagaflow_runtime::db::connect(url.as_str(), 8)
         .await
         .expect("pool");
     MIGRATOR.run(&pool).await.expect("migrations");
@@ -203,7 +203,7 @@ async fn authorize_charges_once_and_redeliveries_re_emit_the_outcome() {
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(sagaflow_common::http::serve(
+    tokio::spawn(sagaflow_runtime::http::serve(
         listener,
         payment_service::router(env.pool.clone()),
         shutdown.clone(),

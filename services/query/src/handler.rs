@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use sagaflow_common::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_common::db::Tx;
+use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
+use sagaflow_runtime::db::Tx;
 
 use crate::projection::{self, Projection, ProjectionError, Rules, Target};
 

@@ -19,8 +19,8 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use sagaflow_common::auth::Caller;
-use sagaflow_common::http::Problem;
+use sagaflow_runtime::auth::Caller;
+use sagaflow_runtime::http::Problem;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::projection::Projection;
 
-/// Public routes: any authenticated caller (see `sagaflow_common::auth`).
+/// Public routes: any authenticated caller (see `sagaflow_runtime::auth`).
 pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/views/orders/{id}", get(order))

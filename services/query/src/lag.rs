@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use sagaflow_common::KafkaConfig;
+use sagaflow_runtime::KafkaConfig;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -90,7 +90,7 @@ fn sample(kafka: &KafkaConfig, groups: &[Group]) -> anyhow::Result<Sample> {
         let metadata = probe.fetch_metadata(Some(&topic), timeout)?;
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
             let (low, high) =
-                sagaflow_common::kafka::watermarks(&probe, &topic, partition.id(), timeout)?;
+                sagaflow_runtime::kafka::watermarks(&probe, &topic, partition.id(), timeout)?;
             watermarks.push((logical.to_string(), partition.id(), low, high, None));
         }
     }

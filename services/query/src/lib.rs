@@ -25,8 +25,8 @@ pub mod replay;
 
 use std::time::Duration;
 
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::consumer::{self, ConsumerSettings};
+use sagaflow_messaging::consumer::{self, ConsumerSettings};
+use sagaflow_runtime::KafkaConfig;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -39,7 +39,13 @@ pub use projection::{Projection, Rules};
 pub const NAME: &str = "query-service";
 
 /// Migrations of the query database.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/query");
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        sagaflow_messaging::migrations::migrator(
+            &sqlx::migrate!("../../migrations/query"),
+            sagaflow_messaging::migrations::Tables::InboxOnly,
+        )
+    });
 
 /// Topics this component reads.
 pub fn topics() -> Vec<&'static str> {

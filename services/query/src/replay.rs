@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use sagaflow_common::{KafkaConfig, kafka};
+use sagaflow_runtime::{KafkaConfig, kafka};
 use sagaflow_schemas::{Envelope, Message};
 use sqlx::{Acquire, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;

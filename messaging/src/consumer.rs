@@ -43,10 +43,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use crate::KafkaConfig;
-use crate::db::{self, Tx};
-use crate::kafka;
-use crate::trace;
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::db::{self, Tx};
+use sagaflow_runtime::kafka;
+use sagaflow_runtime::trace;
 
 /// A decoded message with where it came from.
 #[derive(Debug, Clone)]
@@ -242,7 +242,7 @@ pub async fn run<H: Handler>(
                 // healthy. Its messages stay uncommitted for the next member.
                 let group = worker.group();
                 error!(consumer = %worker.settings.name, panic = %panic, "a partition lane panicked; the consumer stops");
-                crate::http::mark_failed(
+                sagaflow_runtime::http::mark_failed(
                     &group,
                     format!("consumer {group}: a lane panicked: {panic}"),
                 );

@@ -1,5 +1,5 @@
 //! The transactional outbox: [`enqueue`] writes a message inside the caller's transaction,
-//! and the [`Relay`] publishes committed rows to Kafka.
+//! and the [`Relay`](crate::relay::Relay) publishes committed rows to Kafka.
 //!
 //! Guarantees of the relay:
 //! - **Nothing committed is lost, nothing uncommitted is published.** The relay only sees
@@ -16,21 +16,17 @@
 //!   transactions serialised on the aggregate's row lock, so id order is commit order.
 //! - **A row that can never be published** (too large for the broker, …) is parked with the
 //!   reason. It stays the head of its key — no later row of that key is published before it —
-//!   while other keys move on, until an operator hands it back ([`retry_parked`],
-//!   `sagaflow outbox retry`); [`parked_rows`] lists them (`sagaflow outbox parked`).
+//!   while other keys move on, until an operator hands it back ([`retry_parked`](crate::relay::retry_parked),
+//!   `sagaflow outbox retry`); [`parked_rows`](crate::relay::parked_rows) lists them (`sagaflow outbox parked`).
 //! - **A configuration error** (no ACL for the topic, the topic missing, an invalid topic
 //!   name) is not the row's fault: the row is retried with a backoff of its own (`retry_at`,
 //!   `RelayConfig::retry_backoff` doubling up to `retry_backoff_max`), holding back its key
 //!   meanwhile, and is published in order once the configuration is fixed. Transient errors
 //!   (broker unreachable, timeouts) fail the pass and the relay backs off.
 
-mod relay;
-
-pub use relay::{ParkedRow, Relay, RelayConfig, RelayHooks, Unpark, parked_rows, retry_parked};
-
-use sagaflow_common::consumer::HandlerError;
-use sagaflow_common::db::Tx;
-use sagaflow_common::trace;
+use crate::consumer::HandlerError;
+use sagaflow_runtime::db::Tx;
+use sagaflow_runtime::trace;
 use sagaflow_schemas::{CodecError, Envelope, Message};
 use uuid::Uuid;
 

@@ -1,15 +1,19 @@
-//! Every component of Sagaflow in one process: the four services, the orchestrator, one
-//! outbox relay per publishing database, and all HTTP routes on one listener. Production runs
-//! the same parts as separate binaries; the wiring is identical.
+//! Every component of Sagaflow in one process: the four services, the orchestrator, the query
+//! service, one outbox relay per publishing database, and all HTTP routes on one listener —
+//! the composition `sagaflow dev`, `sagaflow bench`, `sagaflow chaos` and the integration
+//! tests run. Production runs the same parts as separate binaries; the wiring is identical.
+//! [`invariants`] checks, in the service databases, what must hold after any run.
+
+pub mod invariants;
 
 use axum::Router;
-use outbox_relay::{Relay, RelayConfig};
 use payment_service::PaymentConfig;
 use saga_orchestrator::SagaConfig;
-use sagaflow_common::KafkaConfig;
-use sagaflow_common::auth::{ApiSecurity, protect};
-use sagaflow_common::http::{Readiness, ops_router, serve, with_request_timeout};
-use sagaflow_common::{db, kafka};
+use sagaflow_messaging::{Relay, RelayConfig};
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::auth::{ApiSecurity, protect};
+use sagaflow_runtime::http::{Readiness, ops_router, serve, with_request_timeout};
+use sagaflow_runtime::{db, kafka};
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -93,7 +97,7 @@ pub struct Platform {
 /// ([`Platform::serve`]) so callers choose the listener.
 pub async fn start(config: PlatformConfig) -> anyhow::Result<Platform> {
     // Install the metrics recorder before any component records.
-    sagaflow_common::http::metrics_handle();
+    sagaflow_runtime::http::metrics_handle();
     let urls = &config.databases;
     let size = config.pool_size;
     let pools = Pools {

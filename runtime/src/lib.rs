@@ -4,7 +4,6 @@
 
 pub mod auth;
 pub mod config;
-pub mod consumer;
 pub mod db;
 pub mod exposure;
 pub mod http;

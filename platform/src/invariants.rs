@@ -17,7 +17,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::platform::Pools;
+use crate::Pools;
 
 /// The databases the invariants read (the query database is not one of them).
 #[derive(Debug, Clone, Copy)]
