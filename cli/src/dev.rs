@@ -60,6 +60,15 @@ pub struct DevArgs {
     pub security: ApiSecurity,
     #[command(flatten)]
     pub orders: order_service::OrderConfig,
+    /// Outbox rows each relay claims per pass.
+    #[arg(
+        long = "relay-batch-size",
+        env = "OUTBOX_BATCH_SIZE",
+        default_value_t = sagaflow_messaging::relay::DEFAULT_BATCH_SIZE
+    )]
+    pub relay_batch_size: i64,
+    #[command(flatten)]
+    pub query: query_service::QueryConfig,
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -142,6 +151,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         pool_size: 8,
         request_timeout: Duration::from_secs(10),
         security: args.security.clone(),
+        relay_batch_size: args.relay_batch_size,
+        query: args.query.clone(),
     };
     let Some(mut platform) = wait_for_broker_then_start(config, &shutdown).await? else {
         info!("sagaflow dev stopped while starting");
@@ -189,16 +200,7 @@ async fn wait_for_broker_then_start(
         if shutdown.is_cancelled() {
             return Ok(None);
         }
-        let attempt = platform::PlatformConfig {
-            databases: config.databases.clone(),
-            kafka: config.kafka.clone(),
-            payment: config.payment.clone(),
-            saga: config.saga.clone(),
-            orders: config.orders,
-            pool_size: config.pool_size,
-            request_timeout: config.request_timeout,
-            security: config.security.clone(),
-        };
+        let attempt = config.clone();
         match platform::start(attempt).await {
             Ok(platform) => return Ok(Some(platform)),
             Err(e) => {

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use query_service::replay::{self, Options, Start};
-use query_service::{Projection, Rules};
+use query_service::{Projection, QueryConfig};
 use sagaflow_runtime::{KafkaConfig, db};
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,8 @@ pub struct ReplayArgs {
     pub database_url: String,
     #[command(flatten)]
     pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub query: QueryConfig,
 }
 
 pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -48,7 +50,7 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
         allow_truncated_history: args.allow_truncated_history,
         force: args.force,
     };
-    let rules = Rules::from_env().map_err(anyhow::Error::msg)?;
+    let rules = args.query.rules().map_err(anyhow::Error::msg)?;
     let pool = db::connect(&args.database_url, 4).await?;
     query_service::MIGRATOR.run(&pool).await?;
     for projection in projections {

@@ -129,21 +129,17 @@ pub const INBOX_PRUNE_BATCH: i64 = 5_000;
 const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl ConsumerSettings {
-    pub fn new(name: &str, topics: &[&'static str]) -> Self {
+    /// The settings of consumer `name` of `topics`, with the process's retry and inbox
+    /// retention settings from `kafka`.
+    pub fn new(name: &str, topics: &[&'static str], kafka: &KafkaConfig) -> Self {
         ConsumerSettings {
             name: name.to_string(),
             topics: topics.to_vec(),
-            max_attempts: std::env::var("SAGAFLOW_CONSUMER_MAX_ATTEMPTS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(5),
+            max_attempts: kafka.consumer_max_attempts,
             first_backoff: Duration::from_millis(50),
             rejoin_after: Duration::from_secs(20),
             lane_depth: 64,
-            inbox_retention: std::env::var("SAGAFLOW_INBOX_RETENTION_SECS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(DEFAULT_INBOX_RETENTION, Duration::from_secs),
+            inbox_retention: Duration::from_secs(kafka.inbox_retention_secs),
         }
     }
 }

@@ -42,18 +42,17 @@ pub struct RelayConfig {
     pub retry_backoff_max: Duration,
 }
 
+/// Heads claimed per pass, unless configured (`OUTBOX_BATCH_SIZE` of the binaries). Measured
+/// (docs/benchmarks.md): 2 000 drains a backlog ~3x faster than 500 (fewer passes, fewer
+/// broker round trips); at a steady rate passes are small whatever the cap, so latency does
+/// not change.
+pub const DEFAULT_BATCH_SIZE: i64 = 2000;
+
 impl RelayConfig {
     pub fn new(name: impl Into<String>) -> Self {
         RelayConfig {
             name: name.into(),
-            // OUTBOX_BATCH_SIZE overrides; a pass keeps this many messages in flight.
-            batch_size: std::env::var("OUTBOX_BATCH_SIZE")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                // Measured (docs/benchmarks.md): 2 000 drains a backlog ~3x faster than 500
-                // (fewer passes, fewer broker round trips); at a steady rate passes are small
-                // whatever the cap, so latency does not change.
-                .unwrap_or(2000),
+            batch_size: DEFAULT_BATCH_SIZE,
             poll_interval: Duration::from_millis(500),
             retention: Duration::from_secs(24 * 3600),
             send_timeout: Duration::from_secs(5),

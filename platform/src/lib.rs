@@ -76,6 +76,10 @@ pub struct PlatformConfig {
     pub request_timeout: std::time::Duration,
     /// Authentication and rate limit of the API routes; the default is open (development).
     pub security: ApiSecurity,
+    /// Outbox rows each relay claims per pass (`RelayConfig::batch_size`).
+    pub relay_batch_size: i64,
+    /// The query service's settings.
+    pub query: query_service::QueryConfig,
 }
 
 /// A running platform.
@@ -189,8 +193,9 @@ impl Platform {
                     .named()
                     .into_iter()
                     .map(|(db, pool)| {
-                        Relay::new(pool, producer.clone(), k.clone(), RelayConfig::new(&db))
-                            .run(s.clone())
+                        let mut config = RelayConfig::new(&db);
+                        config.batch_size = self.config.relay_batch_size;
+                        Relay::new(pool, producer.clone(), k.clone(), config).run(s.clone())
                     })
                     .collect();
                 Box::pin(async move { futures::future::try_join_all(relays).await.map(drop) })
@@ -220,7 +225,7 @@ impl Platform {
             "query-service" => Box::pin(query_service::run_with(
                 pools.query,
                 k,
-                query_service::Rules::from_env().map_err(anyhow::Error::msg)?,
+                self.config.query.rules().map_err(anyhow::Error::msg)?,
                 consumer_groups(),
                 s,
             )),

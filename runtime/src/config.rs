@@ -1,8 +1,10 @@
-//! Configuration shared by every component, read from the environment.
+//! Configuration shared by every component. Binaries read it (clap, from flags or the
+//! environment) and pass it in; libraries never read the environment.
 
 use clap::Args;
 
-/// How to reach Kafka and how this deployment names its topics.
+/// How to reach Kafka, how this deployment names its topics, and how its consumers retry and
+/// remember what they applied.
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated.
@@ -55,6 +57,23 @@ pub struct KafkaConfig {
     /// debug level: for diagnosing a stuck partition, not for normal operation.
     #[arg(long = "kafka-debug", env = "SAGAFLOW_KAFKA_DEBUG")]
     pub debug: Option<String>,
+    /// Delivery attempts of a message whose handler fails before it is dead-lettered (an
+    /// unreachable database does not count as an attempt).
+    #[arg(
+        long = "consumer-max-attempts",
+        env = "SAGAFLOW_CONSUMER_MAX_ATTEMPTS",
+        default_value_t = 5
+    )]
+    pub consumer_max_attempts: u32,
+    /// Inbox rows (the ids of applied messages) are deleted after this many seconds. A
+    /// redelivery older than this would be applied again: keep it far above any redelivery
+    /// window.
+    #[arg(
+        long = "inbox-retention-secs",
+        env = "SAGAFLOW_INBOX_RETENTION_SECS",
+        default_value_t = 7 * 24 * 3600
+    )]
+    pub inbox_retention_secs: u64,
 }
 
 impl KafkaConfig {
@@ -68,6 +87,8 @@ impl KafkaConfig {
             allow_unreplicated: false,
             instance_id: None,
             debug: None,
+            consumer_max_attempts: 5,
+            inbox_retention_secs: 7 * 24 * 3600,
         }
     }
 

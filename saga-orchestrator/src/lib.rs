@@ -96,6 +96,7 @@ pub async fn run(
             topics::INVENTORY_EVENTS,
             topics::PAYMENT_EVENTS,
         ],
+        &kafka,
     );
     let result = consumer::run(
         pool,

@@ -96,7 +96,7 @@ async fn a_partition_whose_handler_blocks_does_not_stall_the_other_partitions() 
     let consumer = tokio::spawn(consumer::run(
         db.pool.clone(),
         config.clone(),
-        ConsumerSettings::new("slow-lane", &[topics::INVENTORY_COMMANDS]),
+        ConsumerSettings::new("slow-lane", &[topics::INVENTORY_COMMANDS], &config),
         probe.clone(),
         shutdown.clone(),
     ));
@@ -176,7 +176,7 @@ async fn a_panicking_handler_stops_the_consumer_with_an_error_and_readiness_turn
         consumer::run(
             db.pool.clone(),
             config.clone(),
-            ConsumerSettings::new("panicky", &[topics::INVENTORY_COMMANDS]),
+            ConsumerSettings::new("panicky", &[topics::INVENTORY_COMMANDS], &config),
             Probe {
                 panics: true,
                 ..Probe::default()

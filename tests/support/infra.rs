@@ -293,7 +293,7 @@ pub async fn wait_for_kafka(brokers: &str, timeout: Duration) -> anyhow::Result<
     .await?
 }
 
-/// A database of its own for one test, migrated with `migrations/<component>/`.
+/// A database of its own for one test, migrated as its component migrates it.
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
@@ -307,7 +307,21 @@ pub fn migrations_dir(component: &str) -> PathBuf {
         .join(component)
 }
 
-/// Create a fresh database and apply `migrations/<component>/`.
+/// The migrator of a component database: `migrations/<component>/` with the shared outbox and
+/// inbox tables of `migrations/messaging/` (`sagaflow_messaging::migrations`).
+pub fn migrator(component: &str) -> &'static Migrator {
+    match component {
+        "order" => &order_service::MIGRATOR,
+        "inventory" => &inventory_service::MIGRATOR,
+        "payment" => &payment_service::MIGRATOR,
+        "notification" => &notification_service::MIGRATOR,
+        "query" => &query_service::MIGRATOR,
+        "saga" => &saga_orchestrator::MIGRATOR,
+        other => panic!("no component database {other}"),
+    }
+}
+
+/// Create a fresh database and apply its component's migrations ([`migrator`]).
 pub async fn database(component: &str) -> TestDatabase {
     let infra = infra();
     let name = format!(
@@ -326,10 +340,10 @@ pub async fn database(component: &str) -> TestDatabase {
     let pool = sagaflow_runtime::db::connect(&url, 20)
         .await
         .expect("connect to test database");
-    let migrator = Migrator::new(migrations_dir(component))
+    migrator(component)
+        .run(&pool)
         .await
-        .expect("read migrations");
-    migrator.run(&pool).await.expect("apply migrations");
+        .expect("apply migrations");
     TestDatabase { name, url, pool }
 }
 

@@ -100,6 +100,8 @@ pub async fn spawn_platform(options: Options) -> TestApp {
         pool_size: 8,
         request_timeout: options.request_timeout,
         security: options.security,
+        relay_batch_size: sagaflow_messaging::relay::DEFAULT_BATCH_SIZE,
+        query: Default::default(),
     };
     let mut platform = platform::start(config.clone())
         .await

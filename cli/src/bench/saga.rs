@@ -194,6 +194,8 @@ async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Resu
         request_timeout: Duration::from_secs(10),
         // The benchmark is one client pushing thousands of requests per second: open.
         security: Default::default(),
+        relay_batch_size: sagaflow_messaging::relay::DEFAULT_BATCH_SIZE,
+        query: Default::default(),
     };
     let mut platform = start_platform(config).await?;
     let stock: Vec<(String, i32)> = (0..SKUS).map(|i| (sku(i), 1_000_000_000)).collect();

@@ -67,7 +67,7 @@ pub async fn run_consumer_with(
     faults: InventoryFaults,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = ConsumerSettings::new(NAME, &[topics::INVENTORY_COMMANDS]);
+    let settings = ConsumerSettings::new(NAME, &[topics::INVENTORY_COMMANDS], &kafka);
     let handler = InventoryHandler::with_faults(faults);
     consumer::run(pool, kafka, settings, handler, shutdown).await
 }

@@ -50,6 +50,6 @@ pub async fn run_consumer(
     kafka: KafkaConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = ConsumerSettings::new(NAME, &[topics::ORDERS_EVENTS]);
+    let settings = ConsumerSettings::new(NAME, &[topics::ORDERS_EVENTS], &kafka);
     consumer::run(pool, kafka, settings, NotificationHandler, shutdown).await
 }

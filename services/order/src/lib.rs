@@ -165,6 +165,6 @@ pub async fn run_consumer(
     kafka: KafkaConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = ConsumerSettings::new(NAME, &[topics::ORDERS_COMMANDS]);
+    let settings = ConsumerSettings::new(NAME, &[topics::ORDERS_COMMANDS], &kafka);
     consumer::run(pool, kafka, settings, handler::OrderCommands, shutdown).await
 }

@@ -132,7 +132,7 @@ pub async fn run_consumer(
 ) -> anyhow::Result<()> {
     let client = ProviderClient::new(config.client_settings())?;
     let handler = PaymentHandler::new(pool.clone(), client);
-    let settings = ConsumerSettings::new(NAME, &[topics::PAYMENT_COMMANDS]);
+    let settings = ConsumerSettings::new(NAME, &[topics::PAYMENT_COMMANDS], &kafka);
     consumer::run(pool, kafka, settings, handler, shutdown).await
 }
 

@@ -33,7 +33,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use handler::QueryHandler;
 pub use http::router;
-pub use projection::{Projection, Rules};
+pub use projection::{Projection, QueryConfig, Rules};
 
 /// The component's name: inbox consumer and consumer group.
 pub const NAME: &str = "query-service";
@@ -58,13 +58,14 @@ pub fn topics() -> Vec<&'static str> {
     topics
 }
 
-/// Consume the events topics with [`Rules::from_env`] until `shutdown`, sampling its own lag.
+/// Consume the events topics with the rules of `config` until `shutdown`, sampling its own lag.
 pub async fn run_consumer(
     pool: PgPool,
     kafka: KafkaConfig,
+    config: QueryConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let rules = Rules::from_env().map_err(anyhow::Error::msg)?;
+    let rules = config.rules().map_err(anyhow::Error::msg)?;
     let groups = vec![lag::Group::new(NAME, &topics())];
     run_with(pool, kafka, rules, groups, shutdown).await
 }
@@ -88,7 +89,7 @@ pub async fn run_with(
         Duration::from_secs(1),
         sampler_stop.clone(),
     )));
-    let settings = ConsumerSettings::new(NAME, &topics());
+    let settings = ConsumerSettings::new(NAME, &topics(), &kafka);
     let handler = QueryHandler::new(rules, &kafka.topic_prefix);
     let result = consumer::run(pool, kafka, settings, handler, shutdown).await;
     sampler_stop.cancel();

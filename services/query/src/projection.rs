@@ -153,16 +153,29 @@ impl Default for Rules {
     }
 }
 
-impl Rules {
-    /// The defaults plus `QUERY_CURRENCY_MINOR_UNITS` (`XTS=2,CLF=4`).
-    pub fn from_env() -> Result<Self, String> {
+/// The query service's settings, read by its binaries (clap: flags or the environment).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct QueryConfig {
+    /// Currencies beyond the built-in ones the order view can total, `CODE=minor_units`
+    /// comma separated (e.g. `XTS=2,CLF=4`).
+    #[arg(
+        long = "currency-minor-units",
+        env = "QUERY_CURRENCY_MINOR_UNITS",
+        default_value = ""
+    )]
+    pub currency_minor_units: String,
+}
+
+impl QueryConfig {
+    /// The default rules plus the configured currencies.
+    pub fn rules(&self) -> Result<Rules, String> {
         let mut rules = Rules::default();
-        if let Ok(extra) = std::env::var("QUERY_CURRENCY_MINOR_UNITS") {
-            rules.add_currencies(&extra)?;
-        }
+        rules.add_currencies(&self.currency_minor_units)?;
         Ok(rules)
     }
+}
 
+impl Rules {
     /// Add `CODE=units` pairs, comma separated.
     pub fn add_currencies(&mut self, spec: &str) -> Result<(), String> {
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
