@@ -832,3 +832,45 @@ async fn components_sigkilled_as_real_processes_under_load_lose_and_duplicate_no
     }
     app.stop().await;
 }
+
+/// Issue 19: every component binary goes through the one runner. The payment service (which
+/// had a hand-written main of its own) and the query service (which had no binary) run as
+/// processes on the platform's databases and topics: sagas complete, the read model the query
+/// process feeds serves them, and both stop on SIGTERM with status 0.
+#[tokio::test]
+async fn payment_and_query_binaries_serve_sagas_and_stop_cleanly_on_sigterm() {
+    let _broker = broker_lock().read().await;
+    let mut app = spawn_platform(Options::default()).await;
+    let initial = stocked(&app, 10).await;
+    let payment = app.run_as_process("payment-service").await;
+    let query = app.run_as_process("query-service").await;
+    let approved = app.place(&[(SKUS[0], 1, 100)], "pm_card_visa").await;
+    let declined = app
+        .place(&[(SKUS[1], 1, 100)], "pm_card_chargeDeclined")
+        .await;
+    assert_eq!(
+        app.terminal(approved, Duration::from_secs(60)).await["status"],
+        "APPROVED"
+    );
+    assert_eq!(
+        app.terminal(declined, Duration::from_secs(60)).await["status"],
+        "REJECTED"
+    );
+    wait::until(
+        "the query process's view of both orders",
+        Duration::from_secs(30),
+        || async {
+            let approved = app.get_json(&format!("/views/orders/{approved}")).await;
+            let declined = app.get_json(&format!("/views/orders/{declined}")).await;
+            (approved["status"] == "APPROVED" && declined["status"] == "REJECTED").then_some(())
+        },
+    )
+    .await;
+    invariants::check(&app, &initial, Duration::from_secs(60)).await;
+    for process in [payment, query] {
+        let binary = process.binary;
+        let status = process.terminate(Duration::from_secs(30)).await;
+        assert!(status.success(), "{binary} stopped with {status}");
+    }
+    app.stop().await;
+}

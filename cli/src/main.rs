@@ -12,12 +12,9 @@ mod tail;
 mod token;
 mod topics;
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use sagaflow_runtime::runner;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
     sagaflow_runtime::telemetry::init();
     let cli = Cli::parse();
     let shutdown = CancellationToken::new();
-    stop_on_signal(shutdown.clone())?;
+    runner::stop_on_signal(shutdown.clone())?;
     let result = match cli.command {
         Command::Broker(args) => {
             let (listen, advertise) = args.resolve();
@@ -100,73 +97,4 @@ async fn main() -> anyhow::Result<()> {
     };
     sagaflow_runtime::telemetry::shutdown();
     result
-}
-
-/// How long a stop may take after the first SIGINT or SIGTERM before the process exits anyway
-/// (container runtimes SIGKILL 10 s after their SIGTERM).
-const STOP_DEADLINE: Duration = Duration::from_secs(9);
-
-/// SIGINT (Ctrl-C) and SIGTERM (containers are stopped with it): the first cancels `shutdown`,
-/// and the command stops gracefully; a second one, or a graceful stop longer than
-/// [`STOP_DEADLINE`], exits the process at once (said in a warning), with status 128 + the
-/// signal's number, as if the signal had killed it.
-///
-/// Watched on a thread and runtime of their own: however busy (or stuck) the command's runtime
-/// is, a signal is seen and the deadline kept. Registered before the command starts, so a
-/// signal during start-up is not lost either.
-fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut signals = {
-        let _in_runtime = runtime.enter();
-        Signals::new()?
-    };
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let (first, code) = signals.next().await;
-                info!(
-                    signal = first,
-                    "shutdown requested (a second signal exits at once)"
-                );
-                shutdown.cancel();
-                tokio::select! {
-                    (second, _) = signals.next() => {
-                        warn!(signal = second, "second signal while stopping: exiting now");
-                    }
-                    _ = tokio::time::sleep(STOP_DEADLINE) => {
-                        warn!(
-                            deadline_s = STOP_DEADLINE.as_secs(),
-                            "the graceful stop did not finish in time: exiting now"
-                        );
-                    }
-                }
-                std::process::exit(code);
-            })
-        })?;
-    Ok(())
-}
-
-struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
-    }
-
-    /// The next signal's name and the exit status it stands for (128 + its number).
-    async fn next(&mut self) -> (&'static str, i32) {
-        tokio::select! {
-            _ = self.interrupt.recv() => ("SIGINT", 130),
-            _ = self.terminate.recv() => ("SIGTERM", 143),
-        }
-    }
 }

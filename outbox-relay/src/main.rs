@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use sagaflow_messaging::{Relay, RelayConfig};
-use sagaflow_runtime::http::{Readiness, ops_router, serve};
-use sagaflow_runtime::{KafkaConfig, db, kafka, runner};
+use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::runner::{self, Component, Database, Pools};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -43,40 +43,63 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    sagaflow_runtime::telemetry::init();
     let args = Args::parse();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(runner::cancel_on_signal(shutdown.clone()));
+    let databases = args
+        .databases
+        .iter()
+        .map(|entry| {
+            let (name, url) = entry
+                .split_once('=')
+                .with_context(|| format!("OUTBOX_DATABASE_URLS entry {entry:?} is not name=url"))?;
+            Ok(Database::shared(name, url.to_string()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let settings = RelaySettings {
+        batch_size: args.batch_size,
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        retention: Duration::from_secs(args.retention_hours * 3600),
+    };
+    runner::run(Component {
+        name: "outbox-relay",
+        http_addr: args.http_addr,
+        kafka: args.kafka,
+        databases,
+        api: None,
+        sidecar: None,
+        work: Box::new(move |pools, kafka, shutdown| {
+            Box::pin(relay_all(pools, kafka, settings, shutdown))
+        }),
+    })
+    .await
+}
 
-    kafka::ensure_all_topics(&args.kafka).await?;
-    let producer = kafka::producer(&args.kafka)?;
+/// The relay flags, applied to every database's relay.
+#[derive(Debug, Clone, Copy)]
+struct RelaySettings {
+    batch_size: i64,
+    poll_interval: Duration,
+    retention: Duration,
+}
 
-    let mut pools = Vec::new();
+/// One relay per database, sharing one idempotent producer; ends when any relay fails.
+async fn relay_all(
+    pools: Pools,
+    kafka: KafkaConfig,
+    settings: RelaySettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let producer = sagaflow_runtime::kafka::producer(&kafka)?;
     let mut relays = tokio::task::JoinSet::new();
-    for entry in &args.databases {
-        let (name, url) = entry
-            .split_once('=')
-            .with_context(|| format!("OUTBOX_DATABASE_URLS entry {entry:?} is not name=url"))?;
-        let pool = db::connect_lazy(url, 4)?;
-        pools.push((name.to_string(), pool.clone()));
+    for (name, pool) in pools.named() {
         let mut config = RelayConfig::new(name);
-        config.batch_size = args.batch_size;
-        config.poll_interval = Duration::from_millis(args.poll_interval_ms);
-        config.retention = Duration::from_secs(args.retention_hours * 3600);
-        let relay = Relay::new(pool, producer.clone(), args.kafka.clone(), config);
+        config.batch_size = settings.batch_size;
+        config.poll_interval = settings.poll_interval;
+        config.retention = settings.retention;
+        let relay = Relay::new(pool, producer.clone(), kafka.clone(), config);
         relays.spawn(relay.run(shutdown.clone()));
     }
-    let router = ops_router(Readiness {
-        databases: pools,
-        kafka: Some(args.kafka.clone()),
-    });
-    let listener = tokio::net::TcpListener::bind(&args.http_addr).await?;
-    let http = tokio::spawn(serve(listener, router, shutdown.clone()));
     while let Some(result) = relays.join_next().await {
         result??;
     }
-    shutdown.cancel();
-    http.await??;
-    sagaflow_runtime::telemetry::shutdown();
     Ok(())
 }

@@ -86,6 +86,31 @@ impl ComponentProcess {
         }
     }
 
+    /// SIGTERM it, as a container stop does, and wait (at most `within`) for its exit status.
+    pub async fn terminate(mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        self.assert_running();
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("a running child has a pid");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => status.expect("reaped"),
+            Err(_) => {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                panic!(
+                    "{} did not stop within {within:?} of SIGTERM:\n{log}",
+                    self.binary
+                )
+            }
+        };
+        let _ = std::fs::remove_file(&self.log);
+        status
+    }
+
     /// Stop it for good (SIGKILL: nothing of the test depends on a graceful stop).
     pub async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
@@ -99,7 +124,8 @@ impl ComponentProcess {
 impl TestApp {
     /// Take `component` out of the in-process platform and run its binary as a process on the
     /// same databases, topics and groups. Components: `saga-orchestrator`, `outbox-relay`,
-    /// `inventory-service`, `payment-service`, `notification-service`, `order-service`.
+    /// `inventory-service`, `payment-service`, `notification-service`, `order-service`,
+    /// `query-service`.
     pub async fn run_as_process(&mut self, component: &'static str) -> ComponentProcess {
         self.platform
             .as_mut()
@@ -142,6 +168,7 @@ impl TestApp {
             "inventory-service" => Some(&urls.inventory),
             "notification-service" => Some(&urls.notification),
             "order-service" => Some(&urls.order),
+            "query-service" => Some(&urls.query),
             "payment-service" => {
                 env.push((
                     "PAYMENT_PROVIDER_URL".into(),

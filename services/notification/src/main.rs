@@ -4,7 +4,7 @@
 use clap::Parser;
 use sagaflow_runtime::KafkaConfig;
 use sagaflow_runtime::auth::ApiSecurity;
-use sagaflow_runtime::runner::{self, Component};
+use sagaflow_runtime::runner::{self, Api, Component, Database};
 
 #[derive(Debug, Parser)]
 #[command(name = "notification-service", version)]
@@ -26,14 +26,21 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     runner::run(Component {
         name: notification_service::NAME,
-        database_url: args.database_url,
-        migrator: &notification_service::MIGRATOR,
         http_addr: args.http_addr,
         kafka: args.kafka,
-        security: args.security,
-        router: Box::new(notification_service::router),
-        consumer: Box::new(|pool, kafka, shutdown| {
-            Box::pin(notification_service::run_consumer(pool, kafka, shutdown))
+        databases: vec![Database::owned(
+            "notification",
+            args.database_url,
+            &notification_service::MIGRATOR,
+        )],
+        api: Some(Api::new(args.security, notification_service::router)),
+        sidecar: None,
+        work: Box::new(move |pools, kafka, shutdown| {
+            Box::pin(notification_service::run_consumer(
+                pools.own(),
+                kafka,
+                shutdown,
+            ))
         }),
     })
     .await

@@ -3,7 +3,7 @@
 use clap::Parser;
 use sagaflow_runtime::KafkaConfig;
 use sagaflow_runtime::auth::ApiSecurity;
-use sagaflow_runtime::runner::{self, Component};
+use sagaflow_runtime::runner::{self, Api, Component, Database};
 
 #[derive(Debug, Parser)]
 #[command(name = "order-service")]
@@ -25,14 +25,24 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     runner::run(Component {
         name: order_service::NAME,
-        database_url: args.database_url,
-        migrator: &order_service::MIGRATOR,
         http_addr: args.http_addr,
         kafka: args.kafka,
-        security: args.security,
-        router: Box::new(move |pool| order_service::router(pool, args.orders)),
-        consumer: Box::new(move |pool, kafka, shutdown| {
-            Box::pin(order_service::run(pool, kafka, args.orders, shutdown))
+        databases: vec![Database::owned(
+            "order",
+            args.database_url,
+            &order_service::MIGRATOR,
+        )],
+        api: Some(Api::new(args.security, move |pool| {
+            order_service::router(pool, args.orders)
+        })),
+        sidecar: None,
+        work: Box::new(move |pools, kafka, shutdown| {
+            Box::pin(order_service::run(
+                pools.own(),
+                kafka,
+                args.orders,
+                shutdown,
+            ))
         }),
     })
     .await
