@@ -6,7 +6,7 @@ RUN cargo build --release --locked --workspace --bins \
  && mkdir /out \
  && cp target/release/sagaflow target/release/order-service target/release/inventory-service \
        target/release/payment-service target/release/notification-service \
-       target/release/saga-orchestrator target/release/outbox-relay /out/
+       target/release/saga-orchestrator target/release/outbox-relay target/release/query-service /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/*

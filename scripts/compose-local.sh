@@ -29,7 +29,7 @@ BINARIES=(sagaflow order-service inventory-service payment-service notification-
     saga-orchestrator outbox-relay)
 # Components with an HTTP port published on the host (outbox-relay has none: checked inside).
 declare -A HTTP_PORTS=([order-service]=8081 [inventory-service]=8082 [payment-service]=8083
-    [notification-service]=8084 [saga-orchestrator]=8085)
+    [notification-service]=8084 [saga-orchestrator]=8085 [query-service]=8087)
 
 step() { printf '[compose-local %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 fail() { step "FAIL: $*"; exit 1; }

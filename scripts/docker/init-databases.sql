@@ -4,3 +4,4 @@ CREATE DATABASE sagaflow_inventory;
 CREATE DATABASE sagaflow_payment;
 CREATE DATABASE sagaflow_notification;
 CREATE DATABASE sagaflow_saga;
+CREATE DATABASE sagaflow_query;
