@@ -35,7 +35,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sagaflow_schemas::{CodecError, Envelope, Message, header_names, topics};
+use sagaflow_schemas::{CodecError, Envelope, Message, MessageType, header_names, topics};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -87,7 +87,7 @@ impl HandlerError {
 pub trait Handler: Send + Sync + 'static {
     /// Whether this consumer cares about a message type; others are skipped without an inbox
     /// row (they share a topic with types it handles).
-    fn accepts(&self, message_type: &str) -> bool;
+    fn accepts(&self, message_type: MessageType) -> bool;
 
     /// Apply the message inside `tx` (which already holds its inbox row). Do not commit.
     fn handle<'a>(
@@ -606,7 +606,7 @@ impl<H: Handler> Worker<H> {
             "messaging.message.id",
             tracing::field::display(incoming.envelope.message_id),
         );
-        if !self.handler.accepts(&incoming.envelope.message_type) {
+        if !self.handler.accepts(incoming.message.kind()) {
             return Outcome::Skipped;
         }
         let mut delays = ExponentialBuilder::default()

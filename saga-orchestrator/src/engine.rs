@@ -6,6 +6,7 @@
 //! with `FOR UPDATE SKIP LOCKED`, one transaction per saga so that one that cannot fire does
 //! not hold up the others.
 
+use sagaflow_schemas::MessageType;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -97,18 +98,18 @@ pub struct SagaReplies {
 }
 
 impl Handler for SagaReplies {
-    fn accepts(&self, message_type: &str) -> bool {
+    fn accepts(&self, message_type: MessageType) -> bool {
         matches!(
             message_type,
-            "OrderPlaced"
-                | "OrderApproved"
-                | "OrderRejected"
-                | "StockReserved"
-                | "StockRejected"
-                | "StockReleased"
-                | "PaymentAuthorized"
-                | "PaymentDeclined"
-                | "PaymentRefunded"
+            MessageType::OrderPlaced
+                | MessageType::OrderApproved
+                | MessageType::OrderRejected
+                | MessageType::StockReserved
+                | MessageType::StockRejected
+                | MessageType::StockReleased
+                | MessageType::PaymentAuthorized
+                | MessageType::PaymentDeclined
+                | MessageType::PaymentRefunded
         )
     }
 

@@ -88,13 +88,58 @@ macro_rules! message_enum {
             }
         })*
 
+        /// The type of a message: one variant per [`Message`] variant, named as the
+        /// `ce_type` header and the schema record. Consumers say which they handle with
+        /// these, so a misspelt type is a compile error, not a message silently skipped.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum MessageType {
+            $($name),*
+        }
+
+        impl MessageType {
+            /// Every message type.
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$name),*];
+
+            /// Its name (`ce_type` header, schema record name).
+            pub fn as_str(self) -> &'static str {
+                match self { $(MessageType::$name => stringify!($name)),* }
+            }
+
+            /// The topic messages of this type are published to (before any prefix).
+            pub fn topic(self) -> &'static str {
+                match self { $(MessageType::$name => $topic),* }
+            }
+        }
+
+        impl std::str::FromStr for MessageType {
+            type Err = CodecError;
+
+            fn from_str(name: &str) -> Result<Self, CodecError> {
+                match name {
+                    $(stringify!($name) => Ok(MessageType::$name),)*
+                    other => Err(CodecError::UnknownType(other.to_string())),
+                }
+            }
+        }
+
+        impl std::fmt::Display for MessageType {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
         impl Message {
             /// Every message type name, as used in the `ce_type` header.
             pub const TYPES: &'static [&'static str] = &[$(stringify!($name)),*];
 
+            /// Its type.
+            pub fn kind(&self) -> MessageType {
+                match self { $(Message::$name(_) => MessageType::$name),* }
+            }
+
             /// The type name (`ce_type` header, schema record name).
             pub fn message_type(&self) -> &'static str {
-                match self { $(Message::$name(_) => stringify!($name)),* }
+                self.kind().as_str()
             }
 
             /// The topic a message of this type is published to (before any prefix).
@@ -224,6 +269,28 @@ pub fn decode_to_json(schema_ref: &str, bytes: &[u8]) -> Result<serde_json::Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_message_type_is_named_as_its_ce_type_and_parses_back() {
+        assert_eq!(MessageType::ALL.len(), Message::TYPES.len());
+        for (kind, name) in MessageType::ALL.iter().zip(Message::TYPES) {
+            assert_eq!(kind.as_str(), *name);
+            assert_eq!(name.parse::<MessageType>().unwrap(), *kind);
+        }
+        assert!(matches!(
+            "ApproveOrders".parse::<MessageType>(),
+            Err(CodecError::UnknownType(name)) if name == "ApproveOrders"
+        ));
+    }
+
+    #[test]
+    fn a_message_knows_its_type_and_the_type_its_topic() {
+        let approve = Message::from(ApproveOrder { order_id: id(1) });
+        assert_eq!(approve.kind(), MessageType::ApproveOrder);
+        assert_eq!(approve.message_type(), "ApproveOrder");
+        assert_eq!(approve.kind().topic(), approve.topic());
+        assert_eq!(MessageType::StockReserved.topic(), topics::INVENTORY_EVENTS);
+    }
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)

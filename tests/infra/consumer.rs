@@ -2,6 +2,7 @@
 //! others, and a lane that panics stops its consumer with an error and a red readiness —
 //! not a process that exits 0 or keeps looking healthy while consuming nothing.
 
+use sagaflow_schemas::MessageType;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ struct Probe {
 }
 
 impl Handler for Probe {
-    fn accepts(&self, _message_type: &str) -> bool {
+    fn accepts(&self, _message_type: MessageType) -> bool {
         true
     }
 

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_messaging::{Origin, enqueue};
 use sagaflow_runtime::db::Tx;
+use sagaflow_schemas::MessageType;
 use sagaflow_schemas::{Message, ReleaseStock, ReserveStock, StockLine};
 use tracing::info;
 use uuid::Uuid;
@@ -38,8 +39,11 @@ impl InventoryHandler {
 }
 
 impl Handler for InventoryHandler {
-    fn accepts(&self, message_type: &str) -> bool {
-        matches!(message_type, "ReserveStock" | "ReleaseStock")
+    fn accepts(&self, message_type: MessageType) -> bool {
+        matches!(
+            message_type,
+            MessageType::ReserveStock | MessageType::ReleaseStock
+        )
     }
 
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {

@@ -9,6 +9,7 @@ use chrono::Utc;
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_messaging::{Origin, enqueue};
 use sagaflow_runtime::db::Tx;
+use sagaflow_schemas::MessageType;
 use sagaflow_schemas::NotificationSent;
 use tracing::{debug, info};
 
@@ -21,8 +22,11 @@ use crate::store;
 pub struct NotificationHandler;
 
 impl Handler for NotificationHandler {
-    fn accepts(&self, message_type: &str) -> bool {
-        matches!(message_type, "OrderApproved" | "OrderRejected")
+    fn accepts(&self, message_type: MessageType) -> bool {
+        matches!(
+            message_type,
+            MessageType::OrderApproved | MessageType::OrderRejected
+        )
     }
 
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {

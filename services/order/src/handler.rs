@@ -20,6 +20,7 @@ use chrono::Utc;
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_messaging::{Origin, enqueue};
 use sagaflow_runtime::db::Tx;
+use sagaflow_schemas::MessageType;
 use sagaflow_schemas::{Message, OrderApproved, OrderRejected};
 
 use crate::NAME;
@@ -28,8 +29,11 @@ use crate::store::{self, APPROVED, OrderRow, PENDING, REJECTED};
 pub struct OrderCommands;
 
 impl Handler for OrderCommands {
-    fn accepts(&self, message_type: &str) -> bool {
-        matches!(message_type, "ApproveOrder" | "RejectOrder")
+    fn accepts(&self, message_type: MessageType) -> bool {
+        matches!(
+            message_type,
+            MessageType::ApproveOrder | MessageType::RejectOrder
+        )
     }
 
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {

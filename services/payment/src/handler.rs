@@ -22,6 +22,7 @@ use chrono::Utc;
 use sagaflow_messaging::Origin;
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_runtime::db::Tx;
+use sagaflow_schemas::MessageType;
 use sagaflow_schemas::{
     AuthorizePayment, Message, PaymentAuthorized, PaymentDeclined, PaymentRefunded, RefundPayment,
 };
@@ -277,8 +278,11 @@ async fn enqueue(tx: &mut Tx, incoming: &Incoming, reply: &Message) -> Result<()
 }
 
 impl Handler for PaymentHandler {
-    fn accepts(&self, message_type: &str) -> bool {
-        matches!(message_type, "AuthorizePayment" | "RefundPayment")
+    fn accepts(&self, message_type: MessageType) -> bool {
+        matches!(
+            message_type,
+            MessageType::AuthorizePayment | MessageType::RefundPayment
+        )
     }
 
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {

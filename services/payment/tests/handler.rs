@@ -134,7 +134,7 @@ async fn deliver(env: &Env, message: Message) -> Result<(), HandlerError> {
         ),
         message,
     };
-    assert!(env.handler.accepts(incoming.message.message_type()));
+    assert!(env.handler.accepts(incoming.message.kind()));
     let mut tx = env.pool.begin().await?;
     env.handler.handle(&mut tx, &incoming).await?;
     tx.commit().await?;

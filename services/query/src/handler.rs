@@ -1,6 +1,7 @@
 //! The live consumer of the events topics: applies each event to every projection and records
 //! how far it has read, all in the consumer's transaction (with the inbox row).
 
+use sagaflow_schemas::MessageType;
 use std::sync::Arc;
 
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
@@ -26,7 +27,7 @@ impl QueryHandler {
 }
 
 impl Handler for QueryHandler {
-    fn accepts(&self, message_type: &str) -> bool {
+    fn accepts(&self, message_type: MessageType) -> bool {
         Projection::ALL.iter().any(|p| p.accepts(message_type))
     }
 

@@ -13,6 +13,7 @@
 //! know (it could not render the total): dead-lettered, and redriven once the currency is
 //! configured (`QUERY_CURRENCY_MINOR_UNITS=XTS=2`).
 
+use sagaflow_schemas::MessageType;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -82,22 +83,25 @@ impl Projection {
         }
     }
 
-    pub fn accepts(self, message_type: &str) -> bool {
+    pub fn accepts(self, message_type: MessageType) -> bool {
         match self {
             Projection::Orders => matches!(
                 message_type,
-                "OrderPlaced"
-                    | "OrderApproved"
-                    | "OrderRejected"
-                    | "StockReserved"
-                    | "StockRejected"
-                    | "StockReleased"
-                    | "PaymentAuthorized"
-                    | "PaymentDeclined"
-                    | "PaymentRefunded"
-                    | "NotificationSent"
+                MessageType::OrderPlaced
+                    | MessageType::OrderApproved
+                    | MessageType::OrderRejected
+                    | MessageType::StockReserved
+                    | MessageType::StockRejected
+                    | MessageType::StockReleased
+                    | MessageType::PaymentAuthorized
+                    | MessageType::PaymentDeclined
+                    | MessageType::PaymentRefunded
+                    | MessageType::NotificationSent
             ),
-            Projection::Stock => matches!(message_type, "StockReserved" | "StockReleased"),
+            Projection::Stock => matches!(
+                message_type,
+                MessageType::StockReserved | MessageType::StockReleased
+            ),
         }
     }
 }
@@ -228,7 +232,7 @@ pub async fn apply(
     envelope: &Envelope,
     message: &Message,
 ) -> Result<(), ProjectionError> {
-    if !projection.accepts(message.message_type()) {
+    if !projection.accepts(message.kind()) {
         return Ok(());
     }
     match projection {
