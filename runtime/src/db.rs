@@ -60,3 +60,91 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 pub fn is_conflict(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001") | Some("40P01")))
 }
+
+/// A text column holding a value its enum does not know (the table's CHECK constraint should
+/// make that impossible): the error of every [`text_enum!`](crate::text_enum) `TryFrom<String>`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {of} {value:?}")]
+pub struct UnknownValue {
+    /// What the value should have been, e.g. `order status`.
+    pub of: &'static str,
+    pub value: String,
+}
+
+/// The one idiom for status enums stored as text: each variant with its text, `ALL`,
+/// `as_str`, `Display`, serde as the text, and `TryFrom<String>` (use it on a row field with
+/// `#[sqlx(try_from = "String")]`), failing with [`UnknownValue`].
+///
+/// ```ignore
+/// sagaflow_runtime::text_enum! {
+///     /// Where an order stands.
+///     pub enum OrderStatus("order status") { Pending = "PENDING", Approved = "APPROVED" }
+/// }
+/// ```
+#[macro_export]
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident ($what:literal) {
+            $($(#[$variant_meta:meta])* $variant:ident = $text:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        $vis enum $name {
+            $($(#[$variant_meta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored text.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $crate::db::UnknownValue;
+
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|known| known.as_str() == value)
+                    .ok_or($crate::db::UnknownValue { of: $what, value })
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod text_enum_tests {
+    crate::text_enum! {
+        /// A test enum.
+        enum Light("light") { Red = "RED", Green = "GREEN" }
+    }
+
+    #[test]
+    fn a_text_enum_round_trips_through_its_text_and_refuses_others() {
+        for light in Light::ALL {
+            assert_eq!(Light::try_from(light.as_str().to_string()).unwrap(), *light);
+            assert_eq!(light.to_string(), light.as_str());
+            assert_eq!(
+                serde_json::to_value(light).unwrap(),
+                serde_json::json!(light.as_str())
+            );
+        }
+        let error = Light::try_from("red".to_string()).unwrap_err();
+        assert_eq!(error.to_string(), "unknown light \"red\"");
+    }
+}

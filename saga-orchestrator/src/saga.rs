@@ -29,50 +29,23 @@ use sagaflow_schemas::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum State {
-    ReservingStock,
-    AuthorizingPayment,
-    Approving,
-    Compensating,
-    Rejecting,
-    Approved,
-    Rejected,
-    Failed,
+sagaflow_runtime::text_enum! {
+    /// Where a saga stands (`sagas.state`).
+    pub enum State("saga state") {
+        ReservingStock = "RESERVING_STOCK",
+        AuthorizingPayment = "AUTHORIZING_PAYMENT",
+        Approving = "APPROVING",
+        Compensating = "COMPENSATING",
+        Rejecting = "REJECTING",
+        Approved = "APPROVED",
+        Rejected = "REJECTED",
+        Failed = "FAILED",
+    }
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
-        State::ReservingStock,
-        State::AuthorizingPayment,
-        State::Approving,
-        State::Compensating,
-        State::Rejecting,
-        State::Approved,
-        State::Rejected,
-        State::Failed,
-    ];
-
     pub fn is_terminal(self) -> bool {
         matches!(self, State::Approved | State::Rejected | State::Failed)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::ReservingStock => "RESERVING_STOCK",
-            State::AuthorizingPayment => "AUTHORIZING_PAYMENT",
-            State::Approving => "APPROVING",
-            State::Compensating => "COMPENSATING",
-            State::Rejecting => "REJECTING",
-            State::Approved => "APPROVED",
-            State::Rejected => "REJECTED",
-            State::Failed => "FAILED",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<State> {
-        State::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 
@@ -853,7 +826,8 @@ mod tests {
     #[test]
     fn states_round_trip_through_text() {
         for state in State::ALL {
-            assert_eq!(State::parse(state.as_str()), Some(state));
+            assert_eq!(State::try_from(state.as_str().to_string()).unwrap(), *state);
         }
+        assert!(State::try_from("BOGUS".to_string()).is_err());
     }
 }

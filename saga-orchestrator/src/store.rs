@@ -22,9 +22,9 @@ struct SagaRow {
 
 impl SagaRow {
     fn into_saga(self) -> Result<(Saga, Option<String>), sqlx::Error> {
-        let state = State::parse(&self.state).ok_or_else(|| {
-            sqlx::Error::Decode(format!("unknown saga state {:?}", self.state).into())
-        })?;
+        // Decoded here rather than by `#[sqlx(try_from)]`, so that one bad row fails alone and
+        // not the whole fetch it is part of (the sweeper reports it and moves on).
+        let state = State::try_from(self.state).map_err(|e| sqlx::Error::Decode(e.into()))?;
         let saga = Saga {
             order_id: self.order_id,
             state,

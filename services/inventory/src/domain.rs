@@ -28,31 +28,12 @@ pub struct StockRow {
     pub reserved: i32,
 }
 
-/// Where an order's reservation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Reserved,
-    Released,
-    Rejected,
-}
-
-impl Status {
-    /// The value stored in `reservations.status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Reserved => "RESERVED",
-            Status::Released => "RELEASED",
-            Status::Rejected => "REJECTED",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "RESERVED" => Some(Status::Reserved),
-            "RELEASED" => Some(Status::Released),
-            "REJECTED" => Some(Status::Rejected),
-            _ => None,
-        }
+sagaflow_runtime::text_enum! {
+    /// Where an order's reservation stands (`reservations.status`).
+    pub enum Status("reservation status") {
+        Reserved = "RESERVED",
+        Released = "RELEASED",
+        Rejected = "REJECTED",
     }
 }
 
@@ -503,10 +484,13 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_through_their_stored_form() {
-        for status in [Status::Reserved, Status::Released, Status::Rejected] {
-            assert_eq!(Status::parse(status.as_str()), Some(status));
+        for status in Status::ALL {
+            assert_eq!(
+                Status::try_from(status.as_str().to_string()).unwrap(),
+                *status
+            );
         }
-        assert_eq!(Status::parse("reserved"), None);
+        assert!(Status::try_from("reserved".to_string()).is_err());
     }
 
     #[test]

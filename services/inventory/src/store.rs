@@ -65,7 +65,8 @@ impl From<VersionedRecord> for VersionedStock {
 
 #[derive(sqlx::FromRow)]
 struct ReservationRecord {
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: Status,
     lines: Json<Vec<StockLine>>,
     reason: Option<String>,
     created_at: DateTime<Utc>,
@@ -75,12 +76,8 @@ impl TryFrom<ReservationRecord> for Reservation {
     type Error = sqlx::Error;
 
     fn try_from(record: ReservationRecord) -> Result<Self, Self::Error> {
-        let status = Status::parse(&record.status).ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: "status".into(),
-            source: format!("unknown reservation status {:?}", record.status).into(),
-        })?;
         Ok(Reservation {
-            status,
+            status: record.status,
             lines: record.lines.0,
             reason: record.reason,
             decided_at: record.created_at.timestamp_millis(),

@@ -35,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use crate::domain::OrderStatus;
 use crate::domain::deadline_reason;
-use crate::store::{self, REJECTED};
+use crate::store;
 use crate::{NAME, OrderConfig, handler};
 
 /// Overdue orders looked at per statement; a full batch is followed by the next one at once.
@@ -121,7 +122,14 @@ async fn expire(
         causation_id: None,
         traceparent: None,
     };
-    handler::conclude(&mut tx, &order, REJECTED, Some(reason), &origin).await?;
+    handler::conclude(
+        &mut tx,
+        &order,
+        OrderStatus::Rejected,
+        Some(reason),
+        &origin,
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -3,6 +3,16 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+sagaflow_runtime::text_enum! {
+    /// Where an order stands (`orders.status`): PENDING until the saga (or the order
+    /// deadline) decides it, then APPROVED or REJECTED for good.
+    pub enum OrderStatus("order status") {
+        Pending = "PENDING",
+        Approved = "APPROVED",
+        Rejected = "REJECTED",
+    }
+}
+
 pub const MAX_LINES: usize = 100;
 pub const MAX_QUANTITY: i64 = 10_000;
 pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;

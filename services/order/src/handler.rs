@@ -24,7 +24,8 @@ use sagaflow_schemas::MessageType;
 use sagaflow_schemas::{Message, OrderApproved, OrderRejected};
 
 use crate::NAME;
-use crate::store::{self, APPROVED, OrderRow, PENDING, REJECTED};
+use crate::domain::OrderStatus;
+use crate::store::{self, OrderRow};
 
 pub struct OrderCommands;
 
@@ -38,8 +39,8 @@ impl Handler for OrderCommands {
 
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         let (order_id, target, reason) = match &incoming.message {
-            Message::ApproveOrder(m) => (m.order_id, APPROVED, None),
-            Message::RejectOrder(m) => (m.order_id, REJECTED, Some(m.reason.as_str())),
+            Message::ApproveOrder(m) => (m.order_id, OrderStatus::Approved, None),
+            Message::RejectOrder(m) => (m.order_id, OrderStatus::Rejected, Some(m.reason.as_str())),
             _ => return Ok(()),
         };
         let Some(order) = store::lock(tx, order_id).await? else {
@@ -48,12 +49,14 @@ impl Handler for OrderCommands {
             )));
         };
         let origin = Origin::caused_by(NAME, &incoming.envelope);
-        match order.status.as_str() {
-            PENDING => conclude(tx, &order, target, reason, &origin).await,
+        match order.status {
+            OrderStatus::Pending => conclude(tx, &order, target, reason, &origin).await,
             status if status == target => announce(tx, &order, target, reason, &origin).await,
             // Rejected by the order deadline before the saga's approval came: the saga is told
             // the order is rejected and compensates (see the module documentation).
-            REJECTED => announce(tx, &order, REJECTED, None, &origin).await,
+            OrderStatus::Rejected => {
+                announce(tx, &order, OrderStatus::Rejected, None, &origin).await
+            }
             status => Err(HandlerError::Rejected(format!(
                 "order {order_id} is {status}; cannot become {target}"
             ))),
@@ -66,7 +69,7 @@ impl Handler for OrderCommands {
 pub(crate) async fn conclude(
     tx: &mut Tx,
     order: &OrderRow,
-    status: &str,
+    status: OrderStatus,
     reason: Option<&str>,
     origin: &Origin,
 ) -> Result<(), HandlerError> {
@@ -79,12 +82,12 @@ pub(crate) async fn conclude(
 async fn announce(
     tx: &mut Tx,
     order: &OrderRow,
-    status: &str,
+    status: OrderStatus,
     reason: Option<&str>,
     origin: &Origin,
 ) -> Result<(), HandlerError> {
     let now = Utc::now().timestamp_millis();
-    let event: Message = if status == APPROVED {
+    let event: Message = if status == OrderStatus::Approved {
         OrderApproved {
             order_id: order.id,
             customer_id: order.customer_id,

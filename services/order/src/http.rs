@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::domain::OrderStatus;
 use crate::domain::{NewOrder, validate};
 use crate::store::IdempotencyKey;
 use crate::{NAME, OrderConfig, store};
@@ -127,7 +128,7 @@ fn accepted(order_id: Uuid, traceparent: &str) -> Response {
     let location = format!("/orders/{order_id}");
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(json!({"order_id": order_id, "status": "PENDING"})),
+        Json(json!({"order_id": order_id, "status": OrderStatus::Pending})),
     )
         .into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {

@@ -6,19 +6,15 @@ use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, OrderLine};
-
-/// The statuses of an order (`orders.status`).
-pub const PENDING: &str = "PENDING";
-pub const APPROVED: &str = "APPROVED";
-pub const REJECTED: &str = "REJECTED";
+use crate::domain::{NewOrder, OrderLine, OrderStatus};
 
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct OrderRow {
     #[serde(rename = "order_id")]
     pub id: Uuid,
     pub customer_id: Uuid,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: OrderStatus,
     pub reason: Option<String>,
     #[sqlx(json)]
     pub items: Vec<OrderLine>,
@@ -139,12 +135,12 @@ pub async fn lock(tx: &mut Tx, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error
 pub async fn set_status(
     tx: &mut Tx,
     id: Uuid,
-    status: &str,
+    status: OrderStatus,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE orders SET status = $2, reason = $3, updated_at = now() WHERE id = $1")
         .bind(id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .execute(&mut **tx)
         .await?;

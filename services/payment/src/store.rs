@@ -4,61 +4,23 @@
 //! survive that transaction's rollback. Callers serialise work on one order with
 //! [`lock_order`] before reading, so a read-then-write here is never raced.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use sagaflow_runtime::db::Tx;
 use serde::Serialize;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-/// Where an order's payment stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PaymentStatus {
-    /// Charged at the provider.
-    Authorized,
-    /// The provider (or validation) refused; nothing was charged.
-    Declined,
-    /// Charged, then refunded.
-    Refunded,
-    /// Compensated before anything was charged: the order must never be charged.
-    Cancelled,
-}
-
-impl PaymentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentStatus::Authorized => "AUTHORIZED",
-            PaymentStatus::Declined => "DECLINED",
-            PaymentStatus::Refunded => "REFUNDED",
-            PaymentStatus::Cancelled => "CANCELLED",
-        }
-    }
-}
-
-impl fmt::Display for PaymentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A status text the table's CHECK constraint should have made impossible.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown payment status {0:?}")]
-pub struct UnknownStatus(String);
-
-impl TryFrom<String> for PaymentStatus {
-    type Error = UnknownStatus;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        match value.as_str() {
-            "AUTHORIZED" => Ok(PaymentStatus::Authorized),
-            "DECLINED" => Ok(PaymentStatus::Declined),
-            "REFUNDED" => Ok(PaymentStatus::Refunded),
-            "CANCELLED" => Ok(PaymentStatus::Cancelled),
-            _ => Err(UnknownStatus(value)),
-        }
+sagaflow_runtime::text_enum! {
+    /// Where an order's payment stands (`payments.status`).
+    pub enum PaymentStatus("payment status") {
+        /// Charged at the provider.
+        Authorized = "AUTHORIZED",
+        /// The provider (or validation) refused; nothing was charged.
+        Declined = "DECLINED",
+        /// Charged, then refunded.
+        Refunded = "REFUNDED",
+        /// Compensated before anything was charged: the order must never be charged.
+        Cancelled = "CANCELLED",
     }
 }
 
