@@ -438,7 +438,7 @@ mod tests {
         }
     }
 
-    fn placed() -> Message {
+    fn placed() -> Step {
         OrderPlaced {
             order_id: ORDER,
             customer_id: Uuid::from_u128(2),
@@ -455,7 +455,7 @@ mod tests {
         .into()
     }
 
-    fn stock_reserved() -> Message {
+    fn stock_reserved() -> Step {
         StockReserved {
             order_id: ORDER,
             lines: vec![],
@@ -463,7 +463,7 @@ mod tests {
         }
         .into()
     }
-    fn stock_rejected() -> Message {
+    fn stock_rejected() -> Step {
         StockRejected {
             order_id: ORDER,
             reason: "SKU-1 short".into(),
@@ -471,7 +471,7 @@ mod tests {
         }
         .into()
     }
-    fn stock_released() -> Message {
+    fn stock_released() -> Step {
         StockReleased {
             order_id: ORDER,
             lines: vec![],
@@ -479,7 +479,7 @@ mod tests {
         }
         .into()
     }
-    fn authorized() -> Message {
+    fn authorized() -> Step {
         PaymentAuthorized {
             order_id: ORDER,
             payment_id: "ch_1".into(),
@@ -489,7 +489,7 @@ mod tests {
         }
         .into()
     }
-    fn declined() -> Message {
+    fn declined() -> Step {
         PaymentDeclined {
             order_id: ORDER,
             reason: "card_declined".into(),
@@ -497,7 +497,7 @@ mod tests {
         }
         .into()
     }
-    fn refunded() -> Message {
+    fn refunded() -> Step {
         PaymentRefunded {
             order_id: ORDER,
             payment_id: None,
@@ -507,7 +507,7 @@ mod tests {
         }
         .into()
     }
-    fn approved() -> Message {
+    fn approved() -> Step {
         OrderApproved {
             order_id: ORDER,
             customer_id: Uuid::from_u128(2),
@@ -517,7 +517,7 @@ mod tests {
         }
         .into()
     }
-    fn rejected() -> Message {
+    fn rejected() -> Step {
         OrderRejected {
             order_id: ORDER,
             customer_id: Uuid::from_u128(2),
@@ -527,244 +527,276 @@ mod tests {
         .into()
     }
 
-    /// Given the messages so far, when `trigger`, then the decision.
-    fn given(history: &[Trigger<'_>]) -> Option<Saga> {
+    /// A step of a saga's life: a message, or its deadline passing.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Message(Message),
+        Deadline,
+    }
+
+    use Step::Deadline;
+
+    impl<T: Into<Message>> From<T> for Step {
+        fn from(message: T) -> Self {
+            Step::Message(message.into())
+        }
+    }
+
+    impl Step {
+        fn trigger(&self) -> Trigger<'_> {
+            match self {
+                Step::Message(message) => Trigger::Message(message),
+                Step::Deadline => Trigger::Deadline,
+            }
+        }
+    }
+
+    /// Given/when/then for the saga (the cqrs-es `TestFramework` shape), owning its steps so
+    /// tests need no temporaries: `given(steps)` applies steps, `when(step)` decides one,
+    /// `then_*` asserts the decision and carries the saga on for the next `when`.
+    #[derive(Debug)]
+    struct SagaTest {
+        saga: Option<Saga>,
+    }
+
+    /// A decision awaiting its assertion.
+    #[derive(Debug)]
+    struct Decided {
+        before: Option<Saga>,
+        decision: Decision,
+    }
+
+    fn given(steps: impl IntoIterator<Item = Step>) -> SagaTest {
         let mut saga = None;
-        for trigger in history {
+        for step in steps {
             if let Decision::Transition { saga: next, .. } =
-                decide(saga.as_ref(), *trigger, now(), &policy())
+                decide(saga.as_ref(), step.trigger(), now(), &policy())
             {
                 saga = Some(next);
             }
         }
-        saga
+        SagaTest { saga }
     }
 
-    fn when(saga: &Option<Saga>, trigger: Trigger<'_>) -> Decision {
-        decide(saga.as_ref(), trigger, now(), &policy())
-    }
-
-    fn then_transition(decision: Decision, state: State, command_types: &[&str]) -> Saga {
-        match decision {
-            Decision::Transition { saga, commands, .. } => {
-                assert_eq!(saga.state, state);
-                let types: Vec<_> = commands.iter().map(|c| c.message_type()).collect();
-                assert_eq!(types, command_types);
-                assert!(commands.iter().all(|c| c.order_id() == ORDER));
-                saga
+    impl SagaTest {
+        fn when(self, step: Step) -> Decided {
+            let decision = decide(self.saga.as_ref(), step.trigger(), now(), &policy());
+            Decided {
+                before: self.saga,
+                decision,
             }
-            Decision::Ignore(why) => panic!("expected {state:?}, ignored: {why}"),
+        }
+
+        fn saga(&self) -> &Saga {
+            self.saga.as_ref().expect("a saga")
+        }
+
+        /// Further assertions on the saga as it stands.
+        fn and(self, check: impl FnOnce(&Saga)) -> Self {
+            check(self.saga());
+            self
         }
     }
 
-    fn then_ignored(decision: Decision) {
-        assert!(matches!(decision, Decision::Ignore(_)), "{decision:?}");
+    impl Decided {
+        /// A transition to `state` that sends `commands`, all for the order.
+        fn then_expect(self, state: State, commands: &[MessageType]) -> SagaTest {
+            match self.decision {
+                Decision::Transition {
+                    saga,
+                    commands: sent,
+                    ..
+                } => {
+                    assert_eq!(saga.state, state);
+                    let kinds: Vec<MessageType> = sent.iter().map(Message::kind).collect();
+                    assert_eq!(kinds, commands);
+                    assert!(sent.iter().all(|c| c.order_id() == ORDER));
+                    SagaTest { saga: Some(saga) }
+                }
+                Decision::Ignore(why) => panic!("expected {state:?}, ignored: {why}"),
+            }
+        }
+
+        /// Nothing happens: the saga stays as it was.
+        fn then_ignored(self) -> SagaTest {
+            assert!(
+                matches!(self.decision, Decision::Ignore(_)),
+                "{:?}",
+                self.decision
+            );
+            SagaTest { saga: self.before }
+        }
+
+        /// FAILED with an alert, no command, no deadline.
+        fn then_fails_with_an_alert(self) -> SagaTest {
+            match self.decision {
+                Decision::Transition {
+                    saga,
+                    commands,
+                    alert,
+                    ..
+                } => {
+                    assert_eq!(saga.state, State::Failed);
+                    assert!(commands.is_empty() && alert && saga.deadline.is_none());
+                    SagaTest { saga: Some(saga) }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
-    use Trigger::{Deadline, Message as M};
+    use MessageType::{
+        ApproveOrder, AuthorizePayment, RefundPayment, RejectOrder, ReleaseStock, ReserveStock,
+    };
 
     #[test]
     fn order_placed_starts_the_saga_with_a_deadline() {
-        let (p,) = (placed(),);
-        let saga = then_transition(when(&None, M(&p)), State::ReservingStock, &["ReserveStock"]);
-        assert_eq!(saga.deadline, Some(now() + Duration::seconds(10)));
+        given([])
+            .when(placed())
+            .then_expect(State::ReservingStock, &[ReserveStock])
+            .and(|saga| assert_eq!(saga.deadline, Some(now() + Duration::seconds(10))));
     }
 
     #[test]
     fn a_reply_without_a_saga_is_ignored() {
-        then_ignored(when(&None, M(&stock_reserved())));
+        given([]).when(stock_reserved()).then_ignored();
     }
 
     #[test]
     fn happy_path_reserves_charges_and_approves() {
-        let (p, r, a, o) = (placed(), stock_reserved(), authorized(), approved());
-        let s = given(&[M(&p)]);
-        let s = Some(then_transition(
-            when(&s, M(&r)),
-            State::AuthorizingPayment,
-            &["AuthorizePayment"],
-        ));
-        let s = Some(then_transition(
-            when(&s, M(&a)),
-            State::Approving,
-            &["ApproveOrder"],
-        ));
-        let done = then_transition(when(&s, M(&o)), State::Approved, &[]);
-        assert_eq!(done.deadline, None, "terminal states have no deadline");
+        given([placed()])
+            .when(stock_reserved())
+            .then_expect(State::AuthorizingPayment, &[AuthorizePayment])
+            .when(authorized())
+            .then_expect(State::Approving, &[ApproveOrder])
+            .when(approved())
+            .then_expect(State::Approved, &[])
+            .and(|done| assert_eq!(done.deadline, None, "terminal states have no deadline"));
     }
 
     #[test]
     fn out_of_stock_rejects_without_compensation() {
-        let (p, r, o) = (placed(), stock_rejected(), rejected());
-        let s = given(&[M(&p)]);
-        let s = Some(then_transition(
-            when(&s, M(&r)),
-            State::Rejecting,
-            &["RejectOrder"],
-        ));
-        then_transition(when(&s, M(&o)), State::Rejected, &[]);
+        given([placed()])
+            .when(stock_rejected())
+            .then_expect(State::Rejecting, &[RejectOrder])
+            .when(rejected())
+            .then_expect(State::Rejected, &[]);
     }
 
     #[test]
     fn a_declined_card_releases_stock_then_rejects() {
-        let (p, r, d, rel, o) = (
-            placed(),
-            stock_reserved(),
-            declined(),
-            stock_released(),
-            rejected(),
-        );
-        let s = given(&[M(&p), M(&r)]);
-        let s = Some(then_transition(
-            when(&s, M(&d)),
-            State::Compensating,
-            &["ReleaseStock"],
-        ));
-        let s = Some(then_transition(
-            when(&s, M(&rel)),
-            State::Rejecting,
-            &["RejectOrder"],
-        ));
-        assert!(
-            s.as_ref()
-                .unwrap()
-                .data
-                .reason
-                .as_ref()
-                .unwrap()
-                .contains("card_declined")
-        );
-        then_transition(when(&s, M(&o)), State::Rejected, &[]);
+        given([placed(), stock_reserved()])
+            .when(declined())
+            .then_expect(State::Compensating, &[ReleaseStock])
+            .when(stock_released())
+            .then_expect(State::Rejecting, &[RejectOrder])
+            .and(|saga| assert!(saga.data.reason.as_ref().unwrap().contains("card_declined")))
+            .when(rejected())
+            .then_expect(State::Rejected, &[]);
     }
 
     #[test]
     fn a_payment_deadline_refunds_and_releases_and_waits_for_both() {
-        let (p, r, rel, refd, o) = (
-            placed(),
-            stock_reserved(),
-            stock_released(),
-            refunded(),
-            rejected(),
-        );
-        let s = given(&[M(&p), M(&r)]);
-        let s = Some(then_transition(
-            when(&s, Deadline),
-            State::Compensating,
-            &["RefundPayment", "ReleaseStock"],
-        ));
-        let s = Some(then_transition(when(&s, M(&rel)), State::Compensating, &[]));
-        let s = Some(then_transition(
-            when(&s, M(&refd)),
-            State::Rejecting,
-            &["RejectOrder"],
-        ));
-        then_transition(when(&s, M(&o)), State::Rejected, &[]);
+        given([placed(), stock_reserved()])
+            .when(Deadline)
+            .then_expect(State::Compensating, &[RefundPayment, ReleaseStock])
+            .when(stock_released())
+            .then_expect(State::Compensating, &[])
+            .when(refunded())
+            .then_expect(State::Rejecting, &[RejectOrder])
+            .when(rejected())
+            .then_expect(State::Rejected, &[]);
     }
 
     #[test]
     fn a_stock_deadline_releases_whatever_may_have_been_reserved() {
-        let p = placed();
-        let s = given(&[M(&p)]);
-        then_transition(when(&s, Deadline), State::Compensating, &["ReleaseStock"]);
+        given([placed()])
+            .when(Deadline)
+            .then_expect(State::Compensating, &[ReleaseStock]);
     }
 
     #[test]
     fn a_late_payment_reply_after_the_deadline_is_ignored() {
-        let (p, r, a, d) = (placed(), stock_reserved(), authorized(), declined());
-        let s = given(&[M(&p), M(&r), Deadline]);
         // The refund already queued behind the charge undoes it; the saga must not approve.
-        then_ignored(when(&s, M(&a)));
-        then_ignored(when(&s, M(&d)));
-        assert_eq!(s.unwrap().state, State::Compensating);
+        given([placed(), stock_reserved(), Deadline])
+            .when(authorized())
+            .then_ignored()
+            .when(declined())
+            .then_ignored()
+            .and(|saga| assert_eq!(saga.state, State::Compensating));
     }
 
     #[test]
     fn a_late_stock_reply_after_the_deadline_is_ignored() {
-        let (p, r) = (placed(), stock_reserved());
-        let s = given(&[M(&p), Deadline]);
-        then_ignored(when(&s, M(&r)));
+        given([placed(), Deadline])
+            .when(stock_reserved())
+            .then_ignored();
     }
 
     #[test]
     fn duplicates_change_nothing() {
-        let (p, r, a) = (placed(), stock_reserved(), authorized());
-        let s = given(&[M(&p), M(&r)]);
-        then_ignored(when(&s, M(&p)));
-        then_ignored(when(&s, M(&r)));
-        let s = given(&[M(&p), M(&r), M(&a)]);
-        then_ignored(when(&s, M(&a)));
+        given([placed(), stock_reserved()])
+            .when(placed())
+            .then_ignored()
+            .when(stock_reserved())
+            .then_ignored();
+        given([placed(), stock_reserved(), authorized()])
+            .when(authorized())
+            .then_ignored();
     }
 
     #[test]
     fn terminal_sagas_ignore_everything() {
-        let (p, r, a, o) = (placed(), stock_reserved(), authorized(), approved());
-        let s = given(&[M(&p), M(&r), M(&a), M(&o)]);
-        for trigger in [M(&p), M(&r), M(&a), M(&o), Deadline] {
-            then_ignored(when(&s, trigger));
+        let approved_saga = || given([placed(), stock_reserved(), authorized(), approved()]);
+        for step in [
+            placed(),
+            stock_reserved(),
+            authorized(),
+            approved(),
+            Deadline,
+        ] {
+            approved_saga().when(step).then_ignored();
         }
     }
 
     #[test]
     fn stuck_compensation_is_retried_with_backoff_then_fails_with_an_alert() {
-        let (p, r, d) = (placed(), stock_reserved(), declined());
-        let s = given(&[M(&p), M(&r), M(&d)]);
-        let s1 = then_transition(when(&s, Deadline), State::Compensating, &["ReleaseStock"]);
-        assert_eq!(s1.attempts, 1);
-        assert_eq!(
-            s1.deadline,
-            Some(now() + Duration::seconds(20)),
-            "backoff doubles"
-        );
-        let s2 = then_transition(
-            when(&Some(s1), Deadline),
-            State::Compensating,
-            &["ReleaseStock"],
-        );
-        assert_eq!(s2.deadline, Some(now() + Duration::seconds(40)));
-        match when(&Some(s2), Deadline) {
-            Decision::Transition {
-                saga,
-                commands,
-                alert,
-                ..
-            } => {
-                assert_eq!(saga.state, State::Failed);
-                assert!(commands.is_empty() && alert && saga.deadline.is_none());
-            }
-            other => panic!("{other:?}"),
-        }
+        given([placed(), stock_reserved(), declined()])
+            .when(Deadline)
+            .then_expect(State::Compensating, &[ReleaseStock])
+            .and(|saga| {
+                assert_eq!(saga.attempts, 1);
+                assert_eq!(
+                    saga.deadline,
+                    Some(now() + Duration::seconds(20)),
+                    "backoff doubles"
+                );
+            })
+            .when(Deadline)
+            .then_expect(State::Compensating, &[ReleaseStock])
+            .and(|saga| assert_eq!(saga.deadline, Some(now() + Duration::seconds(40))))
+            .when(Deadline)
+            .then_fails_with_an_alert();
     }
 
     #[test]
     fn a_compensation_confirmed_after_retries_still_rejects() {
-        let (p, r, d, rel, o) = (
-            placed(),
-            stock_reserved(),
-            declined(),
-            stock_released(),
-            rejected(),
-        );
-        let s = given(&[M(&p), M(&r), M(&d), Deadline]);
-        let s = Some(then_transition(
-            when(&s, M(&rel)),
-            State::Rejecting,
-            &["RejectOrder"],
-        ));
-        assert_eq!(
-            s.as_ref().unwrap().attempts,
-            0,
-            "a new step starts its own attempts"
-        );
-        then_transition(when(&s, M(&o)), State::Rejected, &[]);
+        given([placed(), stock_reserved(), declined(), Deadline])
+            .when(stock_released())
+            .then_expect(State::Rejecting, &[RejectOrder])
+            .and(|saga| assert_eq!(saga.attempts, 0, "a new step starts its own attempts"))
+            .when(rejected())
+            .then_expect(State::Rejected, &[]);
     }
 
     #[test]
     fn approving_and_rejecting_retry_their_command_on_deadline() {
-        let (p, r, a, rj) = (placed(), stock_reserved(), authorized(), stock_rejected());
-        let s = given(&[M(&p), M(&r), M(&a)]);
-        then_transition(when(&s, Deadline), State::Approving, &["ApproveOrder"]);
-        let s = given(&[M(&p), M(&rj)]);
-        then_transition(when(&s, Deadline), State::Rejecting, &["RejectOrder"]);
+        given([placed(), stock_reserved(), authorized()])
+            .when(Deadline)
+            .then_expect(State::Approving, &[ApproveOrder]);
+        given([placed(), stock_rejected()])
+            .when(Deadline)
+            .then_expect(State::Rejecting, &[RejectOrder]);
     }
 
     /// The order service rejected the order (its order deadline passed) while the saga was
@@ -772,55 +804,36 @@ mod tests {
     /// reject; a second OrderRejected (the reply to a retried ApproveOrder) changes nothing.
     #[test]
     fn an_order_rejected_by_the_order_service_while_approving_refunds_releases_then_rejects() {
-        let (p, r, a, o, rel, refd) = (
-            placed(),
-            stock_reserved(),
-            authorized(),
-            rejected(),
-            stock_released(),
-            refunded(),
-        );
-        let s = given(&[M(&p), M(&r), M(&a)]);
-        assert_eq!(s.as_ref().unwrap().state, State::Approving);
-        let s = Some(then_transition(
-            when(&s, M(&o)),
-            State::Compensating,
-            &["RefundPayment", "ReleaseStock"],
-        ));
-        assert!(
-            s.as_ref()
-                .unwrap()
-                .data
-                .reason
-                .as_ref()
-                .unwrap()
-                .contains("x"),
-            "the order's reason is kept: {s:?}"
-        );
-        then_ignored(when(&s, M(&o)));
-        let s = Some(then_transition(when(&s, M(&rel)), State::Compensating, &[]));
-        let s = Some(then_transition(
-            when(&s, M(&refd)),
-            State::Rejecting,
-            &["RejectOrder"],
-        ));
-        then_transition(when(&s, M(&o)), State::Rejected, &[]);
+        given([placed(), stock_reserved(), authorized()])
+            .and(|saga| assert_eq!(saga.state, State::Approving))
+            .when(rejected())
+            .then_expect(State::Compensating, &[RefundPayment, ReleaseStock])
+            .and(|saga| {
+                let reason = saga.data.reason.as_deref().unwrap_or_default();
+                assert!(reason.contains('x'), "the order's reason is kept: {saga:?}");
+            })
+            .when(rejected())
+            .then_ignored()
+            .when(stock_released())
+            .then_expect(State::Compensating, &[])
+            .when(refunded())
+            .then_expect(State::Rejecting, &[RejectOrder])
+            .when(rejected())
+            .then_expect(State::Rejected, &[]);
     }
 
     #[test]
     fn an_order_rejected_by_the_order_service_before_approval_gives_back_what_may_be_held() {
-        let (p, r, o) = (placed(), stock_reserved(), rejected());
-        let s = given(&[M(&p)]);
-        then_transition(when(&s, M(&o)), State::Compensating, &["ReleaseStock"]);
-        let s = given(&[M(&p), M(&r)]);
-        then_transition(
-            when(&s, M(&o)),
-            State::Compensating,
-            &["RefundPayment", "ReleaseStock"],
-        );
+        given([placed()])
+            .when(rejected())
+            .then_expect(State::Compensating, &[ReleaseStock]);
+        given([placed(), stock_reserved()])
+            .when(rejected())
+            .then_expect(State::Compensating, &[RefundPayment, ReleaseStock]);
         // Already compensating: the saga's own rejection follows.
-        let s = given(&[M(&p), M(&r), Deadline]);
-        then_ignored(when(&s, M(&o)));
+        given([placed(), stock_reserved(), Deadline])
+            .when(rejected())
+            .then_ignored();
     }
 
     #[test]
