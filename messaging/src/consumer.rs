@@ -46,6 +46,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use sagaflow_runtime::KafkaConfig;
 use sagaflow_runtime::db::{self, Tx};
 use sagaflow_runtime::kafka;
+use sagaflow_runtime::periodic;
 use sagaflow_runtime::trace;
 
 /// A decoded message with where it came from.
@@ -295,13 +296,7 @@ async fn prune_inbox_every(
     retention: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut every = tokio::time::interval(INBOX_PRUNE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
+    periodic::every(INBOX_PRUNE_EVERY, shutdown, || async {
         match prune_inbox(&pool, &consumer, retention).await {
             Ok(deleted) => {
                 metrics::counter!("inbox_rows_deleted_total", "consumer" => consumer.clone())
@@ -311,7 +306,8 @@ async fn prune_inbox_every(
                 warn!(consumer, error = %e, "pruning the inbox failed; the next round retries")
             }
         }
-    }
+    })
+    .await
 }
 
 /// The fetch loop's side of one partition's lane: its queue, and the messages that did not

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use sagaflow_messaging::Origin;
 use sagaflow_messaging::consumer::HandlerError;
-use sagaflow_runtime::db;
+use sagaflow_runtime::{db, periodic};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -53,13 +53,8 @@ pub(crate) async fn expire_overdue_orders(
     shutdown: CancellationToken,
 ) {
     let period = Duration::from_millis(config.order_sweep_interval_ms.max(100));
-    let mut every = tokio::time::interval(period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
+    periodic::every(period, shutdown.clone(), || async {
+        // Full batches: more are overdue, go on at once.
         loop {
             match sweep_once(&pool, config.order_deadline()).await {
                 Ok(handled) if handled as i64 >= SWEEP_BATCH && !shutdown.is_cancelled() => {}
@@ -70,7 +65,8 @@ pub(crate) async fn expire_overdue_orders(
                 }
             }
         }
-    }
+    })
+    .await
 }
 
 /// Expire up to [`SWEEP_BATCH`] overdue orders, each in its own transaction; returns how many

@@ -13,7 +13,7 @@ mod http;
 mod store;
 
 use sagaflow_messaging::consumer::{self, ConsumerSettings};
-use sagaflow_runtime::KafkaConfig;
+use sagaflow_runtime::{KafkaConfig, periodic};
 use sagaflow_schemas::topics;
 use std::time::Duration;
 
@@ -139,13 +139,7 @@ pub async fn run(
 /// logged and tried again at the next one (the keys only wait longer).
 async fn prune_idempotency_keys(pool: PgPool, config: OrderConfig, shutdown: CancellationToken) {
     let period = Duration::from_millis(config.idempotency_prune_interval_ms.max(100));
-    let mut every = tokio::time::interval(period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
+    periodic::every(period, shutdown, || async {
         match store::prune_idempotency_keys(&pool, config.idempotency_key_ttl()).await {
             Ok(0) => {}
             Ok(deleted) => {
@@ -156,7 +150,8 @@ async fn prune_idempotency_keys(pool: PgPool, config: OrderConfig, shutdown: Can
                 tracing::warn!(error = %e, "pruning idempotency keys failed; next round retries")
             }
         }
-    }
+    })
+    .await
 }
 
 /// Consume orders.commands until `shutdown`.
