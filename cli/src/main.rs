@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the embedded Kafka-compatible broker (tansu, in-memory) on its own.
+    /// Run the embedded Kafka-compatible broker (tansu) on its own: in memory by default, or
+    /// with its log on disk (`--storage file:///dir`) so it keeps its topics across restarts.
     Broker(broker::BrokerArgs),
     /// Run the whole platform in one process (embedded broker, local PostgreSQL if needed).
     Dev(Box<dev::DevArgs>),
