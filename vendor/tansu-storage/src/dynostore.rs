@@ -1050,7 +1050,8 @@ impl Storage for DynoStore {
                     .inspect_err(|err| error!(?err, transaction_id, ?topition))?;
             }
 
-            crate::PRODUCED.notify_waiters();
+            // PATCHED (sagaflow, vendor/README.md): wake the fetches waiting on this partition.
+            crate::produced::produced(&topition.topic, topition.partition);
 
             Ok(offset)
         }

@@ -200,9 +200,9 @@ mod dynostore;
 #[cfg(feature = "dynostore")]
 mod local_fs;
 
-/// PATCHED (sagaflow, vendor/README.md): signalled after every produce, so a waiting fetch
-/// answers at once instead of at the end of its max wait.
-pub(crate) static PRODUCED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+// PATCHED (sagaflow, vendor/README.md): a produce wakes the fetches waiting on its partition,
+// so a waiting fetch answers at once instead of at the end of its max wait.
+mod produced;
 
 mod null;
 

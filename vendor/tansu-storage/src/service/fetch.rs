@@ -27,7 +27,7 @@ use tansu_sans_io::{
 use tokio::time::sleep;
 use tracing::{debug, error, instrument};
 
-use crate::{Error, Result, Storage, Topition};
+use crate::{Error, Result, Storage, Topition, produced::ProduceWatch};
 
 /// A [`Service`] using [`Storage`] as [`Context`] taking [`FetchRequest`] returning [`FetchResponse`].
 /// ```
@@ -249,6 +249,7 @@ impl FetchService {
         isolation: IsolationLevel,
         fetch: &FetchTopic,
         _is_first: bool,
+        watch: &mut ProduceWatch,
     ) -> Result<FetchableTopicResponse>
     where
         G: Storage,
@@ -266,6 +267,10 @@ impl FetchService {
             let mut partitions = Vec::new();
 
             for fetch_partition in fetch.partitions.as_ref().unwrap_or(&Vec::new()) {
+                // PATCHED (sagaflow, vendor/README.md): watched before it is read, so a
+                // produce to it after the read still wakes this fetch (see `produced`).
+                watch.watch(name, fetch_partition.partition);
+
                 let partition = self
                     .fetch_partition(
                         ctx.clone(),
@@ -313,14 +318,13 @@ impl FetchService {
             let mut elapsed = Duration::from_millis(0);
             let mut bytes = 0;
 
+            // PATCHED (sagaflow, vendor/README.md): the partitions of this fetch, registered
+            // by `fetch_topic` before each is read, woken by a produce to any of them;
+            // unregistered when the fetch is answered.
+            let mut watch = ProduceWatch::default();
+
             while elapsed <= max_wait && bytes <= min_bytes {
                 debug!(?elapsed, ?max_wait, ?bytes, ?min_bytes);
-
-                // PATCHED (sagaflow, vendor/README.md): registered before looking, so a
-                // produce that lands after the look still wakes this fetch.
-                let produced = crate::PRODUCED.notified();
-                tokio::pin!(produced);
-                _ = produced.as_mut().enable();
 
                 let enumerate = topics.iter().enumerate();
                 responses.clear();
@@ -335,6 +339,7 @@ impl FetchService {
                             isolation,
                             fetch,
                             i == 0,
+                            &mut watch,
                         )
                         .await?;
 
@@ -357,11 +362,12 @@ impl FetchService {
                 );
 
                 if bytes <= min_bytes && !remaining.is_zero() {
-                    // PATCHED (sagaflow): long poll — wake on the next produce instead of
-                    // sleeping out the client's whole max wait (every hop of a pipeline paid
-                    // up to fetch.wait.max.ms of latency).
+                    // PATCHED (sagaflow, vendor/README.md): long poll — wake on the next produce
+                    // to a partition of this fetch instead of sleeping out the client's whole
+                    // max wait (every hop of a pipeline paid up to fetch.wait.max.ms of
+                    // latency).
                     tokio::select! {
-                        _ = produced => {}
+                        _ = watch.produced() => {}
                         _ = sleep(remaining) => {}
                     }
                 }
