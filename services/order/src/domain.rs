@@ -1,6 +1,8 @@
 //! The order request and its rules, without I/O.
 
+use sagaflow_schemas::{OrderItem, OrderPlaced};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 sagaflow_runtime::text_enum! {
@@ -118,6 +120,38 @@ pub fn deadline_reason(deadline: std::time::Duration) -> String {
         s => format!("{s}s"),
     };
     format!("no saga decision within the order deadline ({span})")
+}
+
+/// The request hash an Idempotency-Key is stored with: SHA-256 of the order's JSON, so that
+/// a key reused with another body is told apart from a retry.
+pub fn request_hash(order: &NewOrder) -> Result<String, serde_json::Error> {
+    Ok(hex::encode(Sha256::digest(serde_json::to_vec(order)?)))
+}
+
+/// The `OrderPlaced` event of a validated order (`total_cents` from [`validate`]).
+pub fn order_placed(
+    order_id: Uuid,
+    order: &NewOrder,
+    total_cents: i64,
+    placed_at: i64,
+) -> OrderPlaced {
+    OrderPlaced {
+        order_id,
+        customer_id: order.customer_id,
+        items: order
+            .items
+            .iter()
+            .map(|l| OrderItem {
+                sku: l.sku.clone(),
+                quantity: l.quantity as i32, // validated <= MAX_QUANTITY
+                unit_price_cents: l.unit_price_cents,
+            })
+            .collect(),
+        total_cents,
+        currency: order.currency.clone(),
+        payment_method: order.payment_method.clone(),
+        placed_at,
+    }
 }
 
 #[cfg(test)]

@@ -13,15 +13,12 @@ use sagaflow_messaging::{Origin, enqueue};
 use sagaflow_runtime::auth::Caller;
 use sagaflow_runtime::http::{Problem, ProblemJson};
 use sagaflow_runtime::trace;
-use sagaflow_schemas::{OrderItem, OrderPlaced};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::domain::OrderStatus;
-use crate::domain::{NewOrder, validate};
+use crate::domain::{NewOrder, OrderStatus, order_placed, request_hash, validate};
 use crate::store::IdempotencyKey;
 use crate::{NAME, OrderConfig, store};
 
@@ -181,9 +178,7 @@ async fn place_order_in_span(
     let traceparent = trace::current().unwrap_or_else(|| {
         trace::child_of(headers.get("traceparent").and_then(|v| v.to_str().ok()))
     });
-    let request_hash = hex::encode(Sha256::digest(
-        serde_json::to_vec(&order).map_err(anyhow::Error::from)?,
-    ));
+    let request_hash = request_hash(&order).map_err(anyhow::Error::from)?;
 
     let order_id = Uuid::now_v7();
     let mut tx = orders.pool.begin().await?;
@@ -203,23 +198,12 @@ async fn place_order_in_span(
         };
     }
     store::insert_order(&mut tx, order_id, &order, total_cents).await?;
-    let placed = OrderPlaced {
+    let placed = order_placed(
         order_id,
-        customer_id: order.customer_id,
-        items: order
-            .items
-            .iter()
-            .map(|l| OrderItem {
-                sku: l.sku.clone(),
-                quantity: l.quantity as i32, // validated <= MAX_QUANTITY
-                unit_price_cents: l.unit_price_cents,
-            })
-            .collect(),
+        &order,
         total_cents,
-        currency: order.currency.clone(),
-        payment_method: order.payment_method.clone(),
-        placed_at: chrono::Utc::now().timestamp_millis(),
-    };
+        chrono::Utc::now().timestamp_millis(),
+    );
     let origin = Origin {
         source: NAME,
         correlation_id: order_id,

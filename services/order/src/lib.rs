@@ -20,8 +20,13 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use domain::{NewOrder, OrderLine, ValidationError, deadline_reason, validate};
+pub use domain::{
+    NewOrder, OrderLine, ValidationError, deadline_reason, order_placed, request_hash, validate,
+};
 pub use http::router;
+/// The writes of `POST /orders`, for callers that run its transaction without HTTP (the
+/// commit baseline of `sagaflow bench`).
+pub use store::{IdempotencyKey, claim_idempotency_key, insert_order};
 
 pub const NAME: &str = "order-service";
 pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =

@@ -1,0 +1,162 @@
+//! The ceilings the saga benchmark is compared with, measured in the same run before the
+//! platform starts: the PostgreSQL commit rate of the POST /orders transaction, and the raw
+//! produce rate of the idempotent producer on the same broker.
+//!
+//! The commit baseline runs the very transaction of POST /orders (order-service's store
+//! functions and `sagaflow_messaging::enqueue`), with none of the HTTP or Kafka around it: a
+//! copy of its SQL would drift from the real transaction and stop being its ceiling.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use order_service::{
+    DEFAULT_IDEMPOTENCY_KEY_TTL_SECS, IdempotencyKey, NewOrder, OrderLine, claim_idempotency_key,
+    insert_order, order_placed, request_hash, validate,
+};
+use rdkafka::producer::FutureRecord;
+use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_runtime::auth::ANONYMOUS;
+use sagaflow_runtime::{KafkaConfig, kafka, trace};
+use sagaflow_schemas::Message;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::sku;
+
+/// The commit baseline and the server settings it depends on.
+pub(super) struct CommitBaseline {
+    /// POST /orders transactions committed per second.
+    pub per_s: f64,
+    /// `synchronous_commit` of the server: `off` makes commits (and this baseline) far cheaper.
+    pub synchronous_commit: String,
+    pub fsync: String,
+}
+
+/// Both ceilings.
+pub(super) struct Baselines {
+    pub commit: CommitBaseline,
+    /// Messages produced per second (acks=all) by one idempotent producer.
+    pub produce_per_s: f64,
+}
+
+/// The order every benchmark request places (one line, the first SKU), for `customer_id`.
+fn bench_order(customer_id: Uuid) -> NewOrder {
+    NewOrder {
+        customer_id,
+        items: vec![OrderLine {
+            sku: sku(0),
+            quantity: 1,
+            unit_price_cents: 1250,
+        }],
+        currency: "EUR".into(),
+        payment_method: "pm_card_visa".into(),
+    }
+}
+
+/// The POST /orders transaction committed one at a time by `connections` concurrent workers
+/// for `secs`, on the scratch database at `url` (migrated here); transactions per second.
+pub(super) async fn commit(
+    url: &str,
+    connections: u32,
+    secs: f64,
+) -> anyhow::Result<CommitBaseline> {
+    let pool = sagaflow_runtime::db::connect(url, connections).await?;
+    order_service::MIGRATOR.run(&pool).await?;
+    let (synchronous_commit, fsync): (String, String) =
+        sqlx::query_as("SELECT current_setting('synchronous_commit'), current_setting('fsync')")
+            .fetch_one(&pool)
+            .await?;
+    let per_s = commit_loop(&pool, connections, secs).await?;
+    pool.close().await;
+    Ok(CommitBaseline {
+        per_s,
+        synchronous_commit,
+        fsync,
+    })
+}
+
+async fn commit_loop(pool: &PgPool, connections: u32, secs: f64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let mut workers = JoinSet::new();
+    for _ in 0..connections {
+        let pool = pool.clone();
+        workers.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                order_transaction(&pool).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        });
+    }
+    let mut total = 0;
+    while let Some(joined) = workers.join_next().await {
+        total += joined??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One POST /orders transaction, as order-service's handler runs it: validate and hash the
+/// order, claim a fresh Idempotency-Key (of the anonymous principal: the benchmark's API is
+/// open), insert the order, enqueue OrderPlaced, commit.
+async fn order_transaction(pool: &PgPool) -> anyhow::Result<()> {
+    let order = bench_order(Uuid::new_v4());
+    let total_cents =
+        validate(&order).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    let hash = request_hash(&order)?;
+    let order_id = Uuid::now_v7();
+    let key = Uuid::new_v4().to_string();
+    let scoped = IdempotencyKey {
+        principal: ANONYMOUS,
+        key: &key,
+    };
+    let ttl = Duration::from_secs(DEFAULT_IDEMPOTENCY_KEY_TTL_SECS);
+    let mut tx = pool.begin().await?;
+    let earlier = claim_idempotency_key(&mut tx, scoped, &hash, order_id, ttl).await?;
+    anyhow::ensure!(
+        earlier.is_none(),
+        "a fresh Idempotency-Key was already used"
+    );
+    insert_order(&mut tx, order_id, &order, total_cents).await?;
+    let placed = order_placed(order_id, &order, total_cents, Utc::now().timestamp_millis());
+    let origin = Origin {
+        source: order_service::NAME,
+        correlation_id: order_id,
+        causation_id: None,
+        traceparent: Some(trace::child_of(None)),
+    };
+    enqueue(&mut tx, &placed.into(), &origin).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The idempotent producer (acks=all) alone, sending `n` OrderPlaced-sized messages as fast
+/// as it can; messages per second.
+pub(super) async fn produce(config: &KafkaConfig, n: usize) -> anyhow::Result<f64> {
+    let topic_name = "bench.produce-baseline";
+    kafka::ensure_topics(config, &[topic_name]).await?;
+    let producer = kafka::producer(config)?;
+    let order = bench_order(Uuid::new_v4());
+    let message: Message =
+        order_placed(Uuid::now_v7(), &order, 1250, Utc::now().timestamp_millis()).into();
+    let encoded = message.encode()?;
+    let topic = config.topic(topic_name);
+    let keys: Vec<String> = (0..n).map(|_| Uuid::now_v7().to_string()).collect();
+    let started = Instant::now();
+    let sends = keys.iter().map(|key| {
+        let record = FutureRecord::to(&topic)
+            .key(key.as_bytes())
+            .payload(encoded.bytes.as_slice());
+        producer.send(record, Duration::from_secs(30))
+    });
+    let results = futures::future::join_all(sends).await;
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        results.iter().all(|r| r.is_ok()),
+        "produce baseline sends failed"
+    );
+    Ok(n as f64 / secs)
+}
