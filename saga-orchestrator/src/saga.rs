@@ -289,13 +289,7 @@ fn on_message(saga: &Saga, message: &Message, now: DateTime<Utc>, policy: &Polic
             policy,
         ),
         (State::Approving, Message::OrderApproved(_)) => {
-            let next = Saga {
-                state: State::Approved,
-                deadline: None,
-                attempts: 0,
-                ..saga.clone()
-            };
-            transition(next, vec![], "order approved")
+            finish(saga, State::Approved, "order approved")
         }
         (State::Compensating, Message::StockReleased(_)) if saga.data.awaiting_release => {
             let mut next = saga.clone();
@@ -324,17 +318,22 @@ fn on_message(saga: &Saga, message: &Message, now: DateTime<Utc>, policy: &Polic
             policy,
         ),
         (State::Rejecting, Message::OrderRejected(_)) => {
-            let next = Saga {
-                state: State::Rejected,
-                deadline: None,
-                attempts: 0,
-                ..saga.clone()
-            };
-            transition(next, vec![], "order rejected")
+            finish(saga, State::Rejected, "order rejected")
         }
         (_, Message::OrderPlaced(_)) => Decision::Ignore("saga already started".into()),
         (_, other) => late(other.message_type()),
     }
+}
+
+/// The saga ends in `terminal`: no deadline, no command.
+fn finish(saga: &Saga, terminal: State, note: &str) -> Decision {
+    let next = Saga {
+        state: terminal,
+        deadline: None,
+        attempts: 0,
+        ..saga.clone()
+    };
+    transition(next, vec![], note)
 }
 
 /// After one compensation confirmed: wait for the other, or reject the order.
