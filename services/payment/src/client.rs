@@ -245,6 +245,9 @@ enum AttemptError {
     Transient {
         detail: String,
         maybe_processed: bool,
+        /// The provider answered that it is processing this very request (409): it is up
+        /// and working, so the breaker counts the call as a success.
+        in_flight: bool,
     },
 }
 
@@ -433,6 +436,7 @@ impl ProviderClient {
                     Ok(_) if transient_status(status) => Err(AttemptError::Transient {
                         detail: format!("HTTP {status}"),
                         maybe_processed: may_have_been_processed(status),
+                        in_flight: status == StatusCode::CONFLICT,
                     }),
                     Ok(body) => Ok(Answer {
                         status,
@@ -442,12 +446,14 @@ impl ProviderClient {
                     Err(e) => Err(AttemptError::Transient {
                         detail: describe(&e),
                         maybe_processed: true,
+                        in_flight: false,
                     }),
                 }
             }
             Err(e) => Err(AttemptError::Transient {
                 detail: describe(&e),
                 maybe_processed: !e.is_connect(),
+                in_flight: false,
             }),
         };
         let outcome = match &result {
@@ -458,6 +464,14 @@ impl ProviderClient {
                 } else {
                     "refused"
                 }
+            }
+            // Not a failure of the provider: tripping the breaker on it would fail fast every
+            // later call — the one that would collect the charge's result included.
+            Err(AttemptError::Transient {
+                in_flight: true, ..
+            }) => {
+                self.breaker.on_success();
+                "in_flight"
             }
             Err(_) => {
                 self.breaker.on_error();
