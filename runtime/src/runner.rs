@@ -213,7 +213,7 @@ where
 }
 
 /// Apply migrations, waiting for the database to accept connections.
-pub async fn migrate_with_retry(
+async fn migrate_with_retry(
     pool: &PgPool,
     migrator: &Migrator,
     shutdown: &CancellationToken,
