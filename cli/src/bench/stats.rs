@@ -59,8 +59,13 @@ pub struct StepOutcome {
     pub accept_p99_ms: f64,
     /// Accepted orders whose saga reached APPROVED or REJECTED within the grace period.
     pub completed: u64,
-    /// POST → terminal status p99 from the intended send time (ms), over completed sagas.
+    /// POST → terminal saga p99 from the intended send time (ms); a saga not finished within
+    /// the grace period counts at the grace period.
     pub saga_p99_ms: f64,
+    /// Sagas in flight (accepted, not ended) at the end of the steady window minus at its
+    /// start: a backlog that grows means the sagas are falling behind, whatever the
+    /// latencies of the orders that did finish say. 0 where not measured (burst steps).
+    pub backlog_growth: i64,
 }
 
 /// Bounds of a sustainable step.
@@ -80,8 +85,16 @@ pub struct Verdict {
     pub saga_ok: bool,
 }
 
+/// How much the in-flight sagas may grow over a steady window before the step counts as
+/// falling behind: 2 % of the window's accepted orders, at least 25 (the in-flight count at
+/// a sustainable rate is rate × latency and jitters by about a batch).
+pub fn backlog_tolerance(accepted: u64) -> i64 {
+    ((accepted as f64 * 0.02).round() as i64).max(25)
+}
+
 /// Whether a step's rate is sustainable: accepted ≥ (1 − loss) × offered with p99 under the
-/// bound, and completed ≥ (1 − loss) × accepted with saga p99 under its bound.
+/// bound, and completed ≥ (1 − loss) × accepted with saga p99 under its bound and a backlog
+/// that did not grow.
 pub fn judge(step: &StepOutcome, limits: &Limits) -> Verdict {
     let offered = step.offered.max(1) as f64;
     let accept_ok = step.accepted as f64 >= (1.0 - limits.max_loss) * offered
@@ -89,7 +102,8 @@ pub fn judge(step: &StepOutcome, limits: &Limits) -> Verdict {
         && step.accept_p99_ms <= limits.max_accept_p99_ms;
     let saga_ok = accept_ok
         && step.completed as f64 >= (1.0 - limits.max_loss) * step.accepted.max(1) as f64
-        && step.saga_p99_ms <= limits.max_saga_p99_ms;
+        && step.saga_p99_ms <= limits.max_saga_p99_ms
+        && step.backlog_growth <= backlog_tolerance(step.accepted);
     Verdict { accept_ok, saga_ok }
 }
 
@@ -146,6 +160,7 @@ mod tests {
             accept_p99_ms: 10.0,
             completed: 1000,
             saga_p99_ms: 200.0,
+            backlog_growth: 0,
         }
     }
 
@@ -201,6 +216,28 @@ mod tests {
             ..step()
         };
         assert!(!judge(&slow, &LIMITS).saga_ok);
+    }
+
+    #[test]
+    fn a_growing_backlog_is_not_sustainable_even_with_good_latencies() {
+        // 1000 accepted: 20 may be noise, but the floor is 25.
+        let jitter = StepOutcome {
+            backlog_growth: 25,
+            ..step()
+        };
+        assert!(judge(&jitter, &LIMITS).saga_ok);
+        let growing = StepOutcome {
+            backlog_growth: 26,
+            ..step()
+        };
+        assert_eq!(
+            judge(&growing, &LIMITS),
+            Verdict {
+                accept_ok: true,
+                saga_ok: false
+            }
+        );
+        assert_eq!(backlog_tolerance(10_000), 200);
     }
 
     #[test]

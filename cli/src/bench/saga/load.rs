@@ -1,9 +1,14 @@
-//! The open-loop load of the saga benchmark and what is read from the databases after it:
-//! driving a fixed-rate step, waiting for its sagas to settle, draining a backlog, and the
-//! relay's figures from the outbox tables.
+//! The open-loop load of the saga benchmark and what is read from the databases around it:
+//! driving a fixed-rate step, waiting for its sagas to settle, the sagas in flight, draining
+//! a backlog, and the relay's figures from the outbox tables.
 //!
-//! Nothing is read from the databases while a step runs, so measuring adds no load.
+//! A saga is complete when its saga row is terminal (APPROVED or REJECTED, in the
+//! orchestrator's database: the last hop, after the order row changed). While a step runs,
+//! the databases are read twice (the in-flight count at the start and the end of its steady
+//! window: one `count(*)` each), so measuring adds next to no load.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,6 +33,8 @@ const MAX_IN_FLIGHT: usize = 4096;
 pub(super) struct Load {
     client: reqwest::Client,
     url: String,
+    /// Orders answered 202 since the start, every step included.
+    accepted: Arc<AtomicU64>,
 }
 
 impl Load {
@@ -38,7 +45,13 @@ impl Load {
                 .timeout(Duration::from_secs(30))
                 .build()?,
             url,
+            accepted: Arc::default(),
         })
+    }
+
+    /// Orders accepted since the start.
+    pub(super) fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Request `i` of a step: a new customer and key each, the SKUs taken in turn.
@@ -106,8 +119,12 @@ pub(super) async fn drive(load: &Load, rate: f64, secs: f64, quiet: bool) -> Dri
         }
         let request = load.request(i);
         let progress = progress.clone();
+        let accepted = load.accepted.clone();
         in_flight.spawn(async move {
             let outcome = place(request).await;
+            if outcome.is_ok() {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
             progress.inc(1);
             Sample {
                 due: at,
@@ -164,70 +181,94 @@ fn kind(error: &reqwest::Error) -> String {
     }
 }
 
-/// A completed saga: the order's terminal status and when it was written.
+/// A completed saga: its terminal state and when it was written.
 pub(super) struct Completion {
     pub id: Uuid,
     pub status: String,
     pub at: DateTime<Utc>,
 }
 
-/// Wait (up to `grace`) until every accepted order of `drove` left PENDING; read their
-/// terminal status and time from the order database.
+/// What a step's sagas did by the end of its grace period.
+pub(super) struct Settled {
+    pub completions: Vec<Completion>,
+    /// When the wait ended: a saga not complete by then counts as taking until then.
+    pub gave_up_at: DateTime<Utc>,
+}
+
+impl Settled {
+    /// Nothing waited for (burst steps, judged on HTTP only).
+    pub(super) fn none() -> Self {
+        Settled {
+            completions: Vec::new(),
+            gave_up_at: Utc::now(),
+        }
+    }
+}
+
+/// Wait (up to `grace`) until the saga of every accepted order of `drove` is complete; read
+/// their terminal state and time from the orchestrator's database.
 pub(super) async fn settle(
-    pool: &PgPool,
+    sagas: &PgPool,
     drove: &Drive,
     grace: Duration,
-) -> anyhow::Result<Vec<Completion>> {
+) -> anyhow::Result<Settled> {
     let ids = drove.accepted();
     let deadline = Instant::now() + grace;
     loop {
         let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM orders WHERE id = ANY($1) AND status <> 'PENDING'",
+            "SELECT count(*) FROM sagas WHERE order_id = ANY($1) AND state IN ('APPROVED', 'REJECTED')",
         )
-        .bind(&ids)
-        .fetch_one(pool)
-        .await?;
+            .bind(&ids)
+            .fetch_one(sagas)
+            .await?;
         if done as usize >= ids.len() || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let gave_up_at = Utc::now();
     let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, status, updated_at FROM orders WHERE id = ANY($1) AND status <> 'PENDING'",
+        "SELECT order_id, state, updated_at FROM sagas
+          WHERE order_id = ANY($1) AND state IN ('APPROVED', 'REJECTED')",
     )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
+        .bind(&ids)
+        .fetch_all(sagas)
+        .await?;
+    let completions = rows
         .into_iter()
         .map(|(id, status, at)| Completion { id, status, at })
-        .collect())
+        .collect();
+    Ok(Settled {
+        completions,
+        gave_up_at,
+    })
 }
 
-pub(super) async fn terminal_count(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status <> 'PENDING'")
-            .fetch_one(pool)
-            .await?,
+/// Sagas that ended, all steps included: complete, or FAILED (nothing more happens to those
+/// until an operator steps in, so they are not in flight).
+pub(super) async fn ended_count(sagas: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM sagas WHERE state IN ('APPROVED', 'REJECTED', 'FAILED')",
     )
+    .fetch_one(sagas)
+    .await?)
 }
 
-/// Orders still PENDING.
-pub(super) async fn pending(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PENDING'")
-            .fetch_one(pool)
-            .await?,
-    )
+/// Sagas in flight: orders accepted whose saga has not ended (not yet started included).
+pub(super) async fn in_flight(load: &Load, sagas: &PgPool) -> anyhow::Result<i64> {
+    // The count first: an order accepted between the two reads can only make the figure
+    // larger, never negative.
+    let ended = ended_count(sagas).await?;
+    Ok(load.accepted() as i64 - ended)
 }
 
-/// Wait (up to `bound`) until no order is PENDING; the number still pending.
-pub(super) async fn drain(pool: &PgPool, bound: Duration) -> anyhow::Result<i64> {
+/// Wait (up to `bound`) until no saga is in flight; the number still in flight.
+pub(super) async fn drain(load: &Load, sagas: &PgPool, bound: Duration) -> anyhow::Result<i64> {
     let deadline = Instant::now() + bound;
     loop {
-        let pending = pending(pool).await?;
-        if pending == 0 || Instant::now() >= deadline {
-            return Ok(pending);
+        let pending = in_flight(load, sagas).await?;
+        if pending <= 0 || Instant::now() >= deadline {
+            return Ok(pending.max(0));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -1,22 +1,25 @@
 //! `sagaflow bench`: the whole order saga under an open-loop load, against baselines measured
 //! in the same run on the same database and broker.
 //!
-//! 1. Baselines (platform not started yet): the raw PostgreSQL commit rate of the
-//!    POST /orders transaction (idempotency key + order row + outbox row, synchronous commit as
-//!    configured on the server) with the platform's connection count, on a scratch database;
-//!    and the raw produce rate of the idempotent producer on the same broker ([`baseline`]).
+//! 1. Baselines (platform not started yet): the physical commit ceiling — the POST /orders
+//!    rows (idempotency key + order row + outbox row) in one transaction on tables with no
+//!    trigger, synchronous commit as configured on the server, best of 1, 4 and 8
+//!    connections — and, beside it, the transaction as implemented; the raw produce rate of
+//!    the idempotent producer on the same broker ([`baseline`]).
 //! 2. The platform in-process (like `sagaflow dev`), scratch databases, plenty of stock.
-//! 3. Ramp: fixed-rate steps, the rate grown geometrically until a step is not sustainable
-//!    (HTTP or the sagas fall behind), refined once between the last good and the first bad
-//!    rate ([`ramp`] decides, pure).
-//! 4. Accept burst: short steps above the saga ceiling, judged on HTTP only (the HTTP accept
-//!    ceiling), then the backlog drains (the saga drain rate).
+//! 3. Probe: short accept-burst steps, judged on HTTP only (the HTTP accept ceiling), then
+//!    the backlog drains (the saga drain rate: where the steady steps start).
+//! 4. Steady steps: each a warm-up at its rate, then a steady window of `--step-secs`
+//!    (≥ 15 s); a step is sustainable when HTTP and the sagas kept up and the sagas in flight
+//!    did not grow over the window. The rate moves by small factors and is refined between
+//!    the last good and the first bad rate ([`ramp`] decides, pure).
 //! 5. Run at half the max sustainable rate: the latency figures ([`report`]).
 //!
 //! Open loop: request i of a step is due at start + i / rate and latency counts from that due
-//! time, so a stall cannot hide by delaying the requests behind it ([`load`]). Completion is
-//! read from the order database after each step (orders.updated_at of APPROVED / REJECTED
-//! rows), so measuring adds no load while the step runs.
+//! time, so a stall cannot hide by delaying the requests behind it ([`load`]). A saga is
+//! complete when its saga row is terminal (APPROVED / REJECTED, read from the orchestrator's
+//! database after each step); one that is not within the grace period counts at the grace
+//! period in the percentiles.
 //!
 //! This file holds the arguments and the orchestration of the phases; each phase's work lives
 //! in the module named after it.
@@ -40,8 +43,8 @@ use uuid::Uuid;
 
 use super::stats::{Limits, next_rate};
 use baseline::Baselines;
-use load::{Load, drain, drive, relay_figures, settle, terminal_count};
-use report::{Report, Settings, StepReport, Steps};
+use load::{Load, drain, drive, ended_count, relay_figures, settle};
+use report::{Report, Settings, StepReport, Steps, Window};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SagaBenchArgs {
@@ -58,21 +61,22 @@ pub struct SagaBenchArgs {
     /// Kafka brokers; default: an embedded broker on a free port.
     #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    /// Seconds of load in all (ramp + accept burst + the run at half the max sustainable
+    /// Seconds of load in all (probe + steady steps + the run at half the max sustainable
     /// rate); settling waits between steps come on top.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 60)]
     pub duration: u64,
     /// Fixed arrival rate (orders/s): no ramp, one run at this rate for --duration.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// First rate of the ramp (orders/s).
+    /// First rate of the probe's accept burst (orders/s).
     #[arg(long, default_value_t = 50.0)]
     pub start_rate: f64,
-    /// Growth of the rate from one ramp step to the next.
+    /// Growth of the rate from one accept-burst step to the next.
     #[arg(long, default_value_t = 1.5)]
     pub ramp_factor: f64,
-    /// Seconds of one ramp step.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds of the steady window of one step (after its warm-up): sustained rates come
+    /// from windows this long.
+    #[arg(long, default_value_t = 15.0)]
     pub step_secs: f64,
     /// Connections per database pool, of the platform and of the commit baseline.
     #[arg(long, default_value_t = 8)]
@@ -83,8 +87,9 @@ pub struct SagaBenchArgs {
     /// …and saga (POST → APPROVED) p99 under this (ms).
     #[arg(long, default_value_t = 1000.0)]
     pub max_saga_p99_ms: f64,
-    /// Seconds of the commit baseline loop.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds of each commit baseline loop (the implemented transaction, then the ceiling at
+    /// 1, 4 and 8 connections).
+    #[arg(long, default_value_t = 3.0)]
     pub baseline_secs: f64,
     /// Messages of the produce baseline.
     #[arg(long, default_value_t = 20_000)]
@@ -105,6 +110,18 @@ const SKUS: usize = 64;
 const GRACE: Duration = Duration::from_secs(3);
 /// Longest wait for a backlog to drain between phases.
 const DRAIN: Duration = Duration::from_secs(45);
+/// At most this many seconds of the accept-burst probe (1 s steps, × `--ramp-factor` each:
+/// from 50/s that reaches ~1 900/s).
+const PROBE_SECS: f64 = 10.0;
+/// Seconds at a step's new rate before its steady window opens.
+const WARMUP_SECS: f64 = 2.0;
+/// The shortest measured run.
+const MIN_RUN_SECS: f64 = 15.0;
+/// Growth of the rate between steady steps: the probe's drain rate already says where the
+/// ceiling is, so the steps only have to find it to within this.
+const STEADY_FACTOR: f64 = 1.15;
+/// The first steady step runs at this share of the probe's drain rate.
+const STEADY_START: f64 = 0.9;
 /// The platform's databases, by service (each `bench_<tag>_<service>`).
 const PLATFORM_DATABASES: [&str; 6] = [
     "order",
@@ -141,7 +158,7 @@ async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Resu
     // 1. Baselines, before the platform runs.
     progress(
         &args,
-        "baseline: PostgreSQL commits of the POST /orders transaction",
+        "baseline: PostgreSQL commits of the POST /orders rows (as implemented, then the ceiling)",
     );
     let commit = baseline::commit(
         &scratch.url(BASELINE_DATABASE),
@@ -161,7 +178,7 @@ async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Resu
     let (platform, load) = start(&args, &scratch, &shutdown).await?;
     let bench = Bench {
         args: &args,
-        orders: platform.pools.order.clone(),
+        sagas: platform.pools.saga.clone(),
         load,
         limits: Limits {
             max_accept_p99_ms: args.max_accept_p99_ms,
@@ -172,7 +189,7 @@ async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Resu
     // Warm up: connections, topic metadata, consumer group assignment.
     progress(&args, "warming up");
     let warm = drive(&bench.load, 20.0, 2.0, args.json).await;
-    settle(&bench.orders, &warm, Duration::from_secs(30)).await?;
+    settle(&bench.sagas, &warm, Duration::from_secs(30)).await?;
 
     // 3.–5. Ramp, accept burst, measured run.
     let (report, steps) = bench.measure(&platform, &baselines).await?;
@@ -330,16 +347,16 @@ async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the measuring phases share: the settings, the load client, the order database (where
-/// completions are read) and the bounds of a sustainable step.
+/// What the measuring phases share: the settings, the load client, the orchestrator's
+/// database (where completions are read) and the bounds of a sustainable step.
 struct Bench<'a> {
     args: &'a SagaBenchArgs,
     load: Load,
-    orders: PgPool,
+    sagas: PgPool,
     limits: Limits,
 }
 
-/// What the ramp and the burst leave for the measured run.
+/// What the probe and the steady steps leave for the measured run.
 struct Search {
     /// The rate of the measured run: half the saga ceiling.
     run_rate: f64,
@@ -348,7 +365,8 @@ struct Search {
     /// Sagas completed per second while the burst's backlog drained (None: no burst, or
     /// nothing drained).
     drain_sagas_per_s: Option<f64>,
-    /// Whether the ramp ran (not with --rate): only then is there a max sustainable rate.
+    /// Whether the steady steps ran (not with --rate): only then is there a max sustainable
+    /// rate.
     ramped: bool,
 }
 
@@ -380,12 +398,10 @@ impl Bench<'_> {
         self.progress(&format!(
             "measured run: {run_rate:.0} orders/s for {run_secs:.0} s"
         ));
-        let drove = drive(&self.load, run_rate, run_secs, self.args.json).await;
-        let completions = settle(&self.orders, &drove, Duration::from_secs(10)).await?;
-        let run = StepReport::new("run", &drove, &completions, &self.limits);
+        let (run, drove) = self.steady_step("run", run_rate, 0.0, run_secs).await?;
         let relay = relay_figures(&platform.pools, &drove).await?;
         steps.push(run.clone());
-        let pending_at_end = load::pending(&self.orders).await?;
+        let pending_at_end = load::in_flight(&self.load, &self.sagas).await?.max(0);
         let report = Report::new(
             Settings::new(self.args, &baselines.commit),
             baselines,
@@ -398,45 +414,94 @@ impl Bench<'_> {
         Ok((report, steps))
     }
 
-    /// Phases 3 and 4: the saga ceiling (ramp), then the HTTP ceiling (burst) and the drain.
+    /// One open-loop step at `rate`: `warmup` seconds, then a steady window of `window`
+    /// seconds whose requests are the step's figures. The sagas in flight are counted when the
+    /// window opens and when it closes; then the step's sagas get [`GRACE`] to complete.
+    async fn steady_step(
+        &self,
+        phase: &'static str,
+        rate: f64,
+        warmup: f64,
+        window: f64,
+    ) -> anyhow::Result<(StepReport, load::Drive)> {
+        let started = Instant::now();
+        let in_flight_at = |secs: f64| async move {
+            tokio::time::sleep_until(started + Duration::from_secs_f64(secs)).await;
+            load::in_flight(&self.load, &self.sagas).await
+        };
+        let counts = async {
+            let opened = in_flight_at(warmup).await?;
+            let closed = in_flight_at(warmup + window).await?;
+            anyhow::Ok(closed - opened)
+        };
+        let (drove, growth) = tokio::join!(
+            drive(&self.load, rate, warmup + window, self.args.json),
+            counts
+        );
+        let settled = settle(&self.sagas, &drove, GRACE).await?;
+        let window = Window {
+            from: Duration::from_secs_f64(warmup),
+            backlog_growth: growth?,
+        };
+        let step = StepReport::new(phase, &drove, &settled, window, &self.limits);
+        Ok((step, drove))
+    }
+
+    /// Phases 3 and 4: the HTTP ceiling and the drain rate (probe), then the saga ceiling
+    /// (steady steps, starting just below the drain rate).
     async fn search(&self, total: f64, steps: &mut Steps) -> anyhow::Result<Search> {
-        let (ramp_spent, found) = self.ramp(total * 0.5, steps).await?;
-        let (burst_spent, burst_steps) = self.burst(total * 0.2, found.burst_rate, steps).await?;
+        let probe_budget = (total * 0.2).min(PROBE_SECS);
+        let (probe_spent, burst_steps) = self
+            .burst(probe_budget, self.args.start_rate, steps)
+            .await?;
         let drain_sagas_per_s = if burst_steps == 0 {
             None
         } else {
             self.drain_rate().await?
         };
+        let start_rate = drain_sagas_per_s
+            .map_or(self.args.start_rate, |d| (d * STEADY_START).round().max(1.0));
+        let budget = total - probe_spent - MIN_RUN_SECS;
+        let (ramp_spent, found) = self.ramp(budget, start_rate, steps).await?;
         Ok(Search {
             run_rate: found.run_rate,
-            run_secs: (total - ramp_spent - burst_spent).max(5.0),
+            run_secs: (total - probe_spent - ramp_spent).max(MIN_RUN_SECS),
             drain_sagas_per_s,
             ramped: true,
         })
     }
 
-    /// Phase 3, the ramp: fixed-rate steps for `budget` seconds at most, each rate chosen
-    /// by [`ramp::next`] from the steps before it. Returns the seconds spent and the verdict.
-    async fn ramp(&self, budget: f64, steps: &mut Steps) -> anyhow::Result<(f64, ramp::Found)> {
+    /// Phase 4, the steady steps: at least one, more while `budget` seconds last, each rate
+    /// chosen by [`ramp::next`] from the steps before it. Returns the seconds spent and the
+    /// verdict.
+    async fn ramp(
+        &self,
+        budget: f64,
+        start_rate: f64,
+        steps: &mut Steps,
+    ) -> anyhow::Result<(f64, ramp::Found)> {
         let plan = ramp::Plan {
-            start_rate: self.args.start_rate,
-            factor: self.args.ramp_factor,
+            start_rate,
+            factor: STEADY_FACTOR,
         };
-        let step_secs = self.args.step_secs;
+        let step_secs = WARMUP_SECS + self.args.step_secs;
         let mut probes = Vec::new();
         let mut spent = 0.0;
         let mut rate = plan.start_rate;
-        while spent + step_secs <= budget + 1e-9 {
-            self.progress(&format!("ramp: {rate:.0} orders/s for {step_secs} s"));
-            let drove = drive(&self.load, rate, step_secs, self.args.json).await;
+        while probes.is_empty() || spent + step_secs <= budget + 1e-9 {
+            self.progress(&format!(
+                "steady step: {rate:.0} orders/s for {WARMUP_SECS} + {} s",
+                self.args.step_secs
+            ));
+            let (step, _) = self
+                .steady_step("ramp", rate, WARMUP_SECS, self.args.step_secs)
+                .await?;
             spent += step_secs;
-            let completions = settle(&self.orders, &drove, GRACE).await?;
-            let step = StepReport::new("ramp", &drove, &completions, &self.limits);
             let saga_ok = step.verdict.saga_ok;
             steps.push(step);
             if !saga_ok {
                 // Let the backlog of a failed step drain before the next one.
-                drain(&self.orders, DRAIN).await?;
+                drain(&self.load, &self.sagas, DRAIN).await?;
             }
             probes.push(ramp::Probe { rate, saga_ok });
             match ramp::next(&probes, plan) {
@@ -447,9 +512,9 @@ impl Bench<'_> {
         Ok((spent, ramp::found(&probes, plan)))
     }
 
-    /// Phase 4, the accept burst above the saga ceiling: HTTP only, 1 s steps, no drain
-    /// between, the rate grown until HTTP falls behind or `budget` is spent. Returns the
-    /// seconds spent and the number of steps.
+    /// Phase 3, the accept burst: HTTP only, 1 s steps from `from`, no drain between, the
+    /// rate grown until HTTP falls behind or `budget` is spent. Returns the seconds spent
+    /// and the number of steps.
     async fn burst(
         &self,
         budget: f64,
@@ -464,7 +529,13 @@ impl Bench<'_> {
             let drove = drive(&self.load, rate, 1.0, self.args.json).await;
             spent += 1.0;
             driven += 1;
-            let step = StepReport::new("burst", &drove, &[], &self.limits);
+            let step = StepReport::new(
+                "burst",
+                &drove,
+                &load::Settled::none(),
+                Window::default(),
+                &self.limits,
+            );
             let accept_ok = step.verdict.accept_ok;
             steps.push(step);
             if !accept_ok {
@@ -475,13 +546,13 @@ impl Bench<'_> {
         Ok((spent, driven))
     }
 
-    /// The saga drain rate: sagas completed per second while the burst's backlog drains.
+    /// The saga drain rate: sagas ended per second while the burst's backlog drains.
     async fn drain_rate(&self) -> anyhow::Result<Option<f64>> {
         self.progress("draining the burst backlog");
         let started = Instant::now();
-        let before = terminal_count(&self.orders).await?;
-        let pending = drain(&self.orders, DRAIN).await?;
-        let done = terminal_count(&self.orders).await? - before;
+        let before = ended_count(&self.sagas).await?;
+        let pending = drain(&self.load, &self.sagas, DRAIN).await?;
+        let done = ended_count(&self.sagas).await? - before;
         let secs = started.elapsed().as_secs_f64();
         Ok((pending == 0 || done > 0).then_some(done as f64 / secs.max(1e-3)))
     }

@@ -1,6 +1,6 @@
 //! The capacity search of the saga benchmark, as pure functions of the steps measured so far:
-//! [`next`] says at which rate to run the next ramp step (or to stop), [`found`] what the ramp
-//! found (the saga ceiling, where the accept burst starts, the rate of the measured run).
+//! [`next`] says at which rate to run the next steady step (or to stop), [`found`] what the
+//! steps found (the saga ceiling and the rate of the measured run).
 //!
 //! The rate grows geometrically until a step is not sustainable; then the search is refined
 //! at most twice (the geometric mean of the last good and the first bad rate while they are
@@ -42,9 +42,6 @@ pub(super) enum Decision {
 pub(super) struct Found {
     /// The highest sustainable rate (the start rate when none was).
     pub saga_ceiling: f64,
-    /// The first rate of the accept burst: one growth step above the ceiling or above the
-    /// first unsustainable rate, whichever is higher.
-    pub burst_rate: f64,
     /// The rate of the measured run: half the ceiling, at least 1.
     pub run_rate: f64,
 }
@@ -102,10 +99,6 @@ pub(super) fn found(steps: &[Probe], plan: Plan) -> Found {
     let saga_ceiling = bounds.good.unwrap_or(plan.start_rate);
     Found {
         saga_ceiling,
-        burst_rate: next_rate(
-            bounds.bad.unwrap_or(saga_ceiling).max(saga_ceiling),
-            plan.factor,
-        ),
         run_rate: (saga_ceiling / 2.0).round().max(1.0),
     }
 }
@@ -186,18 +179,15 @@ mod tests {
             found,
             Found {
                 saga_ceiling: 92.0,
-                // above the first bad rate: 113 × 1.5 = 169.5
-                burst_rate: 170.0,
                 run_rate: 46.0,
             }
         );
     }
 
     #[test]
-    fn without_a_bad_step_the_burst_starts_above_the_ceiling() {
+    fn without_a_bad_step_the_ceiling_is_the_last_rate() {
         let found = found(&[ok(50.0), ok(75.0)], PLAN);
         assert_eq!(found.saga_ceiling, 75.0);
-        assert_eq!(found.burst_rate, 113.0);
         assert_eq!(found.run_rate, 38.0);
     }
 
@@ -205,8 +195,6 @@ mod tests {
     fn without_a_good_step_the_start_rate_stands_in() {
         let found = found(&[bad(50.0), bad(25.0), bad(13.0)], PLAN);
         assert_eq!(found.saga_ceiling, 50.0);
-        // bad (13) is below the ceiling (50): the burst starts above 50.
-        assert_eq!(found.burst_rate, 75.0);
         assert_eq!(found.run_rate, 25.0);
         assert_eq!(super::found(&[], PLAN).run_rate, 25.0);
     }

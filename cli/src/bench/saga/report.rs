@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::baseline::{Baselines, CommitBaseline};
-use super::load::{Completion, Drive, RelayFigures};
+use super::load::{Drive, RelayFigures, Settled};
 use super::{SagaBenchArgs, Search};
 use crate::bench::stats::{Limits, Percentiles, StepOutcome, Verdict, judge, ms, ratio, summary};
 
@@ -45,9 +45,10 @@ struct Answers {
 }
 
 impl Answers {
-    fn of(drove: &Drive) -> Self {
+    /// The answers to the requests due in the steady window (from `from` on).
+    fn of(drove: &Drive, from: Duration) -> Self {
         let mut answers = Answers::default();
-        for sample in &drove.samples {
+        for sample in drove.samples.iter().filter(|s| s.due >= from) {
             match &sample.outcome {
                 Ok(id) => {
                     let latency = sample.answered.saturating_sub(sample.due);
@@ -62,36 +63,38 @@ impl Answers {
     }
 }
 
-/// What the completions of a step say: saga latencies from the due time, the verdicts, and
-/// the last completion (wall clock).
+/// What the completions of a step say: saga latencies from the due time (a saga not
+/// complete when the wait ended counts as taking until then), the verdicts, and the last
+/// completion (wall clock).
 struct Sagas {
     saga_ms: Vec<f64>,
+    completed: u64,
     approved: u64,
     rejected: u64,
     last: chrono::DateTime<chrono::Utc>,
 }
 
 impl Sagas {
-    fn of(
-        drove: &Drive,
-        completions: &[Completion],
-        due_of: &HashMap<uuid::Uuid, Duration>,
-    ) -> Self {
+    fn of(drove: &Drive, settled: &Settled, due_of: &HashMap<uuid::Uuid, Duration>) -> Self {
         let mut sagas = Sagas {
             saga_ms: Vec::new(),
+            completed: 0,
             approved: 0,
             rejected: 0,
             last: drove.start_wall,
         };
-        for c in completions {
-            // Completions of orders of other steps are not this step's.
-            let Some(due) = due_of.get(&c.id) else {
+        let intended = |due: &Duration| {
+            drove.start_wall + chrono::Duration::from_std(*due).unwrap_or(chrono::Duration::zero())
+        };
+        let millis = |d: chrono::Duration| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        let mut unfinished: HashMap<_, _> = due_of.iter().collect();
+        for c in &settled.completions {
+            // Completions of orders of other steps (or of the warm-up) are not this window's.
+            let Some(due) = unfinished.remove(&c.id) else {
                 continue;
             };
-            let intended = drove.start_wall
-                + chrono::Duration::from_std(*due).unwrap_or(chrono::Duration::zero());
-            let latency = (c.at - intended).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-            sagas.saga_ms.push(latency.max(0.0));
+            sagas.saga_ms.push(millis(c.at - intended(due)).max(0.0));
+            sagas.completed += 1;
             sagas.last = sagas.last.max(c.at);
             if c.status == "APPROVED" {
                 sagas.approved += 1;
@@ -99,26 +102,41 @@ impl Sagas {
                 sagas.rejected += 1;
             }
         }
+        // Not dropped: an unfinished saga is at least as slow as the wait for it.
+        for due in unfinished.values() {
+            let waited = millis(settled.gave_up_at - intended(due));
+            sagas.saga_ms.push(waited.max(0.0));
+        }
         sagas
     }
+}
+
+/// The steady window of a step: the requests due from `from` on count (the ones before are
+/// the warm-up at the new rate), and how much the sagas in flight grew over it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Window {
+    pub from: Duration,
+    pub backlog_growth: i64,
 }
 
 impl StepReport {
     pub(super) fn new(
         phase: &'static str,
         drove: &Drive,
-        completions: &[Completion],
+        settled: &Settled,
+        window: Window,
         limits: &Limits,
     ) -> Self {
-        let mut answers = Answers::of(drove);
-        let mut sagas = Sagas::of(drove, completions, &answers.due_of);
+        let mut answers = Answers::of(drove, window.from);
+        let mut sagas = Sagas::of(drove, settled, &answers.due_of);
         let accepted = answers.accept_ms.len() as u64;
-        let completed = sagas.saga_ms.len() as u64;
+        let completed = sagas.completed;
+        let offered = drove.samples.iter().filter(|s| s.due >= window.from).count() as u64;
         let accept = summary(&mut answers.accept_ms);
         let saga = summary(&mut sagas.saga_ms);
         // No accepted (completed) order at all is as bad as the slowest: never sustainable.
         let outcome = StepOutcome {
-            offered: drove.samples.len() as u64,
+            offered,
             accepted,
             errors: answers.error_kinds.values().sum(),
             accept_p99_ms: if accepted == 0 {
@@ -132,8 +150,12 @@ impl StepReport {
             } else {
                 saga.p99
             },
+            backlog_growth: window.backlog_growth,
         };
-        let window = (sagas.last - drove.start_wall)
+        let secs = (drove.secs - window.from.as_secs_f64()).max(1e-3);
+        let window_start = drove.start_wall
+            + chrono::Duration::from_std(window.from).unwrap_or(chrono::Duration::zero());
+        let completing = (sagas.last - window_start)
             .to_std()
             .unwrap_or_default()
             .as_secs_f64();
@@ -145,9 +167,10 @@ impl StepReport {
             outcome,
             accept,
             saga,
-            accepted_per_s: accepted as f64 / answers.last.as_secs_f64().max(drove.secs),
-            sagas_per_s: if window > 0.0 {
-                completed as f64 / window.max(drove.secs)
+            accepted_per_s: accepted as f64
+                / (answers.last.saturating_sub(window.from).as_secs_f64()).max(secs),
+            sagas_per_s: if completing > 0.0 {
+                completed as f64 / completing.max(secs)
             } else {
                 0.0
             },
@@ -180,7 +203,13 @@ impl Steps {
 pub(super) struct Report {
     pub machine: Machine,
     pub settings: Settings,
+    /// The physical ceiling: POST /orders rows with no trigger and no NOTIFY, the best of 1,
+    /// 4 and 8 connections. Every `*_vs_commit_baseline` ratio is to this.
     pub baseline_commit_per_s: f64,
+    /// The connection count of that best.
+    pub baseline_commit_connections: u32,
+    /// The POST /orders transaction as implemented (trigger and NOTIFY included).
+    pub baseline_app_commit_per_s: f64,
     pub baseline_produce_per_s: f64,
     /// None with --rate (no ramp).
     pub max_sustainable_rate: Option<f64>,
@@ -341,6 +370,8 @@ impl Report {
             },
             settings,
             baseline_commit_per_s: commit.round(),
+            baseline_commit_connections: baselines.commit.connections,
+            baseline_app_commit_per_s: baselines.commit.app_per_s.round(),
             baseline_produce_per_s: produce.round(),
             max_sustainable_rate: ceilings.max_sustainable_rate,
             accepted_per_s: ceilings.accepted_per_s.round(),
@@ -391,10 +422,15 @@ impl Report {
     fn print_figures(&self) {
         println!();
         println!(
-            "  baseline: PostgreSQL commits      {:>8} tx/s  (POST /orders transaction, {} connections, synchronous_commit={})",
+            "  baseline: PostgreSQL commits      {:>8} tx/s  (POST /orders rows, no trigger, best at {} connections, synchronous_commit={})",
             show(&self.baseline_commit_per_s),
-            self.settings.connections,
+            self.baseline_commit_connections,
             self.settings.synchronous_commit,
+        );
+        println!(
+            "  as implemented (trigger + NOTIFY) {:>8} tx/s  ({} connections)",
+            show(&self.baseline_app_commit_per_s),
+            self.settings.connections,
         );
         println!(
             "  baseline: raw produce             {:>8} msg/s",
@@ -522,6 +558,8 @@ mod tests {
         "settings.synchronous_commit: string",
         "settings.fsync: string",
         "baseline_commit_per_s: float",
+        "baseline_commit_connections: int",
+        "baseline_app_commit_per_s: float",
         "baseline_produce_per_s: float",
         "max_sustainable_rate: float",
         "accepted_per_s: float",
@@ -644,6 +682,7 @@ mod tests {
                 accept_p99_ms: latency * 3.0,
                 completed: 190,
                 saga_p99_ms: latency * 30.0,
+                backlog_growth: 0,
             },
             verdict: Verdict {
                 accept_ok: true,
@@ -676,6 +715,8 @@ mod tests {
         Baselines {
             commit: CommitBaseline {
                 per_s: 4321.7,
+                connections: 4,
+                app_per_s: 2100.2,
                 synchronous_commit: "on".into(),
                 fsync: "on".into(),
             },
@@ -711,6 +752,56 @@ mod tests {
         paths
     }
 
+    /// A step whose first second is warm-up: orders `w` (warm-up), `b`, `c` and `d` (window),
+    /// `d`'s saga not complete when the wait gave up at 10 s.
+    #[test]
+    fn only_the_window_counts_and_an_unfinished_saga_counts_at_the_grace_period() {
+        use super::super::load::{Completion, Sample};
+        let start = chrono::DateTime::parse_from_rfc3339("2026-12-03T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let at = |ms: i64| start + chrono::Duration::milliseconds(ms);
+        let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::new_v4()).collect();
+        let (w, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+        let sample = |due_ms: u64, id| Sample {
+            due: Duration::from_millis(due_ms),
+            answered: Duration::from_millis(due_ms + 5),
+            outcome: Ok(id),
+        };
+        let drove = Drive {
+            rate: 2.0,
+            secs: 2.0,
+            start_wall: start,
+            samples: vec![sample(0, w), sample(1000, b), sample(1500, c), sample(2000, d)],
+        };
+        let done = |id, ms| Completion {
+            id,
+            status: "APPROVED".into(),
+            at: at(ms),
+        };
+        let settled = Settled {
+            completions: vec![done(w, 50), done(b, 1100), done(c, 1700)],
+            gave_up_at: at(10_000),
+        };
+        let window = Window {
+            from: Duration::from_secs(1),
+            backlog_growth: 0,
+        };
+        let limits = Limits {
+            max_accept_p99_ms: 100.0,
+            max_saga_p99_ms: 1000.0,
+            max_loss: 0.01,
+        };
+        let step = StepReport::new("ramp", &drove, &settled, window, &limits);
+        assert_eq!(step.outcome.offered, 3, "the warm-up order is not the window's");
+        assert_eq!(step.outcome.accepted, 3);
+        assert_eq!(step.outcome.completed, 2);
+        // 100 ms (b), 200 ms (c), and d at 10 s − 2 s = 8 s, not dropped.
+        assert_eq!(step.saga.p50, 200.0);
+        assert_eq!(step.saga.p99, 8000.0);
+        assert!(!step.verdict.saga_ok);
+    }
+
     #[test]
     fn the_json_keys_are_the_contract() {
         let (report, _) = fixture(1.5, Some(80.4), true);
@@ -741,6 +832,8 @@ mod tests {
         let (report, _) = fixture(1.5, Some(80.4), true);
         let json = report.to_json();
         assert_eq!(json["baseline_commit_per_s"], 4322.0);
+        assert_eq!(json["baseline_commit_connections"], 4);
+        assert_eq!(json["baseline_app_commit_per_s"], 2100.0);
         assert_eq!(json["max_sustainable_rate"], 50.0);
         // The HTTP ceiling over every step HTTP kept up with (burst included).
         assert_eq!(json["accepted_per_s"], 113.0);
