@@ -737,3 +737,5 @@ async fn an_unreachable_broker_delays_but_loses_nothing() {
 mod late_commit;
 #[path = "outbox/retention.rs"]
 mod retention;
+#[path = "outbox/wake.rs"]
+mod wake;

@@ -22,6 +22,12 @@ pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// Published rows deleted per statement by [`Relay::delete_expired`].
 pub const RETENTION_BATCH: i64 = 5_000;
 
+/// After a relay registered as asleep and found nothing, it looks once more after this long
+/// (unless a notification comes first): a writer whose insert ran just before the
+/// registration became visible, and whose commit landed just after the re-check, did not
+/// notify. Its row waits at most about this long instead of a whole `poll_interval`.
+pub const ASLEEP_RECHECK: Duration = Duration::from_millis(10);
+
 /// Tunables of one relay.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -87,6 +93,8 @@ pub struct Relay {
     created: Instant,
     /// When the planner statistics were last checked, in ms since `created`.
     stats_checked_ms: std::sync::atomic::AtomicU64,
+    /// This relay's row in `outbox_relay_sleepers` while it is asleep.
+    id: uuid::Uuid,
 }
 
 #[derive(FromRow)]
@@ -203,6 +211,7 @@ impl Relay {
             sweep_started_ms: Default::default(),
             created: Instant::now(),
             stats_checked_ms: std::sync::atomic::AtomicU64::new(0),
+            id: uuid::Uuid::new_v4(),
         }
     }
 
@@ -422,14 +431,17 @@ impl Relay {
         }
     }
 
-    /// Run until `shutdown`: wake on NOTIFY, poll as a fallback, back off on errors, refresh
-    /// backlog metrics and delete published rows past retention.
+    /// Run until `shutdown`: publish while there is work; when a pass finds nothing, sleep
+    /// until a NOTIFY (writers send one only while a relay sleeps — see
+    /// `migrations/messaging/0008_outbox_relay_sleepers.sql`) or the fallback poll. Back off
+    /// on errors, refresh backlog metrics and delete published rows past retention.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(relay = %self.config.name, "outbox relay started");
         let mut listener = self.listen().await;
         let mut failures = 0u32;
         let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
         let mut last_metrics = Instant::now() - Duration::from_secs(3600);
+        let mut asleep = false;
         while !shutdown.is_cancelled() {
             if last_metrics.elapsed() >= Duration::from_secs(1) {
                 last_metrics = Instant::now();
@@ -444,16 +456,22 @@ impl Relay {
                 }
             }
             let wait = match self.publish_once().await {
-                Ok(n) if n as i64 >= self.config.batch_size => {
-                    failures = 0;
-                    continue;
-                }
                 Ok(n) => {
                     failures = 0;
                     if n > 0 {
-                        continue; // a short pass may have freed new heads of the same keys
+                        // Busy (a short pass may have freed new heads of the same keys):
+                        // claim again at once; writers need not wake us.
+                        self.wake_up(&mut asleep).await;
+                        continue;
                     }
-                    self.config.poll_interval
+                    if asleep {
+                        self.config.poll_interval
+                    } else {
+                        // Register, then look once more: a row committed before the
+                        // registration was visible did not notify.
+                        self.fall_asleep(&mut asleep).await;
+                        ASLEEP_RECHECK
+                    }
                 }
                 Err(error) => {
                     failures += 1;
@@ -473,8 +491,40 @@ impl Relay {
                 }
             }
         }
+        self.wake_up(&mut asleep).await;
         info!(relay = %self.config.name, "outbox relay stopped");
         Ok(())
+    }
+
+    /// From now on writers notify. Best effort: without the registration this relay still
+    /// polls every `poll_interval`.
+    async fn fall_asleep(&self, asleep: &mut bool) {
+        let registered = sqlx::query(
+            "INSERT INTO outbox_relay_sleepers (relay_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(self.id)
+        .execute(&self.pool)
+        .await;
+        match registered {
+            Ok(_) => *asleep = true,
+            Err(e) => debug!(relay = %self.config.name, error = %e, "could not register as asleep"),
+        }
+    }
+
+    /// Writers may stop notifying (for this relay). A failed deregistration only leaves them
+    /// notifying; it is tried again after the next pass.
+    async fn wake_up(&self, asleep: &mut bool) {
+        if !*asleep {
+            return;
+        }
+        let deregistered = sqlx::query("DELETE FROM outbox_relay_sleepers WHERE relay_id = $1")
+            .bind(self.id)
+            .execute(&self.pool)
+            .await;
+        match deregistered {
+            Ok(_) => *asleep = false,
+            Err(e) => debug!(relay = %self.config.name, error = %e, "could not deregister"),
+        }
     }
 
     /// An idempotent producer whose in-flight sends timed out (broker unreachable longer than

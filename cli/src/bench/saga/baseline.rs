@@ -118,7 +118,8 @@ async fn create_ceiling_tables(pool: &PgPool) -> anyhow::Result<()> {
             "CREATE TABLE IF NOT EXISTS {CEILING_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL);"
         ));
     }
-    pool.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))).await?;
+    pool.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)))
+        .await?;
     Ok(())
 }
 

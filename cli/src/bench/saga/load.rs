@@ -231,9 +231,9 @@ pub(super) async fn settle(
         "SELECT order_id, state, updated_at FROM sagas
           WHERE order_id = ANY($1) AND state IN ('APPROVED', 'REJECTED')",
     )
-        .bind(&ids)
-        .fetch_all(sagas)
-        .await?;
+    .bind(&ids)
+    .fetch_all(sagas)
+    .await?;
     let completions = rows
         .into_iter()
         .map(|(id, status, at)| Completion { id, status, at })

@@ -459,8 +459,9 @@ impl Bench<'_> {
         } else {
             self.drain_rate().await?
         };
-        let start_rate = drain_sagas_per_s
-            .map_or(self.args.start_rate, |d| (d * STEADY_START).round().max(1.0));
+        let start_rate = drain_sagas_per_s.map_or(self.args.start_rate, |d| {
+            (d * STEADY_START).round().max(1.0)
+        });
         let budget = total - probe_spent - MIN_RUN_SECS;
         let (ramp_spent, found) = self.ramp(budget, start_rate, steps).await?;
         Ok(Search {

@@ -131,7 +131,11 @@ impl StepReport {
         let mut sagas = Sagas::of(drove, settled, &answers.due_of);
         let accepted = answers.accept_ms.len() as u64;
         let completed = sagas.completed;
-        let offered = drove.samples.iter().filter(|s| s.due >= window.from).count() as u64;
+        let offered = drove
+            .samples
+            .iter()
+            .filter(|s| s.due >= window.from)
+            .count() as u64;
         let accept = summary(&mut answers.accept_ms);
         let saga = summary(&mut sagas.saga_ms);
         // No accepted (completed) order at all is as bad as the slowest: never sustainable.
@@ -772,7 +776,12 @@ mod tests {
             rate: 2.0,
             secs: 2.0,
             start_wall: start,
-            samples: vec![sample(0, w), sample(1000, b), sample(1500, c), sample(2000, d)],
+            samples: vec![
+                sample(0, w),
+                sample(1000, b),
+                sample(1500, c),
+                sample(2000, d),
+            ],
         };
         let done = |id, ms| Completion {
             id,
@@ -793,7 +802,10 @@ mod tests {
             max_loss: 0.01,
         };
         let step = StepReport::new("ramp", &drove, &settled, window, &limits);
-        assert_eq!(step.outcome.offered, 3, "the warm-up order is not the window's");
+        assert_eq!(
+            step.outcome.offered, 3,
+            "the warm-up order is not the window's"
+        );
         assert_eq!(step.outcome.accepted, 3);
         assert_eq!(step.outcome.completed, 2);
         // 100 ms (b), 200 ms (c), and d at 10 s − 2 s = 8 s, not dropped.
