@@ -102,7 +102,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             address
         }
     };
-    let mut kafka = KafkaConfig::new(brokers.clone(), args.topic_prefix.clone());
+    let mut kafka = KafkaConfig::new(brokers.clone(), args.topic_prefix.clone())
+        .without_compression_on_loopback();
     kafka.partitions = 4;
 
     // PostgreSQL

@@ -74,6 +74,16 @@ pub struct KafkaConfig {
         default_value_t = 7 * 24 * 3600
     )]
     pub inbox_retention_secs: u64,
+    /// `compression.type` of the producers: lz4 saves network and broker disk between hosts;
+    /// on loopback (`sagaflow dev`, `sagaflow bench` with the embedded broker) it is only CPU,
+    /// and those set `none`.
+    #[arg(
+        long = "kafka-compression",
+        env = "SAGAFLOW_KAFKA_COMPRESSION",
+        default_value = "lz4",
+        value_parser = ["none", "gzip", "snappy", "lz4", "zstd"]
+    )]
+    pub compression: String,
 }
 
 impl KafkaConfig {
@@ -89,7 +99,25 @@ impl KafkaConfig {
             debug: None,
             consumer_max_attempts: 5,
             inbox_retention_secs: 7 * 24 * 3600,
+            compression: "lz4".into(),
         }
+    }
+
+    /// No compression when every bootstrap broker is on this host: there it saves no network,
+    /// only costs CPU on both sides (the tools that run the platform in one process set this).
+    pub fn without_compression_on_loopback(mut self) -> Self {
+        let local = |broker: &str| {
+            let host = broker.rsplit_once(':').map_or(broker, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        };
+        if self.brokers.split(',').map(str::trim).all(local) {
+            self.compression = "none".into();
+        }
+        self
     }
 
     /// The deployment's name of a logical topic.
@@ -107,5 +135,25 @@ impl KafkaConfig {
     /// The deployment's name of a consumer group.
     pub fn group(&self, logical: &str) -> String {
         format!("{}{}", self.topic_prefix, logical)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KafkaConfig;
+
+    fn compression(brokers: &str) -> String {
+        KafkaConfig::new(brokers, "")
+            .without_compression_on_loopback()
+            .compression
+    }
+
+    #[test]
+    fn compression_is_off_only_when_every_broker_is_on_this_host() {
+        assert_eq!(compression("127.0.0.1:9092"), "none");
+        assert_eq!(compression("localhost:9092, [::1]:9093"), "none");
+        assert_eq!(compression("127.0.0.1:9092,kafka-1:9092"), "lz4");
+        assert_eq!(compression("10.0.0.7:9092"), "lz4");
+        assert_eq!(KafkaConfig::new("127.0.0.1:9092", "").compression, "lz4");
     }
 }

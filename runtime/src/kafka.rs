@@ -36,7 +36,7 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
-        .set("compression.type", "lz4")
+        .set("compression.type", &config.compression)
         // A send that cannot be acknowledged within this time fails and its row stays
         // unpublished; the relay retries it, so this only bounds how long a batch waits.
         .set("message.timeout.ms", "15000")

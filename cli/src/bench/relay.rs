@@ -83,7 +83,8 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
     let mut config = KafkaConfig::new(
         brokers,
         format!("bench{}.", &Uuid::new_v4().simple().to_string()[..6]),
-    );
+    )
+    .without_compression_on_loopback();
     config.partitions = 4;
     kafka::ensure_topics(&config, &[topics::ORDERS_COMMANDS]).await?;
     let server = match &args.database_url {

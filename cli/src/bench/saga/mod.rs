@@ -61,6 +61,14 @@ pub struct SagaBenchArgs {
     /// Kafka brokers; default: an embedded broker on a free port.
     #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// `compression.type` of the producers; default: `none` when every broker is on this
+    /// host (it only costs CPU there), else `lz4`.
+    #[arg(
+        long = "kafka-compression",
+        env = "SAGAFLOW_KAFKA_COMPRESSION",
+        value_parser = ["none", "gzip", "snappy", "lz4", "zstd"]
+    )]
+    pub kafka_compression: Option<String>,
     /// Seconds of load in all (probe + steady steps + the run at half the max sustainable
     /// rate); settling waits between steps come on top.
     #[arg(long, default_value_t = 60)]
@@ -238,7 +246,11 @@ impl Scratch {
             None => crate::broker::spawn_on_free_port(shutdown.clone()).await?,
         };
         let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
-        let mut kafka = KafkaConfig::new(brokers, format!("sfbench{tag}."));
+        let mut kafka =
+            KafkaConfig::new(brokers, format!("sfbench{tag}.")).without_compression_on_loopback();
+        if let Some(compression) = &args.kafka_compression {
+            kafka.compression = compression.clone();
+        }
         kafka.partitions = 4;
         let server = match &args.database_url {
             Some(url) => crate::dev::split_database(url).0,
