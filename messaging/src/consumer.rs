@@ -157,6 +157,14 @@ enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Applied,
+        Outcome::Duplicate,
+        Outcome::Skipped,
+        Outcome::DeadLettered,
+        Outcome::Interrupted,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
@@ -196,6 +204,7 @@ pub async fn run<H: Handler>(
         settings.inbox_retention,
         shutdown.clone(),
     ));
+    let metrics = MessageMetrics::new(&kafka_config.group(&settings.name));
     let worker = Arc::new(Worker {
         pool,
         kafka_config,
@@ -203,6 +212,7 @@ pub async fn run<H: Handler>(
         handler,
         dead_letters,
         shutdown,
+        metrics,
     });
     loop {
         let consumer = Arc::new(kafka::consumer(
@@ -445,6 +455,32 @@ struct Worker<H> {
     handler: H,
     dead_letters: FutureProducer,
     shutdown: CancellationToken,
+    metrics: MessageMetrics,
+}
+
+/// The per-message metrics of a consumer, registered once: no label is built per message.
+struct MessageMetrics {
+    /// `consumer_messages_total{group, outcome}`, in the order of [`Outcome::ALL`].
+    messages: [metrics::Counter; 5],
+    handle_seconds: metrics::Histogram,
+}
+
+impl MessageMetrics {
+    fn new(group: &str) -> Self {
+        MessageMetrics {
+            messages: Outcome::ALL.map(|outcome| {
+                metrics::counter!("consumer_messages_total", "group" => group.to_string(), "outcome" => outcome.label())
+            }),
+            handle_seconds: metrics::histogram!("consumer_handle_seconds", "group" => group.to_string()),
+        }
+    }
+
+    fn record(&self, outcome: Outcome, seconds: f64) {
+        if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+            self.messages[i].increment(1);
+        }
+        self.handle_seconds.record(seconds);
+    }
 }
 
 impl<H: Handler> Worker<H> {
@@ -574,9 +610,8 @@ impl<H: Handler> Worker<H> {
             trace::continue_from(&span, traceparent(&raw).as_deref());
             let started = Instant::now();
             let outcome = self.process(&raw).instrument(span).await;
-            metrics::counter!("consumer_messages_total", "group" => self.group(), "outcome" => outcome.label()).increment(1);
-            metrics::histogram!("consumer_handle_seconds", "group" => self.group())
-                .record(started.elapsed().as_secs_f64());
+            self.metrics
+                .record(outcome, started.elapsed().as_secs_f64());
             if outcome == Outcome::Interrupted {
                 return;
             }
@@ -591,7 +626,7 @@ impl<H: Handler> Worker<H> {
     }
 
     async fn process(&self, raw: &OwnedMessage) -> Outcome {
-        let incoming = match parse(raw) {
+        let incoming = match parse(raw, |kind| self.handler.accepts(kind)) {
             Ok(incoming) => incoming,
             Err(Unreadable::NotOurs) => return Outcome::Skipped,
             Err(Unreadable::Poison { kind, reason }) => {
@@ -602,9 +637,6 @@ impl<H: Handler> Worker<H> {
             "messaging.message.id",
             tracing::field::display(incoming.envelope.message_id),
         );
-        if !self.handler.accepts(incoming.message.kind()) {
-            return Outcome::Skipped;
-        }
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.settings.first_backoff)
             .with_max_delay(Duration::from_secs(2))
@@ -748,7 +780,14 @@ fn traceparent(raw: &OwnedMessage) -> Option<String> {
         .map(str::to_string)
 }
 
-fn parse(raw: &OwnedMessage) -> Result<Incoming, Unreadable> {
+/// The message with its envelope, decoded — unless its envelope names a type this consumer
+/// does not handle (`accepts`): then it is not decoded at all (`NotOurs`; the consumers that
+/// handle it judge its payload). A type no one knows is decoded and dead-lettered as
+/// `unknown_type`.
+fn parse(
+    raw: &OwnedMessage,
+    accepts: impl Fn(MessageType) -> bool,
+) -> Result<Incoming, Unreadable> {
     let pairs = kafka::header_pairs(raw.headers());
     let envelope = Envelope::from_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
         .map_err(|e| Unreadable::Poison {
@@ -758,6 +797,11 @@ fn parse(raw: &OwnedMessage) -> Result<Incoming, Unreadable> {
     let Some(payload) = raw.payload() else {
         return Err(Unreadable::NotOurs);
     };
+    if let Ok(kind) = envelope.message_type.parse::<MessageType>()
+        && !accepts(kind)
+    {
+        return Err(Unreadable::NotOurs);
+    }
     let message = Message::decode(&envelope.message_type, Some(&envelope.schema_ref), payload)
         .map_err(|e| {
             let kind = match e {
@@ -795,6 +839,47 @@ mod tests {
             offset,
             None,
         )
+    }
+
+    /// A message whose envelope says `message_type` and whose payload is not Avro at all.
+    fn undecodable(message_type: &str) -> OwnedMessage {
+        let envelope = Envelope::new(
+            message_type,
+            "test",
+            uuid::Uuid::now_v7(),
+            None,
+            "sagaflow.OrderPlaced.v1".into(),
+        );
+        let pairs = envelope.to_headers();
+        let headers = kafka::to_headers(pairs.iter().map(|(k, v)| (*k, v.as_str())));
+        OwnedMessage::new(
+            Some(vec![0xff; 3]),
+            None,
+            "orders.events".into(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn a_type_the_consumer_does_not_handle_is_skipped_without_decoding() {
+        let only_placed = |kind| kind == MessageType::OrderPlaced;
+        assert!(matches!(
+            parse(&undecodable("OrderApproved"), only_placed),
+            Err(Unreadable::NotOurs)
+        ));
+        // The type it handles is decoded, and a payload that is not Avro is poison…
+        assert!(matches!(
+            parse(&undecodable("OrderPlaced"), only_placed),
+            Err(Unreadable::Poison { .. })
+        ));
+        // …and so is a type no one knows.
+        assert!(matches!(
+            parse(&undecodable("NoSuchMessage"), only_placed),
+            Err(Unreadable::Poison { .. })
+        ));
     }
 
     fn offsets(queue: &mut mpsc::Receiver<OwnedMessage>) -> Vec<i64> {
