@@ -243,11 +243,16 @@ prereqs() {
     command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
     # Debian's kcat (librdkafka 2.0.x): the `dev` target checks it works against `sagaflow dev`.
     command -v kcat >/dev/null 2>&1 || missing+=(kcat)
-    if [ "${#missing[@]}" -gt 0 ]; then
-        step "installing ${missing[*]} (apt)"
+    # Debian's Prometheus: promtool (scripts/promtool-check.sh) and the server the
+    # `observability` target runs. Without its recommends (node exporter, SNMP, IPMI…).
+    local lean=()
+    command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || lean+=(prometheus)
+    if [ "${#missing[@]}" -gt 0 ] || [ "${#lean[@]}" -gt 0 ]; then
+        step "installing ${missing[*]} ${lean[*]} (apt)"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >&2
-        apt-get install -y -qq "${missing[@]}" >&2
+        [ "${#missing[@]}" -eq 0 ] || apt-get install -y -qq "${missing[@]}" >&2
+        [ "${#lean[@]}" -eq 0 ] || apt-get install -y -qq --no-install-recommends "${lean[@]}" >&2
     fi
 }
 

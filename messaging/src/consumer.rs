@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use sagaflow_runtime::KafkaConfig;
@@ -120,6 +121,10 @@ pub struct ConsumerSettings {
     /// Inbox rows older than this are deleted (hourly-ish rounds). A redelivery older than it
     /// would be applied again, so it must stay far above any redelivery window.
     pub inbox_retention: Duration,
+    /// The name of this component's database (`order`, …) when it writes an outbox there:
+    /// the consumer then measures that outbox's backlog ([`crate::relay::watch_backlog`]), so
+    /// the backlog alerts keep working while the relay is down.
+    pub outbox: Option<String>,
 }
 
 /// Inbox rows are kept this long by default: 7 days.
@@ -141,7 +146,14 @@ impl ConsumerSettings {
             rejoin_after: Duration::from_secs(20),
             lane_depth: 64,
             inbox_retention: Duration::from_secs(kafka.inbox_retention_secs),
+            outbox: None,
         }
+    }
+
+    /// Also measure the outbox of database `database` (see [`ConsumerSettings::outbox`]).
+    pub fn with_outbox(mut self, database: &str) -> Self {
+        self.outbox = Some(database.to_string());
+        self
     }
 }
 
@@ -198,6 +210,15 @@ pub async fn run<H: Handler>(
         .map(|t| kafka_config.topic(t))
         .collect();
     let dead_letters = kafka::producer(&kafka_config)?;
+    zero_metrics(&kafka_config, &settings);
+    // Aborted with this future: a crashed component measures nothing.
+    let _backlog = settings.outbox.clone().map(|database| {
+        AbortOnDropHandle::new(tokio::spawn(crate::relay::watch_backlog(
+            pool.clone(),
+            database,
+            shutdown.clone(),
+        )))
+    });
     tokio::spawn(prune_inbox_every(
         pool.clone(),
         settings.name.clone(),
@@ -268,6 +289,19 @@ pub async fn run<H: Handler>(
             }
         }
     }
+}
+
+/// Register the group's counters and gauges at zero before anything happens. A counter born
+/// at 1 by its first increment has no earlier sample, so `increase()` never sees that first
+/// dead letter or rejoin and its alert never fires; and a member that never gets an
+/// assignment must show 0 partitions, not nothing.
+fn zero_metrics(config: &KafkaConfig, settings: &ConsumerSettings) {
+    let group = config.group(&settings.name);
+    for topic in &settings.topics {
+        metrics::counter!("consumer_dead_lettered_total", "group" => group.clone(), "topic" => topic.to_string()).increment(0);
+    }
+    metrics::counter!("consumer_rejoins_total", "group" => group.clone()).increment(0);
+    metrics::gauge!("consumer_assigned_partitions", "group" => group).set(0.0);
 }
 
 /// Delete `consumer`'s inbox rows older than `retention`, in batches of [`INBOX_PRUNE_BATCH`]

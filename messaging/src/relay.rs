@@ -19,6 +19,41 @@ use tracing::{debug, info, warn};
 /// sweep's position, is published within about this bound even while every pass is full.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
+/// How often [`watch_backlog`] measures the outbox.
+pub const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Measure `database`'s outbox into the gauges `outbox_backlog`, `outbox_parked_rows` and
+/// `outbox_oldest_unpublished_seconds` (label `database`).
+pub async fn record_backlog(pool: &PgPool, database: &str) -> Result<(), sqlx::Error> {
+    let (count, oldest, parked): (i64, Option<f64>, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE parked_at IS NULL),
+                EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8,
+                count(*) FILTER (WHERE parked_at IS NOT NULL)
+           FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    let label = database.to_string();
+    metrics::gauge!("outbox_backlog", "database" => label.clone()).set(count as f64);
+    // Each parked row holds back its key: alert on this above zero.
+    metrics::gauge!("outbox_parked_rows", "database" => label.clone()).set(parked as f64);
+    metrics::gauge!("outbox_oldest_unpublished_seconds", "database" => label)
+        .set(oldest.unwrap_or(0.0));
+    Ok(())
+}
+
+/// [`record_backlog`] every [`BACKLOG_EVERY`] until `shutdown`. Run by the components that
+/// write to an outbox, beside the relay's own measurement: the backlog must keep being
+/// measured when the relay is dead or stuck in a publish — exactly when it grows.
+pub async fn watch_backlog(pool: PgPool, database: String, shutdown: CancellationToken) {
+    sagaflow_runtime::periodic::every(BACKLOG_EVERY, shutdown, || async {
+        if let Err(e) = record_backlog(&pool, &database).await {
+            debug!(database, error = %e, "backlog query failed");
+        }
+    })
+    .await
+}
+
 /// Published rows deleted per statement by [`Relay::delete_expired`].
 pub const RETENTION_BATCH: i64 = 5_000;
 
@@ -555,21 +590,7 @@ impl Relay {
     }
 
     async fn record_backlog(&self) -> Result<(), sqlx::Error> {
-        let (count, oldest, parked): (i64, Option<f64>, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE parked_at IS NULL),
-                    EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8,
-                    count(*) FILTER (WHERE parked_at IS NOT NULL)
-               FROM outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        metrics::gauge!("outbox_backlog", "database" => self.config.name.clone()).set(count as f64);
-        // Each parked row holds back its key: alert on this above zero.
-        metrics::gauge!("outbox_parked_rows", "database" => self.config.name.clone())
-            .set(parked as f64);
-        metrics::gauge!("outbox_oldest_unpublished_seconds", "database" => self.config.name.clone())
-            .set(oldest.unwrap_or(0.0));
-        Ok(())
+        record_backlog(&self.pool, &self.config.name).await
     }
 
     /// One housekeeping round: delete every published row past retention, in batches of

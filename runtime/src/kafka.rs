@@ -108,6 +108,13 @@ impl ClientContext for GroupContext {
             return;
         };
         let in_group = stats["cgrp"]["state"] == "up" && stats["cgrp"]["join_state"] == "steady";
+        // 1 while this member is in its group, for the out-of-group alert (a rebalance dips
+        // it for seconds; the alert waits longer).
+        metrics::gauge!("consumer_group_joined", "group" => self.group.clone()).set(if in_group {
+            1.0
+        } else {
+            0.0
+        });
         if let Ok(mut seen) = self.seen.lock() {
             let now = Instant::now();
             seen.0 = now;

@@ -60,7 +60,7 @@ async fn apply(
             note,
             alert,
         } => {
-            store::save(tx, &saga, origin.traceparent.as_deref()).await?;
+            let started = store::save(tx, &saga, origin.traceparent.as_deref()).await?;
             store::record(
                 tx,
                 HistoryEntry {
@@ -86,6 +86,12 @@ async fn apply(
                 error!(alert = true, %order_id, %note, "ALERT: saga FAILED and needs an operator");
             } else if saga.state.is_terminal() {
                 info!(%order_id, state = saga.state.as_str(), "saga finished");
+            }
+            if saga.state.is_terminal() {
+                // From OrderPlaced's arrival to the end, by outcome: the saga latency panel.
+                let seconds = (Utc::now() - started).to_std().unwrap_or_default();
+                metrics::histogram!("saga_duration_seconds", "outcome" => saga.state.as_str())
+                    .record(seconds.as_secs_f64());
             }
         }
     }
@@ -130,7 +136,8 @@ impl Handler for SagaReplies {
     }
 }
 
-/// Fire deadlines until `shutdown`. Also refreshes the sagas-by-state gauge.
+/// Fire deadlines until `shutdown`. Also refreshes the gauges `sagas{state}` and
+/// `saga_oldest_overdue_seconds`.
 pub async fn sweep_deadlines(
     pool: PgPool,
     policy: Policy,
@@ -144,22 +151,37 @@ pub async fn sweep_deadlines(
             Ok(_) => {}
             Err(e) => warn!(error = %e, "deadline sweep failed"),
         }
-        if ticks.is_multiple_of(8)
-            && let Ok(counts) = store::count_by_state(&pool).await
-        {
-            for state in State::ALL {
-                let n = counts
-                    .iter()
-                    .find(|(s, _)| s == state.as_str())
-                    .map_or(0, |(_, n)| *n);
-                metrics::gauge!("sagas", "state" => state.as_str()).set(n as f64);
-            }
+        if ticks.is_multiple_of(8) {
+            record_gauges(&pool).await;
         }
         ticks += 1;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+/// Register the saga counters at zero: a counter born at 1 by its first increment has no
+/// earlier sample, so `increase()` would miss the first FAILED saga and its alert not fire.
+pub fn zero_metrics() {
+    metrics::counter!("saga_failed_total").increment(0);
+    metrics::counter!("saga_deadline_failures_total").increment(0);
+}
+
+/// Sagas by state, and how late the most overdue one is.
+async fn record_gauges(pool: &PgPool) {
+    if let Ok(counts) = store::count_by_state(pool).await {
+        for state in State::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state.as_str())
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("sagas", "state" => state.as_str()).set(n as f64);
+        }
+    }
+    if let Ok(seconds) = store::oldest_overdue_seconds(pool).await {
+        metrics::gauge!("saga_oldest_overdue_seconds").set(seconds);
     }
 }
 

@@ -82,6 +82,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let policy = config.policy();
+    engine::zero_metrics();
     // Aborted with this future: a crashed orchestrator leaves no sweeper behind.
     let sweeper = AbortOnDropHandle::new(tokio::spawn(engine::sweep_deadlines(
         pool.clone(),
@@ -97,7 +98,8 @@ pub async fn run(
             topics::PAYMENT_EVENTS,
         ],
         &kafka,
-    );
+    )
+    .with_outbox("saga");
     let result = consumer::run(
         pool,
         kafka,

@@ -100,13 +100,19 @@ pub async fn postpone(tx: &mut Tx, order_id: Uuid) -> Result<Option<DateTime<Utc
 }
 
 /// Insert or update a saga after a transition.
-pub async fn save(tx: &mut Tx, saga: &Saga, traceparent: Option<&str>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Insert or update the saga; returns when it started (`created_at`, for its duration).
+pub async fn save(
+    tx: &mut Tx,
+    saga: &Saga,
+    traceparent: Option<&str>,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar(
         "INSERT INTO sagas (order_id, state, data, deadline, attempts, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (order_id) DO UPDATE
             SET state = EXCLUDED.state, data = EXCLUDED.data, deadline = EXCLUDED.deadline,
-                attempts = EXCLUDED.attempts, updated_at = now()",
+                attempts = EXCLUDED.attempts, updated_at = now()
+         RETURNING created_at",
     )
     .bind(saga.order_id)
     .bind(saga.state.as_str())
@@ -114,9 +120,8 @@ pub async fn save(tx: &mut Tx, saga: &Saga, traceparent: Option<&str>) -> Result
     .bind(saga.deadline)
     .bind(saga.attempts as i32)
     .bind(traceparent)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .fetch_one(&mut **tx)
+    .await
 }
 
 pub struct HistoryEntry<'a> {
@@ -197,6 +202,18 @@ pub async fn overdue(pool: &PgPool, limit: i64) -> Result<Vec<SagaView>, sqlx::E
     )
     .bind(limit)
     .fetch_all(pool)
+    .await
+}
+
+/// How far past its deadline the most overdue saga is, in seconds (0 when none is). The
+/// sweeper fires deadlines within its interval, so a value that keeps growing means deadlines
+/// are not firing.
+pub async fn oldest_overdue_seconds(pool: &PgPool) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(deadline))::float8, 0)
+           FROM sagas WHERE deadline < now()",
+    )
+    .fetch_one(pool)
     .await
 }
 

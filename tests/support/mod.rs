@@ -15,6 +15,7 @@ pub mod kafka_probe;
 pub mod load;
 pub mod platform;
 pub mod processes;
+pub mod prometheus;
 pub mod proxy;
 pub mod wait;
 

@@ -156,6 +156,16 @@ impl TestApp {
             .expect("component restarts");
     }
 
+    /// Crash one component as [`TestApp::kill_component`] does and leave it stopped, as a
+    /// SIGKILLed process that nobody restarts; the rest keeps running.
+    pub async fn stop_component(&mut self, component: &'static str) {
+        self.platform
+            .as_mut()
+            .expect("platform running")
+            .remove_component(component)
+            .await;
+    }
+
     /// The Prometheus text of this process's `/metrics` (counters are process-wide).
     pub async fn metrics(&self) -> String {
         self.http

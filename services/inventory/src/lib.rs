@@ -67,7 +67,8 @@ pub async fn run_consumer_with(
     faults: InventoryFaults,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = ConsumerSettings::new(NAME, &[topics::INVENTORY_COMMANDS], &kafka);
+    let settings =
+        ConsumerSettings::new(NAME, &[topics::INVENTORY_COMMANDS], &kafka).with_outbox("inventory");
     let handler = InventoryHandler::with_faults(faults);
     consumer::run(pool, kafka, settings, handler, shutdown).await
 }

@@ -50,6 +50,7 @@ pub async fn run_consumer(
     kafka: KafkaConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = ConsumerSettings::new(NAME, &[topics::ORDERS_EVENTS], &kafka);
+    let settings =
+        ConsumerSettings::new(NAME, &[topics::ORDERS_EVENTS], &kafka).with_outbox("notification");
     consumer::run(pool, kafka, settings, NotificationHandler, shutdown).await
 }

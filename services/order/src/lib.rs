@@ -165,6 +165,7 @@ pub async fn run_consumer(
     kafka: KafkaConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = ConsumerSettings::new(NAME, &[topics::ORDERS_COMMANDS], &kafka);
+    let settings =
+        ConsumerSettings::new(NAME, &[topics::ORDERS_COMMANDS], &kafka).with_outbox("order");
     consumer::run(pool, kafka, settings, handler::OrderCommands, shutdown).await
 }

@@ -278,6 +278,10 @@ impl ProviderClient {
             .connect_timeout(settings.timeout.min(Duration::from_secs(1)))
             .build()?;
         let observer = CircuitObserver::default();
+        // Closed until it opens, and registered at zero: an alert on the breaker (or on
+        // rejected calls) needs the series to exist before the first trip.
+        metrics::gauge!("payment_provider_circuit_open").set(0.0);
+        metrics::counter!("payment_provider_calls_rejected_total").increment(0);
         let periods = OpenPeriods {
             next: settings.circuit_open,
             max: settings.circuit_open_max.max(settings.circuit_open),

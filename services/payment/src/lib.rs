@@ -132,7 +132,8 @@ pub async fn run_consumer(
 ) -> anyhow::Result<()> {
     let client = ProviderClient::new(config.client_settings())?;
     let handler = PaymentHandler::new(pool.clone(), client);
-    let settings = ConsumerSettings::new(NAME, &[topics::PAYMENT_COMMANDS], &kafka);
+    let settings =
+        ConsumerSettings::new(NAME, &[topics::PAYMENT_COMMANDS], &kafka).with_outbox("payment");
     consumer::run(pool, kafka, settings, handler, shutdown).await
 }
 
