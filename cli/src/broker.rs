@@ -91,6 +91,8 @@ pub async fn serve(
         .advertised_listener(advertised)
         .storage(storage.clone())
         .listener(listener)
+        // No banner or spinners on stdout: `--json` output and scripts read stdout.
+        .silent(true)
         .build()
         .await
         .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:?}"))?;

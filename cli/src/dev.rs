@@ -304,7 +304,7 @@ pub(crate) async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
         if as_postgres_user {
             chown_to_postgres(&cluster)?;
         }
-        println!(
+        eprintln!(
             "initialising a throwaway PostgreSQL cluster in {}",
             cluster.display()
         );
@@ -352,7 +352,7 @@ pub(crate) async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        println!(
+        eprintln!(
             "PostgreSQL started on 127.0.0.1:{port} (data in {}; stop with pg_ctl -D … stop)",
             cluster.display()
         );

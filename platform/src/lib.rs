@@ -45,6 +45,17 @@ pub struct Pools {
 }
 
 impl Pools {
+    /// The pools of the databases with an outbox (all but the query database).
+    pub fn outbox_databases(&self) -> [&PgPool; 5] {
+        [
+            &self.order,
+            &self.inventory,
+            &self.payment,
+            &self.notification,
+            &self.saga,
+        ]
+    }
+
     fn named(&self) -> Vec<(String, PgPool)> {
         vec![
             ("order".into(), self.order.clone()),

@@ -191,16 +191,17 @@ pub(super) struct Completion {
 /// What a step's sagas did by the end of its grace period.
 pub(super) struct Settled {
     pub completions: Vec<Completion>,
-    /// When the wait ended: a saga not complete by then counts as taking until then.
-    pub gave_up_at: DateTime<Utc>,
+    /// When the wait ended: a saga not complete by then counts as taking until then. None
+    /// when nothing was waited for.
+    pub gave_up_at: Option<DateTime<Utc>>,
 }
 
 impl Settled {
-    /// Nothing waited for (burst steps, judged on HTTP only).
+    /// Nothing waited for (burst steps, judged on HTTP only): no saga figures.
     pub(super) fn none() -> Self {
         Settled {
             completions: Vec::new(),
-            gave_up_at: Utc::now(),
+            gave_up_at: None,
         }
     }
 }
@@ -240,7 +241,7 @@ pub(super) async fn settle(
         .collect();
     Ok(Settled {
         completions,
-        gave_up_at,
+        gave_up_at: Some(gave_up_at),
     })
 }
 
@@ -288,13 +289,7 @@ pub(super) async fn relay_figures(pools: &Pools, drove: &Drive) -> anyhow::Resul
     let to = from + chrono::Duration::milliseconds((drove.secs * 1000.0) as i64);
     let mut latencies = Vec::new();
     let mut published = 0i64;
-    for pool in [
-        &pools.order,
-        &pools.inventory,
-        &pools.payment,
-        &pools.notification,
-        &pools.saga,
-    ] {
+    for pool in pools.outbox_databases() {
         let rows: Vec<(f64,)> = sqlx::query_as(
             "SELECT (EXTRACT(EPOCH FROM (published_at - created_at)) * 1000)::float8 FROM outbox
              WHERE created_at >= $1 AND created_at < $2 AND published_at IS NOT NULL",

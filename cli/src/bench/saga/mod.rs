@@ -102,6 +102,10 @@ pub struct SagaBenchArgs {
     /// Messages of the produce baseline.
     #[arg(long, default_value_t = 20_000)]
     pub produce_messages: usize,
+    /// Measure the NOTIFY lever: writers notify on every commit, as before relays registered
+    /// as asleep (a permanent registration in every platform database).
+    #[arg(long, hide = true)]
+    pub notify_every_commit: bool,
     /// Keep the scratch databases (default: dropped at the end).
     #[arg(long)]
     pub keep_databases: bool,
@@ -325,6 +329,14 @@ async fn start(
     let stock: Vec<(String, i32)> = (0..SKUS).map(|i| (sku(i), 1_000_000_000)).collect();
     let stock: Vec<(&str, i32)> = stock.iter().map(|(s, n)| (s.as_str(), *n)).collect();
     inventory_service::seed(&platform.pools.inventory, &stock).await?;
+    if args.notify_every_commit {
+        for pool in platform.pools.outbox_databases() {
+            sqlx::query("INSERT INTO outbox_relay_sleepers (relay_id) VALUES ($1)")
+                .bind(Uuid::nil())
+                .execute(pool)
+                .await?;
+        }
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http = listener.local_addr()?;
     platform.serve(listener, &scratch.kafka);

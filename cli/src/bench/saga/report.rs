@@ -103,9 +103,12 @@ impl Sagas {
             }
         }
         // Not dropped: an unfinished saga is at least as slow as the wait for it.
-        for due in unfinished.values() {
-            let waited = millis(settled.gave_up_at - intended(due));
-            sagas.saga_ms.push(waited.max(0.0));
+        if let Some(gave_up_at) = settled.gave_up_at {
+            for due in unfinished.values() {
+                sagas
+                    .saga_ms
+                    .push(millis(gave_up_at - intended(due)).max(0.0));
+            }
         }
         sagas
     }
@@ -790,7 +793,7 @@ mod tests {
         };
         let settled = Settled {
             completions: vec![done(w, 50), done(b, 1100), done(c, 1700)],
-            gave_up_at: at(10_000),
+            gave_up_at: Some(at(10_000)),
         };
         let window = Window {
             from: Duration::from_secs(1),
