@@ -360,7 +360,7 @@ pub(crate) async fn local_cluster(data_dir: &Path) -> anyhow::Result<String> {
     Ok(url)
 }
 
-fn find_pg_bin() -> Option<PathBuf> {
+pub(crate) fn find_pg_bin() -> Option<PathBuf> {
     if let Ok(dir) = std::env::var("PG_BIN") {
         return Some(PathBuf::from(dir));
     }

@@ -263,6 +263,8 @@ pub(super) struct Settings {
     pub max_saga_p99_ms: f64,
     pub synchronous_commit: String,
     pub fsync: String,
+    /// What ran the commit ceiling's transactions: `pgbench` or `in-process`.
+    pub ceiling_client: String,
 }
 
 impl Settings {
@@ -276,6 +278,7 @@ impl Settings {
             max_saga_p99_ms: args.max_saga_p99_ms,
             synchronous_commit: commit.synchronous_commit.clone(),
             fsync: commit.fsync.clone(),
+            ceiling_client: commit.ceiling_client.to_string(),
         }
     }
 }
@@ -429,8 +432,9 @@ impl Report {
     fn print_figures(&self) {
         println!();
         println!(
-            "  baseline: PostgreSQL commits      {:>8} tx/s  (POST /orders rows, no trigger, best at {} connections, synchronous_commit={})",
+            "  baseline: PostgreSQL commits      {:>8} tx/s  (POST /orders rows, no trigger, {}, best at {} connections, synchronous_commit={})",
             show(&self.baseline_commit_per_s),
+            self.settings.ceiling_client,
             self.baseline_commit_connections,
             self.settings.synchronous_commit,
         );
@@ -564,6 +568,7 @@ mod tests {
         "settings.max_saga_p99_ms: float",
         "settings.synchronous_commit: string",
         "settings.fsync: string",
+        "settings.ceiling_client: string",
         "baseline_commit_per_s: float",
         "baseline_commit_connections: int",
         "baseline_app_commit_per_s: float",
@@ -715,6 +720,7 @@ mod tests {
             max_saga_p99_ms: 1000.0,
             synchronous_commit: "on".into(),
             fsync: "on".into(),
+            ceiling_client: "pgbench".into(),
         }
     }
 
@@ -723,6 +729,7 @@ mod tests {
             commit: CommitBaseline {
                 per_s: 4321.7,
                 connections: 4,
+                ceiling_client: "pgbench",
                 app_per_s: 2100.2,
                 synchronous_commit: "on".into(),
                 fsync: "on".into(),
