@@ -132,8 +132,11 @@ const MIN_RUN_SECS: f64 = 15.0;
 /// Growth of the rate between steady steps: the probe's drain rate already says where the
 /// ceiling is, so the steps only have to find it to within this.
 const STEADY_FACTOR: f64 = 1.15;
-/// The first steady step runs at this share of the probe's drain rate.
-const STEADY_START: f64 = 0.9;
+/// The first steady step runs at this share of the probe's drain rate (measured: a steady
+/// 0.9 × drain rate was never sustainable, its backlog grew).
+const STEADY_START: f64 = 0.75;
+/// After an unsustainable first step, the next runs at this share of it.
+const STEADY_BACK_OFF: f64 = 0.75;
 /// The platform's databases, by service (each `bench_<tag>_<service>`).
 const PLATFORM_DATABASES: [&str; 6] = [
     "order",
@@ -508,6 +511,7 @@ impl Bench<'_> {
         let plan = ramp::Plan {
             start_rate,
             factor: STEADY_FACTOR,
+            back_off: STEADY_BACK_OFF,
         };
         let step_secs = WARMUP_SECS + self.args.step_secs;
         let mut probes = Vec::new();

@@ -20,6 +20,8 @@ const CLOSE_ENOUGH: f64 = 1.15;
 pub(super) struct Plan {
     pub start_rate: f64,
     pub factor: f64,
+    /// With no sustainable rate yet, the next step runs at the lowest bad rate times this.
+    pub back_off: f64,
 }
 
 /// One measured ramp step: its rate and whether the sagas kept up.
@@ -64,12 +66,12 @@ impl Bounds {
     }
 
     /// The decision after a step at `rate` (counting a refinement when it is one).
-    fn decide(&mut self, rate: f64, factor: f64) -> Decision {
+    fn decide(&mut self, rate: f64, plan: Plan) -> Decision {
         let refine = self.refinements < MAX_REFINEMENTS;
         let next = match (self.good, self.bad) {
-            (_, None) => return Decision::Step(next_rate(rate, factor)),
+            (_, None) => return Decision::Step(next_rate(rate, plan.factor)),
             (Some(g), Some(b)) if refine && b / g > CLOSE_ENOUGH => (g * b).sqrt().round(),
-            (None, Some(b)) if refine && b > 1.0 => (b / 2.0).round().max(1.0),
+            (None, Some(b)) if refine && b > 1.0 => (b * plan.back_off).round().max(1.0),
             _ => return Decision::Stop,
         };
         self.refinements += 1;
@@ -83,7 +85,7 @@ fn replay(steps: &[Probe], plan: Plan) -> (Bounds, Decision) {
     let mut decision = Decision::Step(plan.start_rate);
     for &probe in steps {
         bounds.record(probe);
-        decision = bounds.decide(probe.rate, plan.factor);
+        decision = bounds.decide(probe.rate, plan);
     }
     (bounds, decision)
 }
@@ -110,6 +112,7 @@ mod tests {
     const PLAN: Plan = Plan {
         start_rate: 50.0,
         factor: 1.5,
+        back_off: 0.5,
     };
 
     fn ok(rate: f64) -> Probe {
