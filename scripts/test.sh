@@ -19,8 +19,9 @@ cd "$(dirname "$0")/.."
 if [ -z "${SAGAFLOW_TEST_DATABASE_URL:-}" ] || [ -z "${SAGAFLOW_TEST_KAFKA:-}" ]; then
     if [ "${SAGAFLOW_TEST_OFFICIAL_IMAGES:-0}" != 1 ]; then
         # The broker image is our own binary (embedded tansu): build it with the same
-        # feature set as the tests so nothing compiles twice.
-        cargo build --workspace --bins
+        # feature set as the tests so nothing compiles twice (`--bins` alone resolves other
+        # features — without the dev-dependencies — and rebuilt the tansu crates).
+        cargo build --workspace --all-targets
         bash scripts/test-infra.sh all
         eval "$(bash scripts/test-infra.sh env)"
     fi

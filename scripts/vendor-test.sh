@@ -5,8 +5,9 @@
 # The crates are not workspace members (their dev-dependencies are not in our lock file), so
 # they are tested in a scratch workspace that links to them, starts from our Cargo.lock (the
 # versions we ship) and patches tansu-storage to our copy, as the main workspace does. It
-# shares our target directory, so only the dev-dependencies are built on top of a workspace
-# build.
+# uses our target directory unless CARGO_TARGET_DIR says otherwise; its profiles and feature
+# sets differ from the workspace's, so it builds its dependency tree anew either way (~7 min
+# cold on 2 cores).
 #
 # Usage: scripts/vendor-test.sh [extra `cargo test` arguments, e.g. a test name filter]
 set -euo pipefail

@@ -54,6 +54,10 @@ pub async fn watch_backlog(pool: PgPool, database: String, shutdown: Cancellatio
     .await
 }
 
+/// Consecutive failed passes after which the relay replaces its producer (see
+/// [`Relay::run`]): a pass fails only after its sends waited `message.timeout.ms`.
+pub const RENEW_PRODUCER_AFTER: u32 = 2;
+
 /// Published rows deleted per statement by [`Relay::delete_expired`].
 pub const RETENTION_BATCH: i64 = 5_000;
 
@@ -518,6 +522,16 @@ impl Relay {
                 Err(error) => {
                     failures += 1;
                     warn!(relay = %self.config.name, %error, failures, "relay pass failed; backing off");
+                    if failures >= RENEW_PRODUCER_AFTER {
+                        // Seen in CI: after the broker was frozen for 20 s, the producer's
+                        // every send timed out for 90 s while a fresh client read from the
+                        // same broker at once (its metadata held leader -1 and was never
+                        // refreshed). A new producer (new connections, metadata and producer
+                        // id) resends the unmarked rows; duplicates are deduplicated by the
+                        // consumers' inbox, as after any republish.
+                        self.producer_poisoned
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     self.renew_producer_if_fatal();
                     Duration::from_millis(100 * 2u64.pow(failures.min(5)))
                 }
