@@ -45,11 +45,15 @@ async fn write(pool: &PgPool, order_id: Uuid, seq: usize) -> Uuid {
 }
 
 fn relay(pool: &PgPool, config: &KafkaConfig) -> Relay {
+    relay_with(pool, config, RelayConfig::new("test"))
+}
+
+fn relay_with(pool: &PgPool, config: &KafkaConfig, relay_config: RelayConfig) -> Relay {
     Relay::new(
         pool.clone(),
         clients::producer(config).unwrap(),
         config.clone(),
-        RelayConfig::new("test"),
+        relay_config,
     )
 }
 

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sagaflow_messaging::{Relay, RelayConfig, enqueue};
-use sagaflow_runtime::kafka as clients;
+use sagaflow_messaging::{RelayConfig, enqueue};
 use sagaflow_tests::{broker_lock, wait};
 use uuid::Uuid;
 
-use super::{message, origin, setup, write};
+use super::{message, origin, relay_with, setup, write};
 
 #[tokio::test]
 async fn a_late_low_id_commit_is_published_while_full_passes_go_on() {
@@ -22,15 +21,7 @@ async fn a_late_low_id_commit_is_published_while_full_passes_go_on() {
     let mut relay_config = RelayConfig::new("late");
     relay_config.batch_size = 5;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(
-        Relay::new(
-            pool.clone(),
-            clients::producer(&config).unwrap(),
-            config.clone(),
-            relay_config,
-        )
-        .run(shutdown.clone()),
-    );
+    let relay = tokio::spawn(relay_with(&pool, &config, relay_config).run(shutdown.clone()));
 
     // The late writer takes a low id and holds its transaction open.
     let late_order = Uuid::now_v7();

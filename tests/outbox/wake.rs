@@ -5,15 +5,14 @@
 
 use std::time::Duration;
 
+use sagaflow_messaging::RelayConfig;
 use sagaflow_messaging::relay::ASLEEP_RECHECK;
-use sagaflow_messaging::{Relay, RelayConfig};
-use sagaflow_runtime::kafka as clients;
 use sagaflow_tests::{broker_lock, wait};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
-use super::{setup, write};
+use super::{relay_with, setup, write};
 
 /// Whether a notification on the relays' channel arrives within `within`.
 async fn notified(listener: &mut PgListener, within: Duration) -> bool {
@@ -71,15 +70,7 @@ async fn a_sleeping_relay_is_woken_by_the_writer_not_by_its_poll() {
     let mut relay_config = RelayConfig::new("wake");
     relay_config.poll_interval = Duration::from_secs(60);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(
-        Relay::new(
-            pool.clone(),
-            clients::producer(&config).unwrap(),
-            config.clone(),
-            relay_config,
-        )
-        .run(shutdown.clone()),
-    );
+    let relay = tokio::spawn(relay_with(&pool, &config, relay_config).run(shutdown.clone()));
 
     wait::until(
         "the idle relay registers as asleep",

@@ -273,31 +273,26 @@ impl CeilingRows {
 
     /// The pgbench script of one transaction: the same rows, ids from `gen_random_uuid()`.
     fn pgbench_script(&self) -> String {
-        let CeilingRows {
-            request_hash,
-            items,
-            payload_hex,
-            headers,
-        } = self;
-        format!(
-            "BEGIN;
-INSERT INTO idempotency_keys (principal, key, request_hash, order_id) VALUES ('{ANONYMOUS}', gen_random_uuid()::text, '{request_hash}', gen_random_uuid());
-INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method) VALUES (gen_random_uuid(), gen_random_uuid(), 'PENDING', '{items}', 1250, 'EUR', 'pm_card_visa');
-INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers) VALUES (gen_random_uuid(), 'OrderPlaced', 'orders.events', gen_random_uuid()::text, '\\x{payload_hex}', '{headers}');
-COMMIT;
-"
-        )
+        let id = "gen_random_uuid()";
+        format!("BEGIN;\n{}\nCOMMIT;\n", self.inserts([id, id, id, id]))
     }
 
     /// One transaction's three INSERTs with fresh ids (one simple query: one implicit
     /// transaction, one commit).
     fn transaction(&self) -> String {
-        let (order_id, key, customer, message) = (
+        let ids = [
             Uuid::now_v7(),
             Uuid::new_v4(),
             Uuid::new_v4(),
             Uuid::now_v7(),
-        );
+        ]
+        .map(|id| format!("'{id}'"));
+        self.inserts(ids.each_ref().map(String::as_str))
+    }
+
+    /// The three INSERTs, the ids given as SQL expressions: order, idempotency key, customer,
+    /// message.
+    fn inserts(&self, [order_id, key, customer, message]: [&str; 4]) -> String {
         let CeilingRows {
             request_hash,
             items,
@@ -305,12 +300,9 @@ COMMIT;
             headers,
         } = self;
         format!(
-            "INSERT INTO idempotency_keys (principal, key, request_hash, order_id)
-               VALUES ('{ANONYMOUS}', '{key}', '{request_hash}', '{order_id}');
-             INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method)
-               VALUES ('{order_id}', '{customer}', 'PENDING', '{items}', 1250, 'EUR', 'pm_card_visa');
-             INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers)
-               VALUES ('{message}', 'OrderPlaced', 'orders.events', '{order_id}', '\\x{payload_hex}', '{headers}');"
+            "INSERT INTO idempotency_keys (principal, key, request_hash, order_id) VALUES ('{ANONYMOUS}', {key}::text, '{request_hash}', {order_id});
+INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method) VALUES ({order_id}, {customer}, 'PENDING', '{items}', 1250, 'EUR', 'pm_card_visa');
+INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers) VALUES ({message}, 'OrderPlaced', 'orders.events', {order_id}::text, '\\x{payload_hex}', '{headers}');"
         )
     }
 }
