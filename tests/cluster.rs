@@ -17,7 +17,7 @@ use sagaflow_tests::cluster::{BROKERS, Cluster, cluster, wait_for_brokers};
 use sagaflow_tests::kafka_probe::read_until;
 use sagaflow_tests::load::SteadyLoad;
 use sagaflow_tests::platform::{Options, TestApp, spawn_platform};
-use sagaflow_tests::{docker, groups, invariants, wait};
+use sagaflow_tests::{groups, invariants, wait};
 use tokio_util::sync::CancellationToken;
 
 const SKUS: [&str; 3] = ["SKU-C1", "SKU-C2", "SKU-C3"];
@@ -168,11 +168,14 @@ async fn assert_per_key_order(app: &TestApp) {
 /// Restart stopped brokers and wait until `up` brokers are registered.
 async fn start_brokers(cluster: &Cluster, killed: &[i32], up: usize) {
     for node in killed {
-        docker(&["start", &cluster.broker(*node).container]);
+        cluster.start_broker(*node);
     }
-    wait_for_brokers(&cluster.bootstrap, up, Duration::from_secs(120))
-        .await
-        .expect("the restarted brokers registered");
+    if let Err(e) = wait_for_brokers(&cluster.bootstrap, up, Duration::from_secs(120)).await {
+        panic!(
+            "the restarted brokers {killed:?} did not register: {e:#}\n{}",
+            cluster.diagnose()
+        );
+    }
 }
 
 async fn terminal_count(app: &TestApp, ids: &[uuid::Uuid]) -> usize {
@@ -195,7 +198,7 @@ async fn the_leader_of_the_busiest_partitions_killed_loses_duplicates_and_reorde
     tokio::time::sleep(Duration::from_secs(5)).await; // load before the fault
     let leader = busiest_leader(&app.kafka);
     let killed_at = Instant::now();
-    docker(&["kill", &cluster.broker(leader).container]);
+    cluster.kill_broker(leader);
     eprintln!("killed broker {leader} (leader of the most partitions)");
     tokio::time::sleep(Duration::from_secs(15)).await; // load on two brokers
     let report = load.stop().await;
@@ -229,7 +232,7 @@ async fn below_min_insync_replicas_rows_wait_unpublished_orders_are_accepted_and
     let load = SteadyLoad::start(&app, &SKUS, RATE);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let first = busiest_leader(&app.kafka);
-    docker(&["kill", &cluster.broker(first).container]);
+    cluster.kill_broker(first);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let second = cluster
         .brokers
@@ -237,7 +240,7 @@ async fn below_min_insync_replicas_rows_wait_unpublished_orders_are_accepted_and
         .map(|b| b.node_id)
         .find(|n| *n != first)
         .unwrap();
-    docker(&["kill", &cluster.broker(second).container]);
+    cluster.kill_broker(second);
     let second_killed = chrono::Utc::now();
     eprintln!("killed brokers {first} and {second}: one left, below min.insync.replicas 2");
     tokio::time::sleep(Duration::from_secs(20)).await;

@@ -20,6 +20,7 @@ use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+use crate::docker;
 use crate::infra::{LABEL, hold_for_the_process, image_from_env, remove_leftovers, wait_for_kafka};
 use crate::proxy::CuttableProxy;
 
@@ -33,6 +34,8 @@ pub struct Broker {
     pub container: String,
     /// `localhost:<port>` of its PLAINTEXT listener.
     pub address: String,
+    /// Its address on the cluster's network, kept across restarts (see [`Cluster::start_broker`]).
+    ip: String,
 }
 
 pub struct Cluster {
@@ -42,9 +45,42 @@ pub struct Cluster {
     /// Bootstrap servers through the proxies (see [`Cluster::cut_proxied_clients`]).
     pub proxied_bootstrap: String,
     proxies: Vec<CuttableProxy>,
+    network: String,
 }
 
 impl Cluster {
+    /// Kill a broker's container (SIGKILL: no controlled shutdown, the host vanishes).
+    pub fn kill_broker(&self, node_id: i32) {
+        docker(&["kill", &self.broker(node_id).container]);
+    }
+
+    /// Start a killed broker again at the address it had, as a restarted machine would.
+    ///
+    /// Docker gives a restarted container the lowest free address of its network: two brokers
+    /// restarted in another order than they were killed swap addresses, and the survivors'
+    /// cached name lookups and open connections then reach the wrong node (CI: a broker
+    /// restarted after such a swap never caught up with the quorum and kept its listener
+    /// closed for 120 s). The address is pinned before the start.
+    pub fn start_broker(&self, node_id: i32) {
+        let broker = self.broker(node_id);
+        docker(&[
+            "network",
+            "disconnect",
+            "-f",
+            &self.network,
+            &broker.container,
+        ]);
+        docker(&[
+            "network",
+            "connect",
+            "--ip",
+            &broker.ip,
+            &self.network,
+            &broker.container,
+        ]);
+        docker(&["start", &broker.container]);
+    }
+
     /// Partition every client bootstrapped on [`Cluster::proxied_bootstrap`] from every broker.
     pub fn cut_proxied_clients(&self) {
         self.proxies.iter().for_each(CuttableProxy::cut);
@@ -54,12 +90,79 @@ impl Cluster {
         self.proxies.iter().for_each(CuttableProxy::heal);
     }
 
+    /// Each broker's container state, address on the network and last log lines: what a
+    /// failed restart is diagnosed from (CI keeps no container logs).
+    pub fn diagnose(&self) -> String {
+        let mut report = String::new();
+        for broker in &self.brokers {
+            let state = docker_output(&[
+                "inspect",
+                "-f",
+                "{{.State.Status}} exit={{.State.ExitCode}} started={{.State.StartedAt}} \
+                 ip={{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                &broker.container,
+            ]);
+            let logs = docker_output(&["logs", "--tail", "40", &broker.container]);
+            report.push_str(&format!(
+                "--- broker {} ({}, {}): {}\n{logs}\n",
+                broker.node_id,
+                broker.container,
+                broker.address,
+                state.trim()
+            ));
+        }
+        report
+    }
+
     pub fn broker(&self, node_id: i32) -> &Broker {
         self.brokers
             .iter()
             .find(|b| b.node_id == node_id)
             .unwrap_or_else(|| panic!("no broker {node_id}"))
     }
+}
+
+/// What a docker CLI command printed (stdout and stderr), or why it did not run.
+fn docker_output(args: &[&str]) -> String {
+    match std::process::Command::new("docker").args(args).output() {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("docker {args:?}: {e}"),
+    }
+}
+
+/// The cluster's network, with a subnet stated at creation: Docker refuses a fixed `--ip`
+/// ([`Cluster::start_broker`]) on a network whose subnet it chose itself. The subnet is one
+/// Docker picks as free (for a probe network removed at once), so it clashes with nothing.
+fn create_network(name: &str, owner: &str) -> anyhow::Result<()> {
+    let probe = format!("{name}-probe");
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new("docker").args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let label = format!("{LABEL}={owner}");
+    run(&["network", "create", "--label", &label, &probe])?;
+    let subnet = run(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+        &probe,
+    ]);
+    run(&["network", "rm", &probe])?;
+    let subnet = subnet?;
+    run(&[
+        "network", "create", "--label", &label, "--subnet", &subnet, name,
+    ])?;
+    Ok(())
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -94,6 +197,7 @@ async fn start() -> anyhow::Result<(Cluster, Vec<ContainerAsync<GenericImage>>)>
         .collect::<Vec<_>>()
         .join(",");
 
+    create_network(&network, &owner)?;
     let mut requests = Vec::new();
     let mut brokers = Vec::new();
     let mut proxies = Vec::new();
@@ -111,6 +215,7 @@ async fn start() -> anyhow::Result<(Cluster, Vec<ContainerAsync<GenericImage>>)>
             node_id,
             container: name.clone(),
             address: format!("localhost:{client_port}"),
+            ip: String::new(),
         });
         let request = GenericImage::new(&image, &tag)
             .with_exposed_port(client_port.tcp())
@@ -163,6 +268,22 @@ async fn start() -> anyhow::Result<(Cluster, Vec<ContainerAsync<GenericImage>>)>
         containers
             .push(result.map_err(|e| anyhow::anyhow!("starting {name} ({image}:{tag}): {e}"))?);
     }
+    for broker in &mut brokers {
+        broker.ip = docker_output(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+            &broker.container,
+        ])
+        .trim()
+        .to_string();
+        anyhow::ensure!(
+            broker.ip.parse::<std::net::Ipv4Addr>().is_ok(),
+            "no address of {} on {network}: {}",
+            broker.container,
+            broker.ip
+        );
+    }
     let bootstrap = brokers
         .iter()
         .map(|b| b.address.clone())
@@ -187,6 +308,7 @@ async fn start() -> anyhow::Result<(Cluster, Vec<ContainerAsync<GenericImage>>)>
             bootstrap,
             proxied_bootstrap,
             proxies,
+            network,
         },
         containers,
     ))
