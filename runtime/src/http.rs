@@ -23,16 +23,28 @@ use tokio_util::sync::CancellationToken;
 use crate::KafkaConfig;
 
 /// An RFC 9457 problem. Never carries internal details (SQL, stack, hostnames).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://sagaflow.dev/problems/validation",
+    "title": "Unprocessable Entity",
+    "status": 422,
+    "detail": "between 1 and 10000",
+    "field": "items[0].quantity"
+}))]
 pub struct Problem {
     #[serde(skip)]
     pub status: StatusCode,
+    /// A URI naming the kind of problem: `https://sagaflow.dev/problems/<kind>`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The HTTP status's reason phrase.
     pub title: String,
+    /// The HTTP status code.
     #[serde(rename = "status")]
     pub status_code: u16,
+    /// What went wrong, for a person; never internal details.
     pub detail: String,
+    /// The offending field or header (a JSON path such as `items[0].sku`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

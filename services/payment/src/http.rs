@@ -6,10 +6,25 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use sagaflow_runtime::http::Problem;
+use sagaflow_runtime::openapi::Protected;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::store::{self, PaymentRow};
+use crate::store::{self, PaymentRow, PaymentStatus};
+
+/// The OpenAPI description of [`router`]'s routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(get_payment),
+    components(schemas(PaymentRow, PaymentStatus)),
+    tags((name = "payments", description = "Payments as recorded (payment-service)."))
+)]
+struct ApiDoc;
+
+/// The OpenAPI description of the payment API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// The payment API routes. Public: any authenticated caller (see `sagaflow_runtime::auth`).
 pub fn router(pool: PgPool) -> Router {
@@ -18,6 +33,20 @@ pub fn router(pool: PgPool) -> Router {
         .with_state(pool)
 }
 
+/// The payment of an order as recorded.
+#[utoipa::path(
+    get,
+    path = "/payments/{order_id}",
+    tag = "payments",
+    security(("bearer" = [])),
+    params(("order_id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The payment.", body = PaymentRow),
+        (status = 404, description = "No payment for this order (yet).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "order_id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn get_payment(
     State(pool): State<PgPool>,
     Path(order_id): Path<String>,
