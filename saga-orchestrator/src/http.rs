@@ -1,5 +1,6 @@
 //! `GET /sagas/{id}` (state and history) and `GET /sagas/overdue`.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -67,9 +68,17 @@ pub fn router(pool: PgPool) -> Router {
         AdminOnly,
     )
 )]
-async fn saga(State(pool): State<PgPool>, Path(id): Path<String>) -> Result<Response, Problem> {
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "bad-id", "saga id must be a UUID"))?;
+async fn saga(
+    State(pool): State<PgPool>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    // A segment that is not UTF-8 is as bad an id as any (axum would answer it in plain text).
+    let id = id
+        .ok()
+        .and_then(|Path(id)| Uuid::parse_str(&id).ok())
+        .ok_or_else(|| {
+            Problem::new(StatusCode::BAD_REQUEST, "bad-id", "saga id must be a UUID")
+        })?;
     let (saga, history) = store::view(&pool, id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;

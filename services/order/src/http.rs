@@ -4,6 +4,7 @@
 //! for itself and reads only its own (another customer's order answers 404, so ids cannot be
 //! probed); admins do both for everyone. Idempotency-Keys are scoped to the caller.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -287,8 +288,12 @@ async fn place_order_in_span(
 async fn get_order(
     State(orders): State<Orders>,
     caller: Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    // A segment that is not UTF-8 is as bad an id as any (axum would answer it in plain text).
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::BadId);
+    };
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::BadId)?;
     // Another customer's order is as absent as one that does not exist.
     let order = store::find(&orders.pool, id)

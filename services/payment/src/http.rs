@@ -2,6 +2,7 @@
 //! Errors are Problem JSON and never carry internals (database errors are logged, answered
 //! 503 or 500).
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -49,11 +50,13 @@ pub fn router(pool: PgPool) -> Router {
 )]
 async fn get_payment(
     State(pool): State<PgPool>,
-    Path(order_id): Path<String>,
+    order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PaymentRow>, Problem> {
+    // A segment that is not UTF-8 is as bad an id as any (axum would answer it in plain text).
     let order_id: Uuid = order_id
-        .parse()
-        .map_err(|_| Problem::invalid("order_id", "order_id must be a UUID"))?;
+        .ok()
+        .and_then(|Path(id)| id.parse().ok())
+        .ok_or_else(|| Problem::invalid("order_id", "order_id must be a UUID"))?;
     match store::find(&pool, order_id).await? {
         Some(row) => Ok(Json(row)),
         None => Err(Problem::not_found(format!(

@@ -356,11 +356,11 @@ struct StockView {
     path = "/views/stock/{sku}",
     tag = "views",
     security(("bearer" = [])),
-    params(("sku" = String, Path, description = "1-64 bytes")),
+    params(("sku" = String, Path, description = "1-64 characters of [A-Za-z0-9._-]")),
     responses(
         (status = 200, description = "The stock view.", body = StockView),
         (status = 404, description = "The view has seen no reservation of this SKU.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The SKU is empty or too long.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The SKU breaks the rule (1-64 characters of [A-Za-z0-9._-]).", body = Problem, content_type = "application/problem+json"),
         Protected,
     )
 )]
@@ -369,8 +369,17 @@ async fn stock(
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<Json<StockView>, Problem> {
     let Path(sku) = sku.map_err(|_| Problem::invalid("sku", "sku must be valid UTF-8"))?;
-    if sku.is_empty() || sku.len() > 64 {
-        return Err(Problem::invalid("sku", "sku must be 1 to 64 bytes"));
+    // The SKU rule of orders (and inventory): anything else was never reserved, and text
+    // PostgreSQL refuses (a NUL byte) must not reach it.
+    let valid = (1..=64).contains(&sku.len())
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !valid {
+        return Err(Problem::invalid(
+            "sku",
+            "sku must be 1 to 64 characters of [A-Za-z0-9._-]",
+        ));
     }
     let freshness = freshness(&pool, Projection::Stock).await?;
     let row: Option<StockRow> = sqlx::query_as(
