@@ -75,9 +75,10 @@ fn no_two_components_name_different_schemas_alike() {
 
 #[test]
 fn the_openapi_document_covers_every_component_and_its_errors() {
-    let doc: serde_json::Value =
-        serde_json::from_str(&sagaflow_runtime::openapi::render(&sagaflow_platform::openapi()))
-            .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&sagaflow_runtime::openapi::render(
+        &sagaflow_platform::openapi(),
+    ))
+    .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [

@@ -158,7 +158,12 @@ fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence.split_once('/').is_some_and(|(kind, subtype)| {
         kind == "application" && (subtype == "json" || subtype.ends_with("+json"))
     })
@@ -426,7 +431,11 @@ mod tests {
     #[tokio::test]
     async fn a_body_must_be_a_json_object() {
         assert!(extract("application/json", r#" {"a": 1}"#).await.is_ok());
-        assert!(extract("application/problem+json; charset=utf-8", "{}").await.is_ok());
+        assert!(
+            extract("application/problem+json; charset=utf-8", "{}")
+                .await
+                .is_ok()
+        );
         // serde reads a struct from an array of its fields' values: refused.
         for body in ["[null, null]", "[1, true]", "null", "3"] {
             let problem = extract("application/json", body).await.unwrap_err();
@@ -443,7 +452,12 @@ mod tests {
         let status = |r: Result<ProblemJson<Body>, Problem>| r.unwrap_err().status_code;
         assert_eq!(status(extract("application/json", "[1,").await), 400);
         assert_eq!(status(extract("text/plain", "{}").await), 415);
-        let problem = extract("application/json", r#"{"a": "x"}"#).await.unwrap_err();
-        assert_eq!((problem.status_code, problem.field.as_deref()), (422, Some("a")));
+        let problem = extract("application/json", r#"{"a": "x"}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (problem.status_code, problem.field.as_deref()),
+            (422, Some("a"))
+        );
     }
 }

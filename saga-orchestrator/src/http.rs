@@ -76,9 +76,7 @@ async fn saga(
     let id = id
         .ok()
         .and_then(|Path(id)| Uuid::parse_str(&id).ok())
-        .ok_or_else(|| {
-            Problem::new(StatusCode::BAD_REQUEST, "bad-id", "saga id must be a UUID")
-        })?;
+        .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "bad-id", "saga id must be a UUID"))?;
     let (saga, history) = store::view(&pool, id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;

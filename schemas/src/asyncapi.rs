@@ -33,7 +33,10 @@ pub fn document() -> Value {
         channels.insert(topic.to_string(), channel(topic, false));
         channels.insert(topics::dlq(topic), channel(topic, true));
         operations.insert(format!("publish.{topic}"), operation("send", topic, false));
-        operations.insert(format!("consume.{topic}"), operation("receive", topic, false));
+        operations.insert(
+            format!("consume.{topic}"),
+            operation("receive", topic, false),
+        );
         operations.insert(
             format!("dead-letter.{topic}"),
             operation("send", topic, true),
@@ -157,9 +160,7 @@ fn purpose(topic: &str) -> &'static str {
         topics::PAYMENT_EVENTS => {
             "payment-service's answers; read by the saga orchestrator and the query service."
         }
-        topics::NOTIFICATION_EVENTS => {
-            "what notification-service sent; read by the query service."
-        }
+        topics::NOTIFICATION_EVENTS => "what notification-service sent; read by the query service.",
         _ => "a Sagaflow topic.",
     }
 }
@@ -254,7 +255,8 @@ fn message(kind: MessageType, dead_letter: bool) -> Value {
 
 /// The envelope headers of every message (values are UTF-8 text).
 fn envelope_headers() -> Value {
-    let uuid = |description: &str| json!({"type": "string", "format": "uuid", "description": description});
+    let uuid =
+        |description: &str| json!({"type": "string", "format": "uuid", "description": description});
     let text = |description: &str| json!({"type": "string", "description": description});
     json!({
         "type": "object",
@@ -348,7 +350,10 @@ mod tests {
         assert!(!refs.is_empty());
         for reference in refs {
             let pointer = reference.strip_prefix('#').unwrap();
-            assert!(doc.pointer(pointer).is_some(), "{reference} does not resolve");
+            assert!(
+                doc.pointer(pointer).is_some(),
+                "{reference} does not resolve"
+            );
         }
     }
 

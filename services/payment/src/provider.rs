@@ -354,7 +354,10 @@ pub fn provider_router(control: ProviderControl) -> Router {
         .route(
             "/openapi.json",
             get(move || async move {
-                ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi)
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi,
+                )
             }),
         )
         .route("/v1/charges", post(create_charge).get(list_charges))
