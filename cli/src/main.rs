@@ -1,6 +1,7 @@
 //! `sagaflow`: the platform's command line — run the embedded broker, watch topics, and
 //! (as the platform grows) run everything in one process, replay, manage dead letters, bench.
 
+mod api_docs;
 mod bench;
 mod broker;
 mod chaos;
@@ -60,6 +61,13 @@ enum Command {
     },
     /// Parked outbox rows (they hold back their key): list them, hand them back to the relay.
     Outbox(outbox::OutboxArgs),
+    /// Print the OpenAPI 3.1 document of every HTTP route of `sagaflow dev` (`--out
+    /// docs/openapi.json` regenerates the committed copy; `--provider`: the simulated payment
+    /// provider's, docs/openapi-provider.json).
+    Openapi(api_docs::OpenapiArgs),
+    /// Print the AsyncAPI 3.0 document of the topics (`--out docs/asyncapi.json` regenerates
+    /// the committed copy).
+    Asyncapi(api_docs::DocArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +103,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(*args, shutdown).await,
         Command::Chaos(args) => chaos::run(*args, shutdown).await,
         Command::Outbox(args) => outbox::run(args).await,
+        Command::Openapi(args) => api_docs::openapi(args),
+        Command::Asyncapi(args) => api_docs::asyncapi(args),
     };
     sagaflow_runtime::telemetry::shutdown();
     result

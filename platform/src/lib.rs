@@ -164,6 +164,24 @@ pub const COMPONENTS: [&str; 7] = [
     "query-service",
 ];
 
+/// The OpenAPI document of every route [`Platform::router`] serves (`sagaflow dev`):
+/// each component's routes, the fault switch, health, metrics and the documents themselves.
+/// `sagaflow openapi` writes it to `docs/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut api = order_service::openapi();
+    for doc in [
+        inventory_service::openapi(),
+        payment_service::openapi(),
+        notification_service::openapi(),
+        saga_orchestrator::openapi(),
+        query_service::openapi(),
+        inventory_service::control_openapi(),
+    ] {
+        api.merge(doc);
+    }
+    sagaflow_runtime::openapi::document("Sagaflow", Some(api))
+}
+
 /// Every consumer group of the platform, for the `consumer_group_lag` metric.
 fn consumer_groups() -> Vec<query_service::lag::Group> {
     use query_service::lag::Group;
@@ -278,7 +296,7 @@ impl Platform {
         }
     }
 
-    /// Every HTTP route of every component, plus health and metrics.
+    /// Every HTTP route of every component, plus health, metrics and the API documents.
     pub fn router(&self, kafka: &KafkaConfig) -> Router {
         let api = order_service::router(self.pools.order.clone(), self.config.orders)
             .merge(inventory_service::router(self.pools.inventory.clone()))
@@ -293,10 +311,12 @@ impl Platform {
             ));
         // Authentication and rate limit in front of the API only: health and metrics stay open.
         let api = protect(api, &self.security);
-        with_request_timeout(api, self.request_timeout).merge(ops_router(Readiness {
-            databases: self.pools.all_named(),
-            kafka: Some(kafka.clone()),
-        }))
+        with_request_timeout(api, self.request_timeout)
+            .merge(ops_router(Readiness {
+                databases: self.pools.all_named(),
+                kafka: Some(kafka.clone()),
+            }))
+            .merge(sagaflow_runtime::openapi::docs_router(&openapi()))
     }
 
     /// Serve [`Platform::router`] on `listener` until shutdown.

@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -23,16 +24,28 @@ use tokio_util::sync::CancellationToken;
 use crate::KafkaConfig;
 
 /// An RFC 9457 problem. Never carries internal details (SQL, stack, hostnames).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://sagaflow.dev/problems/validation",
+    "title": "Unprocessable Entity",
+    "status": 422,
+    "detail": "between 1 and 10000",
+    "field": "items[0].quantity"
+}))]
 pub struct Problem {
     #[serde(skip)]
     pub status: StatusCode,
+    /// A URI naming the kind of problem: `https://sagaflow.dev/problems/<kind>`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The HTTP status's reason phrase.
     pub title: String,
+    /// The HTTP status code.
     #[serde(rename = "status")]
     pub status_code: u16,
+    /// What went wrong, for a person; never internal details.
     pub detail: String,
+    /// The offending field or header (a JSON path such as `items[0].sku`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
@@ -110,7 +123,9 @@ impl IntoResponse for Problem {
 }
 
 /// `Json<T>` whose rejections are Problem JSON: 400 malformed, 415 wrong content type,
-/// 413 too large, 422 with the offending field for data that does not fit `T`.
+/// 413 too large, 422 with the offending field for data that does not fit `T` — or that is
+/// not a JSON object: every request body of the API is one, and serde would otherwise read
+/// a struct from an array of its fields' values (`[null, 3]`), accepting a client's mistake.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProblemJson<T>(pub T);
 
@@ -118,20 +133,53 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ProblemJson<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ProblemJson(value)),
-            Err(rejection) => Err(json_problem(rejection)),
+        // What `Json` does, with the object check between reading and deserialising.
+        if !json_content_type(req.headers()) {
+            return Err(unsupported_media_type());
         }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| json_problem(JsonRejection::from(e)))?;
+        let opens_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if !opens_object && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+            return Err(Problem::invalid("body", "the body must be a JSON object"));
+        }
+        Json::<T>::from_bytes(&bytes)
+            .map(|Json(value)| ProblemJson(value))
+            .map_err(json_problem)
     }
+}
+
+/// `application/json` or `application/<anything>+json`, parameters aside (axum's rule).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence.split_once('/').is_some_and(|(kind, subtype)| {
+        kind == "application" && (subtype == "json" || subtype.ends_with("+json"))
+    })
+}
+
+fn unsupported_media_type() -> Problem {
+    Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        "expected a body with Content-Type: application/json",
+    )
 }
 
 fn json_problem(rejection: JsonRejection) -> Problem {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "expected a body with Content-Type: application/json",
-        ),
+        JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         JsonRejection::JsonSyntaxError(e) => {
             Problem::new(StatusCode::BAD_REQUEST, "malformed-json", e.body_text())
         }
@@ -358,4 +406,58 @@ pub async fn serve(
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        a: Option<i64>,
+        b: Option<bool>,
+    }
+
+    async fn extract(content_type: &str, body: &'static str) -> Result<ProblemJson<Body>, Problem> {
+        let request = Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        ProblemJson::<Body>::from_request(request, &()).await
+    }
+
+    #[tokio::test]
+    async fn a_body_must_be_a_json_object() {
+        assert!(extract("application/json", r#" {"a": 1}"#).await.is_ok());
+        assert!(
+            extract("application/problem+json; charset=utf-8", "{}")
+                .await
+                .is_ok()
+        );
+        // serde reads a struct from an array of its fields' values: refused.
+        for body in ["[null, null]", "[1, true]", "null", "3"] {
+            let problem = extract("application/json", body).await.unwrap_err();
+            assert_eq!(
+                (problem.status_code, problem.field.as_deref()),
+                (422, Some("body")),
+                "{body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_json_wrong_type_and_bad_fields_keep_their_statuses() {
+        let status = |r: Result<ProblemJson<Body>, Problem>| r.unwrap_err().status_code;
+        assert_eq!(status(extract("application/json", "[1,").await), 400);
+        assert_eq!(status(extract("text/plain", "{}").await), 415);
+        let problem = extract("application/json", r#"{"a": "x"}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (problem.status_code, problem.field.as_deref()),
+            (422, Some("a"))
+        );
+    }
 }

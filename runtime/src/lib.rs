@@ -9,6 +9,7 @@ pub mod exposure;
 pub mod http;
 pub mod inspect;
 pub mod kafka;
+pub mod openapi;
 pub mod periodic;
 pub mod proxy;
 pub mod runner;

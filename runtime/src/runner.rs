@@ -93,6 +93,8 @@ pub struct Api {
     pub router: Box<dyn FnOnce(PgPool) -> Router + Send>,
     /// Authentication and rate limit of `router` (health and metrics stay open).
     pub security: ApiSecurity,
+    /// The OpenAPI description of `router`'s routes, served at `/openapi.json`.
+    pub openapi: Option<utoipa::openapi::OpenApi>,
 }
 
 impl Api {
@@ -103,7 +105,14 @@ impl Api {
         Api {
             router: Box::new(router),
             security,
+            openapi: None,
         }
+    }
+
+    /// Serve `doc` (the routes' OpenAPI description) at `/openapi.json`.
+    pub fn with_openapi(mut self, doc: utoipa::openapi::OpenApi) -> Self {
+        self.openapi = Some(doc);
+        self
     }
 }
 
@@ -152,10 +161,17 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
         databases: pools.named(),
         kafka: Some(component.kafka.clone()),
     });
+    let mut api_doc = None;
     if let Some(api) = component.api {
         let routes = crate::auth::protect((api.router)(pools.own()), &api.security);
         router = crate::http::with_request_timeout(routes, REQUEST_TIMEOUT).merge(router);
+        api_doc = api.openapi;
     }
+    // Open, like health and metrics: the documents describe the contract, not data.
+    let router = router.merge(crate::openapi::docs_router(&crate::openapi::document(
+        component.name,
+        api_doc,
+    )));
     info!(component = component.name, addr = %listener.local_addr()?, "serving HTTP");
     let http = tokio::spawn(serve(listener, router, shutdown.clone()));
     let worked = (component.work)(pools.clone(), component.kafka, shutdown.clone()).await;

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 pub use engine::sweep_once;
-pub use http::router;
+pub use http::{openapi, router};
 
 pub const NAME: &str = "saga-orchestrator";
 pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =

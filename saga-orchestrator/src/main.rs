@@ -34,7 +34,10 @@ async fn main() -> anyhow::Result<()> {
             args.database_url,
             &saga_orchestrator::MIGRATOR,
         )],
-        api: Some(Api::new(args.security, saga_orchestrator::router)),
+        api: Some(
+            Api::new(args.security, saga_orchestrator::router)
+                .with_openapi(saga_orchestrator::openapi()),
+        ),
         sidecar: None,
         work: Box::new(move |pools, kafka, shutdown| {
             Box::pin(saga_orchestrator::run(pools.own(), kafka, saga, shutdown))

@@ -151,7 +151,8 @@ pub async fn record(tx: &mut Tx, entry: HistoryEntry<'_>) -> Result<(), sqlx::Er
     Ok(())
 }
 
-#[derive(Debug, Serialize, FromRow)]
+/// A saga as served by the saga API.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct SagaView {
     pub order_id: Uuid,
     pub state: String,
@@ -162,7 +163,8 @@ pub struct SagaView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, FromRow)]
+/// One transition of a saga.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct HistoryView {
     pub at: DateTime<Utc>,
     pub from_state: Option<String>,

@@ -9,6 +9,7 @@
 //! `schemas/avro/released/` holds the last released version of every schema; the
 //! [`compatibility`] gate fails when the current one stops being fully compatible with it.
 
+pub mod asyncapi;
 pub mod compatibility;
 pub mod envelope;
 mod messages;

@@ -24,12 +24,13 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use sagaflow_runtime::auth;
-use sagaflow_runtime::http::ProblemJson;
+use sagaflow_runtime::http::{Problem, ProblemJson};
+use sagaflow_runtime::openapi::AdminOnly;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The switch and what it did (`GET /_control/inventory`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FaultsView {
     /// ReleaseStock commands still to fail (each on every attempt).
     pub fail_releases: u64,
@@ -42,7 +43,7 @@ pub struct FaultsView {
 }
 
 /// A change of the switch (`POST /_control/inventory`): absent fields keep their value.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultsUpdate {
     pub fail_releases: Option<u64>,
@@ -113,6 +114,20 @@ impl InventoryFaults {
     }
 }
 
+/// The OpenAPI description of [`control_router`]'s routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(get_control, post_control),
+    components(schemas(FaultsView, FaultsUpdate)),
+    tags((name = "fault-control", description = "Fault injection for development and tests (sagaflow dev only): admin, and only from this machine."))
+)]
+struct ControlDoc;
+
+/// The OpenAPI description of the fault switch's routes.
+pub fn control_openapi() -> utoipa::openapi::OpenApi {
+    <ControlDoc as utoipa::OpenApi>::openapi()
+}
+
 /// `GET|POST /_control/inventory`, admin only.
 pub fn control_router(faults: InventoryFaults) -> Router {
     // Admin only, and only from this machine (404 to anyone else): fault injection is for
@@ -123,10 +138,39 @@ pub fn control_router(faults: InventoryFaults) -> Router {
     .with_state(faults)
 }
 
+/// The ReleaseStock fault switch and what it injected.
+#[utoipa::path(
+    get,
+    path = "/_control/inventory",
+    tag = "fault-control",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The switch.", body = FaultsView),
+        (status = 404, description = "Called from another machine: the route does not exist for it.", body = Problem, content_type = "application/problem+json"),
+        AdminOnly,
+    )
+)]
 async fn get_control(State(faults): State<InventoryFaults>) -> Json<FaultsView> {
     Json(faults.view())
 }
 
+/// Change the switch: absent fields keep their value.
+#[utoipa::path(
+    post,
+    path = "/_control/inventory",
+    tag = "fault-control",
+    security(("bearer" = [])),
+    request_body(content = FaultsUpdate, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The switch after the change.", body = FaultsView),
+        (status = 400, description = "A body that is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Called from another machine: the route does not exist for it.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field of the wrong type, or an unknown field.", body = Problem, content_type = "application/problem+json"),
+        AdminOnly,
+    )
+)]
 async fn post_control(
     State(faults): State<InventoryFaults>,
     ProblemJson(update): ProblemJson<FaultsUpdate>,

@@ -19,11 +19,26 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use sagaflow_runtime::auth;
 use sagaflow_runtime::http::{Problem, ProblemJson};
+use sagaflow_runtime::openapi::{AdminOnly, Protected};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::domain::{self, StockRow};
 use crate::store::{self, VersionedStock};
+
+/// The OpenAPI description of [`router`]'s routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(get_stock, set_stock, adjust_stock),
+    components(schemas(StockView, SetStock, Adjustment)),
+    tags((name = "inventory", description = "Stock levels (inventory-service); writes are admin only."))
+)]
+struct ApiDoc;
+
+/// The OpenAPI description of the inventory API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// `GET /inventory/{sku}` (public); `PUT /inventory/{sku}` and
 /// `POST /inventory/{sku}/adjustments` (admin: they change what can be sold).
@@ -97,25 +112,28 @@ impl IntoResponse for ApiError {
 }
 
 /// Body of `PUT /inventory/{sku}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetStock {
-    /// Optional and wider than the column so that a missing or out-of-range value gets a
-    /// Problem naming the field, not serde's message.
+    /// Required: the available quantity, 0 to 2147483647. (Optional and wider than the
+    /// column in Rust so that a missing or out-of-range value gets a Problem naming the
+    /// field, not serde's message.)
+    #[schema(required = true, minimum = 0, maximum = 2147483647)]
     available: Option<i64>,
 }
 
 /// Body of `POST /inventory/{sku}/adjustments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Adjustment {
-    /// Added to `available` (negative: taken away). Optional and wider than the column for
-    /// the same reason as [`SetStock::available`].
+    /// Required, non-zero: added to `available` (negative: taken away). Optional and wider
+    /// than the column in Rust for the same reason as [`SetStock::available`].
+    #[schema(required = true, minimum = -2147483648, maximum = 2147483647)]
     delta: Option<i64>,
 }
 
 /// A SKU's stock as served.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct StockView {
     sku: String,
     available: i32,
@@ -133,6 +151,19 @@ impl From<StockRow> for StockView {
 }
 
 /// `GET /inventory/{sku}`: the stock, with its version as a strong `ETag`.
+#[utoipa::path(
+    get,
+    path = "/inventory/{sku}",
+    tag = "inventory",
+    security(("bearer" = [])),
+    params(("sku" = String, Path, description = "1-64 characters of [A-Za-z0-9._-]")),
+    responses(
+        (status = 200, description = "The stock.", body = StockView, headers(("ETag" = String, description = "The row version, e.g. \"v7\"; send it as If-Match"))),
+        (status = 404, description = "No stock is recorded for this SKU.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The SKU breaks the rules (field sku).", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn get_stock(
     State(pool): State<PgPool>,
     sku: Result<Path<String>, PathRejection>,
@@ -157,6 +188,26 @@ async fn get_stock(
 ///
 /// The check and the write run in one transaction under the row lock reservations take, so
 /// nothing can slip in between.
+#[utoipa::path(
+    put,
+    path = "/inventory/{sku}",
+    tag = "inventory",
+    security(("bearer" = [])),
+    params(
+        ("sku" = String, Path, description = "1-64 characters of [A-Za-z0-9._-]"),
+        ("If-Match" = Option<String>, Header, description = "`*` or entity tags from ETag: apply only if unchanged"),
+    ),
+    request_body(content = SetStock, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The stock as set.", body = StockView, headers(("ETag" = String, description = "The row version, e.g. \"v7\"; send it as If-Match"))),
+        (status = 400, description = "A malformed If-Match, or a body that is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match the current ETag (or the SKU does not exist); nothing was written.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule (field names it).", body = Problem, content_type = "application/problem+json"),
+        AdminOnly,
+    )
+)]
 async fn set_stock(
     State(pool): State<PgPool>,
     sku: Result<Path<String>, PathRejection>,
@@ -182,6 +233,23 @@ async fn set_stock(
 /// the available quantity of an existing SKU, atomically, and answer the stock and its new
 /// `ETag`. Being relative, concurrent adjustments and reservations all count: none is lost.
 /// 422 when the result would be negative (or overflow), 404 for an unknown SKU.
+#[utoipa::path(
+    post,
+    path = "/inventory/{sku}/adjustments",
+    tag = "inventory",
+    security(("bearer" = [])),
+    params(("sku" = String, Path, description = "1-64 characters of [A-Za-z0-9._-]")),
+    request_body(content = Adjustment, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The stock after the adjustment.", body = StockView, headers(("ETag" = String, description = "The row version, e.g. \"v7\"; send it as If-Match"))),
+        (status = 400, description = "A body that is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stock is recorded for this SKU.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule, or the result would be negative (field names it).", body = Problem, content_type = "application/problem+json"),
+        AdminOnly,
+    )
+)]
 async fn adjust_stock(
     State(pool): State<PgPool>,
     sku: Result<Path<String>, PathRejection>,

@@ -32,9 +32,9 @@ use sagaflow_schemas::topics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{InventoryFaults, control_router};
+pub use faults::{InventoryFaults, control_openapi, control_router};
 pub use handler::InventoryHandler;
-pub use http::router;
+pub use http::{openapi, router};
 
 /// The component's name: envelope source, inbox consumer and consumer group.
 pub const NAME: &str = "inventory-service";

@@ -33,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
             args.database_url,
             &inventory_service::MIGRATOR,
         )],
-        api: Some(Api::new(args.security, inventory_service::router)),
+        api: Some(
+            Api::new(args.security, inventory_service::router)
+                .with_openapi(inventory_service::openapi()),
+        ),
         sidecar: None,
         work: Box::new(move |pools, kafka, shutdown| {
             Box::pin(inventory_service::run_consumer(

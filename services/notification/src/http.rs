@@ -9,11 +9,26 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use sagaflow_runtime::http::Problem;
+use sagaflow_runtime::openapi::Protected;
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::store::{self, Recorded};
+
+/// The OpenAPI description of [`router`]'s routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list),
+    components(schemas(Recorded)),
+    tags((name = "notifications", description = "What customers were sent (notification-service)."))
+)]
+struct ApiDoc;
+
+/// The OpenAPI description of the notification API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// `GET /notifications`. Public: any authenticated caller (see `sagaflow_runtime::auth`).
 pub fn router(pool: PgPool) -> Router {
@@ -28,6 +43,19 @@ struct ListQuery {
     order_id: Option<String>,
 }
 
+/// What an order's customer was sent, oldest first (empty until something was sent).
+#[utoipa::path(
+    get,
+    path = "/notifications",
+    tag = "notifications",
+    security(("bearer" = [])),
+    params(("order_id" = Uuid, Query, description = "The order id")),
+    responses(
+        (status = 200, description = "The notifications of the order.", body = Vec<Recorded>),
+        (status = 422, description = "order_id is missing or not a UUID.", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn list(
     State(pool): State<PgPool>,
     query: Result<Query<ListQuery>, QueryRejection>,

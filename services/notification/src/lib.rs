@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::NotificationHandler;
-pub use http::router;
+pub use http::{openapi, router};
 
 /// The component's name: envelope source, inbox consumer and consumer group.
 pub const NAME: &str = "notification-service";

@@ -33,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
             args.database_url,
             &notification_service::MIGRATOR,
         )],
-        api: Some(Api::new(args.security, notification_service::router)),
+        api: Some(
+            Api::new(args.security, notification_service::router)
+                .with_openapi(notification_service::openapi()),
+        ),
         sidecar: None,
         work: Box::new(move |pools, kafka, shutdown| {
             Box::pin(notification_service::run_consumer(

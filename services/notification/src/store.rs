@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::domain::Notification;
 
 /// A recorded notification, as served over HTTP.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Recorded {
     pub id: Uuid,
     pub order_id: Uuid,

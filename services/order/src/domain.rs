@@ -8,6 +8,9 @@ use uuid::Uuid;
 sagaflow_runtime::text_enum! {
     /// Where an order stands (`orders.status`): PENDING until the saga (or the order
     /// deadline) decides it, then APPROVED or REJECTED for good.
+    // The schema's names: utoipa cannot read each variant's rename through the macro.
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "SCREAMING_SNAKE_CASE")]
     pub enum OrderStatus("order status") {
         Pending = "PENDING",
         Approved = "APPROVED",
@@ -20,22 +23,41 @@ pub const MAX_QUANTITY: i64 = 10_000;
 pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
 
 /// The body of `POST /orders`. Unknown fields are refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "customer_id": "0190b6d2-0000-7000-8000-000000000001",
+    "items": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}],
+    "currency": "EUR",
+    "payment_method": "pm_card_visa"
+}))]
 pub struct NewOrder {
+    /// The customer: the token's `sub` unless the caller is an admin.
     pub customer_id: Uuid,
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderLine>,
+    /// ISO 4217 code, three upper-case letters (e.g. EUR).
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    /// 1-64 characters of `[A-Za-z0-9_]`; `pm_card_chargeDeclined` is declined.
+    #[schema(pattern = "^[A-Za-z0-9_]{1,64}$")]
     pub payment_method: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
+    /// 1-64 characters of `[A-Za-z0-9._-]`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
-    /// i64 so that an overflowing or negative value is a validation error naming the field,
-    /// not a type error.
+    /// 1 to 10000. (i64 so that an overflowing or negative value is a validation error
+    /// naming the field, not a type error.)
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: i64,
+    /// 0 to 100000000, in the currency's minor units.
+    #[schema(minimum = 0, maximum = 100000000)]
     pub unit_price_cents: i64,
 }
 

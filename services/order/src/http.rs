@@ -4,6 +4,7 @@
 //! for itself and reads only its own (another customer's order answers 404, so ids cannot be
 //! probed); admins do both for everyone. Idempotency-Keys are scoped to the caller.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,15 +13,30 @@ use axum::{Json, Router};
 use sagaflow_messaging::{Origin, enqueue};
 use sagaflow_runtime::auth::Caller;
 use sagaflow_runtime::http::{Problem, ProblemJson};
+use sagaflow_runtime::openapi::Protected;
 use sagaflow_runtime::trace;
-use serde_json::json;
+use serde::Serialize;
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, OrderStatus, order_placed, request_hash, validate};
-use crate::store::IdempotencyKey;
+use crate::domain::{NewOrder, OrderLine, OrderStatus, order_placed, request_hash, validate};
+use crate::store::{IdempotencyKey, OrderRow};
 use crate::{NAME, OrderConfig, store};
+
+/// The OpenAPI description of [`router`]'s routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(place_order, get_order),
+    components(schemas(NewOrder, OrderLine, Accepted, OrderRow, OrderStatus)),
+    tags((name = "orders", description = "Place orders and read them (order-service)."))
+)]
+struct ApiDoc;
+
+/// The OpenAPI description of the order API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -121,13 +137,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_string())
 }
 
+/// The answer to `POST /orders`: the order was accepted and its saga will decide it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Accepted {
+    order_id: Uuid,
+    /// Always PENDING: the saga decides later (`GET /orders/{id}`).
+    status: OrderStatus,
+}
+
 fn accepted(order_id: Uuid, traceparent: &str) -> Response {
     let location = format!("/orders/{order_id}");
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({"order_id": order_id, "status": OrderStatus::Pending})),
-    )
-        .into_response();
+    let body = Accepted {
+        order_id,
+        status: OrderStatus::Pending,
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
@@ -137,6 +161,33 @@ fn accepted(order_id: Uuid, traceparent: &str) -> Response {
     response
 }
 
+/// Place an order: stored PENDING with its OrderPlaced in one transaction; the saga decides.
+///
+/// The same Idempotency-Key and body (per caller) answer the same order again.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, description = "1-255 visible ASCII characters, unique per order and caller."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context; the order's trace continues it."),
+    ),
+    request_body(content = NewOrder, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted (or the same key and body again).", body = Accepted,
+            headers(
+                ("Location" = String, description = "/orders/{order_id}"),
+                ("traceparent" = String, description = "The trace of the order"),
+            )),
+        (status = 400, description = "Idempotency-Key missing, empty or too long, or a body that is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "customer_id is not the caller's (the token's sub) and the caller is no admin.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The body breaks a rule (field names it), or the key was used with another body.", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn place_order(
     State(orders): State<Orders>,
     caller: Caller,
@@ -218,11 +269,31 @@ async fn place_order_in_span(
     Ok(accepted(order_id, &traceparent))
 }
 
+/// An order as stored: PENDING until the saga (or the order deadline) decides it.
+///
+/// Another customer's order answers 404, like an unknown one.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order.", body = OrderRow),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or not the caller's).", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn get_order(
     State(orders): State<Orders>,
     caller: Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    // A segment that is not UTF-8 is as bad an id as any (axum would answer it in plain text).
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::BadId);
+    };
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::BadId)?;
     // Another customer's order is as absent as one that does not exist.
     let order = store::find(&orders.pool, id)

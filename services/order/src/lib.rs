@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use domain::{
     NewOrder, OrderLine, ValidationError, deadline_reason, order_placed, request_hash, validate,
 };
-pub use http::router;
+pub use http::{openapi, router};
 /// The writes of `POST /orders`, for callers that run its transaction without HTTP (the
 /// commit baseline of `sagaflow bench`).
 pub use store::{IdempotencyKey, claim_idempotency_key, insert_order};

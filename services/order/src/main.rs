@@ -32,9 +32,12 @@ async fn main() -> anyhow::Result<()> {
             args.database_url,
             &order_service::MIGRATOR,
         )],
-        api: Some(Api::new(args.security, move |pool| {
-            order_service::router(pool, args.orders)
-        })),
+        api: Some(
+            Api::new(args.security, move |pool| {
+                order_service::router(pool, args.orders)
+            })
+            .with_openapi(order_service::openapi()),
+        ),
         sidecar: None,
         work: Box::new(move |pools, kafka, shutdown| {
             Box::pin(order_service::run(

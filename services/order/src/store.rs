@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use crate::domain::{NewOrder, OrderLine, OrderStatus};
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+/// An order as stored and served by `GET /orders/{id}`.
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct OrderRow {
     #[serde(rename = "order_id")]
     pub id: Uuid,

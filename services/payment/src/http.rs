@@ -2,14 +2,30 @@
 //! Errors are Problem JSON and never carry internals (database errors are logged, answered
 //! 503 or 500).
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use sagaflow_runtime::http::Problem;
+use sagaflow_runtime::openapi::Protected;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::store::{self, PaymentRow};
+use crate::store::{self, PaymentRow, PaymentStatus};
+
+/// The OpenAPI description of [`router`]'s routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(get_payment),
+    components(schemas(PaymentRow, PaymentStatus)),
+    tags((name = "payments", description = "Payments as recorded (payment-service)."))
+)]
+struct ApiDoc;
+
+/// The OpenAPI description of the payment API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// The payment API routes. Public: any authenticated caller (see `sagaflow_runtime::auth`).
 pub fn router(pool: PgPool) -> Router {
@@ -18,13 +34,29 @@ pub fn router(pool: PgPool) -> Router {
         .with_state(pool)
 }
 
+/// The payment of an order as recorded.
+#[utoipa::path(
+    get,
+    path = "/payments/{order_id}",
+    tag = "payments",
+    security(("bearer" = [])),
+    params(("order_id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The payment.", body = PaymentRow),
+        (status = 404, description = "No payment for this order (yet).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "order_id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn get_payment(
     State(pool): State<PgPool>,
-    Path(order_id): Path<String>,
+    order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PaymentRow>, Problem> {
+    // A segment that is not UTF-8 is as bad an id as any (axum would answer it in plain text).
     let order_id: Uuid = order_id
-        .parse()
-        .map_err(|_| Problem::invalid("order_id", "order_id must be a UUID"))?;
+        .ok()
+        .and_then(|Path(id)| id.parse().ok())
+        .ok_or_else(|| Problem::invalid("order_id", "order_id must be a UUID"))?;
     match store::find(&pool, order_id).await? {
         Some(row) => Ok(Json(row)),
         None => Err(Problem::not_found(format!(

@@ -30,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use client::{ClientSettings, ProviderClient};
 pub use handler::PaymentHandler;
-pub use http::router;
+pub use http::{openapi, router};
 pub use provider::{
-    ProviderControl, ProviderFaults, ProviderStats, provider_router, spawn_provider,
+    ProviderControl, ProviderFaults, ProviderStats, provider_openapi, provider_router,
+    spawn_provider,
 };
 pub use store::{PaymentRow, PaymentStatus};
 

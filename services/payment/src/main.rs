@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         http_addr: args.http_addr,
         kafka: args.kafka,
         databases: vec![Database::owned("payment", args.database_url, &MIGRATOR)],
-        api: Some(Api::new(args.security, router)),
+        api: Some(Api::new(args.security, router).with_openapi(payment_service::openapi())),
         sidecar: args
             .simulated_provider_addr
             .map(|address| simulated_provider(address, args.faults)),

@@ -15,6 +15,10 @@
 //!
 //! Test payment methods: `pm_card_chargeDeclined` (card_declined),
 //! `pm_card_chargeDeclinedInsufficientFunds` (insufficient_funds); anything else succeeds.
+//!
+//! Its OpenAPI document ([`provider_openapi`]) is its own — it stands for a third party, on
+//! a listener of its own, and answers errors in a provider's shape, not Problem JSON — served
+//! at its `GET /openapi.json` and committed as `docs/openapi-provider.json`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +48,9 @@ const DECLINING_METHODS: &[(&str, &str)] = &[
 ];
 
 /// Faults injected into every `/v1` call.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, clap::Args)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, clap::Args, utoipa::ToSchema,
+)]
 pub struct ProviderFaults {
     /// Delay added to every provider call, in milliseconds.
     #[arg(
@@ -87,7 +93,7 @@ pub struct ProviderFaults {
 }
 
 /// A change of faults (`POST /_control`): absent fields keep their value.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultsUpdate {
     pub latency_ms: Option<u64>,
@@ -97,7 +103,7 @@ pub struct FaultsUpdate {
 }
 
 /// What the provider did (`GET /_stats`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderStats {
     /// Charges made: money taken. Replays of an idempotency key do not count.
     pub charges: u64,
@@ -120,16 +126,83 @@ struct ChargeRecord {
     idempotency_key: String,
 }
 
+/// A charge as the provider answers it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Charge {
+    /// `ch_…`
+    id: String,
+    /// Always `charge`.
+    object: &'static str,
+    /// Always `succeeded` (a decline is an error answer).
+    status: &'static str,
+    /// In minor units.
+    amount: i64,
+    /// Lower case, e.g. `eur`.
+    currency: String,
+    refunded: bool,
+}
+
+/// `GET /v1/charges`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ChargeList {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<Charge>,
+}
+
+/// A refund as the provider answers it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Refund {
+    /// `re_…`
+    id: String,
+    /// Always `refund`.
+    object: &'static str,
+    /// Always `succeeded`.
+    status: &'static str,
+    /// The refunded charge's id.
+    charge: String,
+    amount: i64,
+    currency: String,
+}
+
+/// An error, in a provider's shape: `{"error": {"code": "card_declined", "type": "card_error"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ProviderError {
+    error: ErrorCode,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ErrorCode {
+    /// e.g. `parameter_invalid`, `resource_missing`, `card_declined`, `idempotency_error`.
+    code: String,
+    /// `card_error` for declines.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+}
+
+fn error_body(code: &str, kind: Option<&str>) -> Value {
+    json!(ProviderError {
+        error: ErrorCode {
+            code: code.to_string(),
+            kind: kind.map(str::to_string),
+        },
+    })
+}
+
 impl ChargeRecord {
+    fn view(&self) -> Charge {
+        Charge {
+            id: self.id.clone(),
+            object: "charge",
+            status: "succeeded",
+            amount: self.amount,
+            currency: self.currency.clone(),
+            refunded: self.refund.is_some(),
+        }
+    }
+
     fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "object": "charge",
-            "status": "succeeded",
-            "amount": self.amount,
-            "currency": self.currency,
-            "refunded": self.refund.is_some(),
-        })
+        json!(self.view())
     }
 }
 
@@ -274,12 +347,19 @@ pub fn provider_router(control: ProviderControl) -> Router {
     let controls = sagaflow_runtime::http::loopback_only(
         Router::new()
             .route("/_control", get(get_control).post(post_control))
-            .route(
-                "/_stats",
-                get(|State(control): State<ProviderControl>| async move { Json(control.stats()) }),
-            ),
+            .route("/_stats", get(get_stats)),
     );
+    let openapi = sagaflow_runtime::openapi::render(&provider_openapi());
     Router::new()
+        .route(
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi,
+                )
+            }),
+        )
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}", get(get_charge))
         .route("/v1/refunds", post(create_refund))
@@ -309,7 +389,7 @@ pub async fn spawn_provider(
 }
 
 fn error(status: StatusCode, code: &str) -> Response {
-    (status, Json(json!({"error": {"code": code}}))).into_response()
+    (status, Json(error_body(code, None))).into_response()
 }
 
 fn stored(stored: &Stored) -> Response {
@@ -330,7 +410,8 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{suffix}")
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/charges`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChargeBody {
     amount: i64,
     currency: String,
@@ -338,6 +419,20 @@ struct ChargeBody {
     idempotency_key: String,
 }
 
+/// Charge a payment method, once per idempotency key.
+#[utoipa::path(
+    post,
+    path = "/v1/charges",
+    tag = "provider",
+    request_body(content = ChargeBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Charged (or the same key and parameters again).", body = Charge),
+        (status = 400, description = "A malformed body, a missing key, an amount below 1, a bad currency, or a key reused with other parameters.", body = ProviderError),
+        (status = 402, description = "Declined by the card (a final answer, stored under the key).", body = ProviderError),
+        (status = 409, description = "The same key is being processed (in-flight mode).", body = ProviderError),
+        (status = 503, description = "An injected fault: nothing was recorded.", body = ProviderError),
+    )
+)]
 async fn create_charge(State(control): State<ProviderControl>, body: Bytes) -> Response {
     let in_flight_mode = control.faults().in_flight_conflict;
     let failure = if in_flight_mode {
@@ -410,7 +505,7 @@ fn settle_charge(ledger: &mut Ledger, request: &ChargeBody, fingerprint: String)
             Stored {
                 fingerprint,
                 status: StatusCode::PAYMENT_REQUIRED,
-                body: json!({"error": {"code": code, "type": "card_error"}}),
+                body: error_body(code, Some("card_error")),
             }
         }
         None => {
@@ -437,13 +532,25 @@ fn settle_charge(ledger: &mut Ledger, request: &ChargeBody, fingerprint: String)
     answer
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only the charge made with this key.
     idempotency_key: Option<String>,
 }
 
 /// Charges made with an idempotency key (or all): lets a client find out whether a call whose
 /// answer it lost took money.
+#[utoipa::path(
+    get,
+    path = "/v1/charges",
+    tag = "provider",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The charges.", body = ChargeList),
+        (status = 503, description = "An injected fault.", body = ProviderError),
+    )
+)]
 async fn list_charges(
     State(control): State<ProviderControl>,
     Query(query): Query<ListQuery>,
@@ -466,6 +573,18 @@ async fn list_charges(
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
+/// One charge.
+#[utoipa::path(
+    get,
+    path = "/v1/charges/{id}",
+    tag = "provider",
+    params(("id" = String, Path, description = "The charge id (ch_…)")),
+    responses(
+        (status = 200, description = "The charge.", body = Charge),
+        (status = 404, description = "No such charge (resource_missing).", body = ProviderError),
+        (status = 503, description = "An injected fault.", body = ProviderError),
+    )
+)]
 async fn get_charge(State(control): State<ProviderControl>, Path(id): Path<String>) -> Response {
     if let Some(failure) = control.inject().await {
         return failure;
@@ -476,12 +595,26 @@ async fn get_charge(State(control): State<ProviderControl>, Path(id): Path<Strin
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/refunds`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct RefundBody {
     charge: String,
     idempotency_key: String,
 }
 
+/// Refund a charge in full, once per idempotency key.
+#[utoipa::path(
+    post,
+    path = "/v1/refunds",
+    tag = "provider",
+    request_body(content = RefundBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Refunded (or the same key and charge again).", body = Refund),
+        (status = 400, description = "A malformed body, a missing key, a key reused for another charge, or a charge already refunded.", body = ProviderError),
+        (status = 404, description = "No such charge (resource_missing).", body = ProviderError),
+        (status = 503, description = "An injected fault: nothing was recorded.", body = ProviderError),
+    )
+)]
 async fn create_refund(State(control): State<ProviderControl>, body: Bytes) -> Response {
     if let Some(failure) = control.inject().await {
         return failure;
@@ -509,13 +642,13 @@ async fn create_refund(State(control): State<ProviderControl>, body: Bytes) -> R
     }
     let id = new_id("re");
     charge.refund = Some(id.clone());
-    let body = json!({
-        "id": id,
-        "object": "refund",
-        "status": "succeeded",
-        "charge": charge.id,
-        "amount": charge.amount,
-        "currency": charge.currency,
+    let body = json!(Refund {
+        id,
+        object: "refund",
+        status: "succeeded",
+        charge: charge.id.clone(),
+        amount: charge.amount,
+        currency: charge.currency.clone(),
     });
     ledger.stats.refunds += 1;
     let answer = Stored {
@@ -528,10 +661,30 @@ async fn create_refund(State(control): State<ProviderControl>, body: Bytes) -> R
     response
 }
 
+/// The injected faults. Loopback only (404 to anyone else).
+#[utoipa::path(
+    get,
+    path = "/_control",
+    tag = "provider-control",
+    responses((status = 200, description = "The faults.", body = ProviderFaults))
+)]
 async fn get_control(State(control): State<ProviderControl>) -> Json<ProviderFaults> {
     Json(control.faults())
 }
 
+/// Change the injected faults: absent fields keep their value. Loopback only.
+#[utoipa::path(
+    post,
+    path = "/_control",
+    tag = "provider-control",
+    request_body(content = FaultsUpdate, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The faults after the change.", body = ProviderFaults),
+        (status = 400, description = "A body that is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field of the wrong type or out of range.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn post_control(
     State(control): State<ProviderControl>,
     ProblemJson(update): ProblemJson<FaultsUpdate>,
@@ -547,6 +700,39 @@ async fn post_control(
     let faults = control.update(update);
     tracing::info!(?faults, "simulated payment provider faults changed");
     Ok(Json(faults))
+}
+
+/// What the provider did: charges, refunds, declines, injected failures, requests.
+#[utoipa::path(
+    get,
+    path = "/_stats",
+    tag = "provider-control",
+    responses((status = 200, description = "The counts.", body = ProviderStats))
+)]
+async fn get_stats(State(control): State<ProviderControl>) -> Json<ProviderStats> {
+    Json(control.stats())
+}
+
+/// The simulated provider's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Sagaflow simulated payment provider",
+        description = "The payment provider `sagaflow dev` and the tests run (a Stripe-like charges and refunds API with injectable faults), on a listener of its own (SIMULATED_PROVIDER_ADDR, 127.0.0.1:8090). Not part of Sagaflow's API: errors are in a provider's shape, not Problem JSON. No authentication; the control routes answer only to callers on the same machine.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    paths(create_charge, list_charges, get_charge, create_refund, get_control, post_control, get_stats),
+    components(schemas(Charge, ChargeList, Refund, ProviderError, ErrorCode, ChargeBody, RefundBody, ProviderFaults, FaultsUpdate, ProviderStats, Problem)),
+    tags(
+        (name = "provider", description = "Charges and refunds."),
+        (name = "provider-control", description = "Fault injection and counts (loopback only)."),
+    )
+)]
+struct ProviderDoc;
+
+/// The OpenAPI document of the simulated provider (`docs/openapi-provider.json`).
+pub fn provider_openapi() -> utoipa::openapi::OpenApi {
+    <ProviderDoc as utoipa::OpenApi>::openapi()
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 sagaflow_runtime::text_enum! {
     /// Where an order's payment stands (`payments.status`).
+    // The schema's names: utoipa cannot read each variant's rename through the macro.
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "SCREAMING_SNAKE_CASE")]
     pub enum PaymentStatus("payment status") {
         /// Charged at the provider.
         Authorized = "AUTHORIZED",
@@ -25,7 +28,7 @@ sagaflow_runtime::text_enum! {
 }
 
 /// One row of `payments`: the payment of one order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PaymentRow {
     pub order_id: Uuid,
     #[sqlx(try_from = "String")]

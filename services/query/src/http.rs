@@ -21,12 +21,27 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sagaflow_runtime::auth::Caller;
 use sagaflow_runtime::http::Problem;
+use sagaflow_runtime::openapi::Protected;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::projection::Projection;
+
+/// The OpenAPI description of [`router`]'s routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(order, customer_orders, stock),
+    components(schemas(Freshness, OrderView, OrderSummary, Step, CustomerOrders, StockView)),
+    tags((name = "views", description = "Read models built from the events topics (query service); every answer says how fresh it is."))
+)]
+struct ApiDoc;
+
+/// The OpenAPI description of the read API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// Public routes: any authenticated caller (see `sagaflow_runtime::auth`).
 pub fn router(pool: PgPool) -> Router {
@@ -38,7 +53,7 @@ pub fn router(pool: PgPool) -> Router {
 }
 
 /// How far a projection has read.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Freshness {
     pub projection: String,
     /// Envelope time of the newest event applied.
@@ -87,7 +102,8 @@ struct OrderRow {
     last_event_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// One step of an order's timeline: an event the projection applied.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Step {
     step: String,
     source: String,
@@ -96,7 +112,8 @@ struct Step {
     detail: Value,
 }
 
-#[derive(Debug, Serialize)]
+/// An order as the read model knows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct OrderSummary {
     order_id: Uuid,
     customer_id: Option<Uuid>,
@@ -135,7 +152,8 @@ impl From<OrderRow> for OrderSummary {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// An order, its timeline and the freshness of the view.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct OrderView {
     #[serde(flatten)]
     order: OrderSummary,
@@ -146,6 +164,20 @@ struct OrderView {
 const ORDER_COLUMNS: &str = "order_id, customer_id, status, reason, items, total_cents, currency, \
                              minor_units, placed_at, last_event_at";
 
+/// An order's status, items, total and timeline, from the events.
+#[utoipa::path(
+    get,
+    path = "/views/orders/{id}",
+    tag = "views",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order view.", body = OrderView),
+        (status = 404, description = "The view has not seen this order (yet), or it is not the caller's.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn order(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -191,7 +223,8 @@ struct Page {
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of a customer's orders, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CustomerOrders {
     customer_id: Uuid,
     orders: Vec<OrderSummary>,
@@ -203,6 +236,24 @@ struct CustomerOrders {
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
+/// A customer's orders, newest first, a page at a time (keyset pagination).
+#[utoipa::path(
+    get,
+    path = "/views/customers/{id}/orders",
+    tag = "views",
+    security(("bearer" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The customer id"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Orders per page, 1-100 (20)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of orders.", body = CustomerOrders),
+        (status = 404, description = "Not the caller's customer.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A malformed id, limit or cursor (field names it).", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn customer_orders(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -275,7 +326,9 @@ fn parse_cursor(text: &str) -> Result<(DateTime<Utc>, Uuid), Problem> {
     Ok((at, id))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// Reservations of a SKU as the inventory events tell them.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = ReservedStock)]
 struct StockRow {
     sku: String,
     /// Held by reservations not released (sold stock stays held: approved orders keep it).
@@ -285,7 +338,9 @@ struct StockRow {
     last_event_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+/// Reserved stock of a SKU, as the events tell it (inventory's own view is `StockView`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ReservedStockView)]
 struct StockView {
     #[serde(flatten)]
     stock: StockRow,
@@ -295,13 +350,36 @@ struct StockView {
     freshness: Freshness,
 }
 
+/// Reserved stock of a SKU, from the inventory events.
+#[utoipa::path(
+    get,
+    path = "/views/stock/{sku}",
+    tag = "views",
+    security(("bearer" = [])),
+    params(("sku" = String, Path, description = "1-64 characters of [A-Za-z0-9._-]")),
+    responses(
+        (status = 200, description = "The stock view.", body = StockView),
+        (status = 404, description = "The view has seen no reservation of this SKU.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The SKU breaks the rule (1-64 characters of [A-Za-z0-9._-]).", body = Problem, content_type = "application/problem+json"),
+        Protected,
+    )
+)]
 async fn stock(
     State(pool): State<PgPool>,
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<Json<StockView>, Problem> {
     let Path(sku) = sku.map_err(|_| Problem::invalid("sku", "sku must be valid UTF-8"))?;
-    if sku.is_empty() || sku.len() > 64 {
-        return Err(Problem::invalid("sku", "sku must be 1 to 64 bytes"));
+    // The SKU rule of orders (and inventory): anything else was never reserved, and text
+    // PostgreSQL refuses (a NUL byte) must not reach it.
+    let valid = (1..=64).contains(&sku.len())
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !valid {
+        return Err(Problem::invalid(
+            "sku",
+            "sku must be 1 to 64 characters of [A-Za-z0-9._-]",
+        ));
     }
     let freshness = freshness(&pool, Projection::Stock).await?;
     let row: Option<StockRow> = sqlx::query_as(

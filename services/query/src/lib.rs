@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 pub use handler::QueryHandler;
-pub use http::router;
+pub use http::{openapi, router};
 pub use projection::{Projection, QueryConfig, Rules};
 
 /// The component's name: inbox consumer and consumer group.

@@ -42,7 +42,9 @@ async fn main() -> anyhow::Result<()> {
             args.database_url,
             &query_service::MIGRATOR,
         )],
-        api: Some(Api::new(args.security, query_service::router)),
+        api: Some(
+            Api::new(args.security, query_service::router).with_openapi(query_service::openapi()),
+        ),
         sidecar: None,
         work: Box::new(move |pools, kafka, shutdown| {
             Box::pin(query_service::run_consumer(
