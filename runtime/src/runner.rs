@@ -93,6 +93,9 @@ pub struct Api {
     pub router: Box<dyn FnOnce(PgPool) -> Router + Send>,
     /// Authentication and rate limit of `router` (health and metrics stay open).
     pub security: ApiSecurity,
+    /// Routes that check tokens on their own (the operator console: cookie or bearer), merged
+    /// beside `router`'s protection rather than behind it.
+    pub self_protected: Option<Box<dyn FnOnce(PgPool) -> Router + Send>>,
 }
 
 impl Api {
@@ -103,7 +106,17 @@ impl Api {
         Api {
             router: Box::new(router),
             security,
+            self_protected: None,
         }
+    }
+
+    /// Also serve `routes`, which check tokens on their own (see [`Api::self_protected`]).
+    pub fn with_self_protected(
+        mut self,
+        routes: impl FnOnce(PgPool) -> Router + Send + 'static,
+    ) -> Self {
+        self.self_protected = Some(Box::new(routes));
+        self
     }
 }
 
@@ -153,7 +166,10 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
         kafka: Some(component.kafka.clone()),
     });
     if let Some(api) = component.api {
-        let routes = crate::auth::protect((api.router)(pools.own()), &api.security);
+        let mut routes = crate::auth::protect((api.router)(pools.own()), &api.security);
+        if let Some(self_protected) = api.self_protected {
+            routes = routes.merge(self_protected(pools.own()));
+        }
         router = crate::http::with_request_timeout(routes, REQUEST_TIMEOUT).merge(router);
     }
     info!(component = component.name, addr = %listener.local_addr()?, "serving HTTP");
