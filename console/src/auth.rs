@@ -172,10 +172,7 @@ async fn login(
 
 /// Set the cookie (until the token expires) and go to the sagas.
 fn signed_in(token: &str, claims: &Claims) -> Response {
-    let max_age = claims
-        .exp
-        .saturating_sub(jsonwebtoken_now())
-        .min(i64::MAX as u64);
+    let max_age = claims.exp.saturating_sub(now_secs());
     let cookie =
         format!("{COOKIE}={token}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age}");
     let mut response = Redirect::to("/console/sagas").into_response();
@@ -185,7 +182,7 @@ fn signed_in(token: &str, claims: &Claims) -> Response {
     response
 }
 
-fn jsonwebtoken_now() -> u64 {
+fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -31,7 +31,7 @@ use crate::{Console, ConsoleError, State, layout};
 /// Messages in each dead-letter topic (high minus low watermark), per source topic.
 pub async fn sizes(kafka: &KafkaConfig) -> anyhow::Result<Vec<(&'static str, i64)>> {
     let kafka = kafka.clone();
-    tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let probe: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)
             .set("broker.address.family", "v4")

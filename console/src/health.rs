@@ -110,7 +110,7 @@ pub struct PartitionLag {
 /// The lag of every group of [`CONSUMER_GROUPS`] on every partition of its topics.
 pub async fn lag(kafka: &KafkaConfig) -> anyhow::Result<Vec<PartitionLag>> {
     let kafka = kafka.clone();
-    tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let timeout = Duration::from_secs(5);
         let client = |group: &str| -> Result<BaseConsumer, rdkafka::error::KafkaError> {
             ClientConfig::new()
@@ -123,7 +123,7 @@ pub async fn lag(kafka: &KafkaConfig) -> anyhow::Result<Vec<PartitionLag>> {
         };
         let probe = client("sagaflow-console")?;
         let mut marks: BTreeMap<&'static str, Vec<(i32, i64, i64)>> = BTreeMap::new();
-        for logical in topics::ALL {
+        for logical in topics::ALL.iter().copied() {
             let topic = kafka.topic(logical);
             let metadata = probe.fetch_metadata(Some(&topic), timeout)?;
             for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
@@ -136,16 +136,16 @@ pub async fn lag(kafka: &KafkaConfig) -> anyhow::Result<Vec<PartitionLag>> {
             }
         }
         let mut out = Vec::new();
-        for (group, group_topics) in CONSUMER_GROUPS {
+        for &(group, group_topics) in CONSUMER_GROUPS {
             let consumer = client(group)?;
             let mut query = TopicPartitionList::new();
-            for logical in *group_topics {
+            for logical in group_topics {
                 for (partition, _, _) in marks.get(logical).into_iter().flatten() {
                     query.add_partition(&kafka.topic(logical), *partition);
                 }
             }
             let committed = consumer.committed_offsets(query, timeout)?;
-            for logical in *group_topics {
+            for &logical in group_topics {
                 for (partition, low, high) in marks.get(logical).into_iter().flatten() {
                     let at = committed
                         .find_partition(&kafka.topic(logical), *partition)

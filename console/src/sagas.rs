@@ -137,13 +137,20 @@ pub struct SagaRow {
     pub traceparent: Option<String>,
 }
 
-const SAGA_COLUMNS: &str = "order_id, state, data->>'customer_id' AS customer_id, deadline, \
-                            attempts, created_at, updated_at, traceparent";
+/// The columns of a [`SagaRow`] (a macro, so that queries stay `&'static str` literals).
+macro_rules! saga_columns {
+    () => {
+        "order_id, state, data->>'customer_id' AS customer_id, deadline, attempts, created_at, \
+         updated_at, traceparent"
+    };
+}
 
 /// The sagas matching `filter`, newest first, at most `limit`.
 pub async fn list(pool: &PgPool, filter: &Filter, limit: i64) -> Result<Vec<SagaRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {SAGA_COLUMNS} FROM sagas
+    let sql = concat!(
+        "SELECT ",
+        saga_columns!(),
+        " FROM sagas
           WHERE ($1::text IS NULL OR state = $1)
             AND ($2::uuid IS NULL OR data->>'customer_id' = $2::text)
             AND ($3::uuid IS NULL OR order_id = $3)
@@ -154,7 +161,7 @@ pub async fn list(pool: &PgPool, filter: &Filter, limit: i64) -> Result<Vec<Saga
                             AND (attempts > 0 OR updated_at < now() - make_interval(secs => $8))))
           ORDER BY created_at DESC LIMIT $9"
     );
-    sqlx::query_as(&sql)
+    sqlx::query_as(sql)
         .bind(&filter.state)
         .bind(filter.customer)
         .bind(filter.order)
@@ -213,8 +220,10 @@ pub async fn saga(
     pool: &PgPool,
     order_id: Uuid,
 ) -> Result<Option<(SagaRow, Vec<Step>)>, sqlx::Error> {
-    let row: Option<SagaRow> = sqlx::query_as(&format!(
-        "SELECT {SAGA_COLUMNS} FROM sagas WHERE order_id = $1"
+    let row: Option<SagaRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        saga_columns!(),
+        " FROM sagas WHERE order_id = $1"
     ))
     .bind(order_id)
     .fetch_optional(pool)
@@ -334,8 +343,8 @@ fn render_list(filter: &Filter, counts: &Counts, rows: &[SagaRow]) -> Markup {
         table #sagas {
             tr { th { "Order" } th { "State" } th { "Customer" } th { "Age" } th { "Last step" } th { "Deadline" } th { "Attempts" } }
             @for row in rows {
-                tr.saga data-order=(row.order_id) {
-                    td { a href={"/console/sagas/" (row.order_id)} { code { (row.order_id) } } }
+                tr.saga data-order=(row.order_id.to_string()) {
+                    td { a href={"/console/sagas/" (row.order_id.to_string())} { code { (row.order_id.to_string()) } } }
                     td { span.state.(row.state) { (row.state) } }
                     td { code { (text(row.customer_id.clone())) } }
                     td { (layout::age(now - row.created_at)) }
@@ -393,7 +402,7 @@ fn render_saga(
     let now = Utc::now();
     let trace = saga.traceparent.as_deref().and_then(trace_id);
     html! {
-        h1 { "Saga " code #order-id { (saga.order_id) } }
+        h1 { "Saga " code #order-id { (saga.order_id.to_string()) } }
         table #summary {
             tr { th { "State" } td { span.state.(saga.state) #saga-state { (saga.state) } } }
             tr { th { "Customer" } td { code { (saga.customer_id.clone().unwrap_or_default()) } } }
