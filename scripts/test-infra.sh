@@ -4,7 +4,8 @@
 #   scripts/test-infra.sh            # everything: engine, PostgreSQL, Apache Kafka and broker images
 #   scripts/test-infra.sh engine     # only make sure a Docker engine answers
 #   scripts/test-infra.sh prereqs    # engine + the Debian packages the images and tests need
-#                                    # (debootstrap, kcat, Maven and a JRE if missing): one apt
+#                                    # (debootstrap, kcat, Maven and a JRE, Prometheus, Chromium
+#                                    # and chromedriver if missing): one apt
 #                                    # run, before the parallel image builds
 #   scripts/test-infra.sh postgres   # engine + local PostgreSQL image (debootstrap, no pull)
 #   scripts/test-infra.sh kafka      # engine + local Apache Kafka image: the broker's jars from
@@ -247,6 +248,9 @@ prereqs() {
     # `observability` target runs. Without its recommends (node exporter, SNMP, IPMI…).
     local lean=()
     command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || lean+=(prometheus)
+    # Debian's Chromium and chromedriver: the `console` target drives the operator console in
+    # a headless browser (/usr/bin/chromium, /usr/bin/chromedriver).
+    [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || lean+=(chromium chromium-driver)
     if [ "${#missing[@]}" -gt 0 ] || [ "${#lean[@]}" -gt 0 ]; then
         step "installing ${missing[*]} ${lean[*]} (apt)"
         export DEBIAN_FRONTEND=noninteractive

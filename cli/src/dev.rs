@@ -226,6 +226,7 @@ fn print_banner(http: &str, brokers: &str, provider: &str, prefix: &str, securit
 Sagaflow is running.
   HTTP API         http://{http}   (orders, inventory, sagas, payments, notifications, views)
   health / metrics http://{http}/health/ready   http://{http}/metrics
+  operator console http://{http}/console   (sagas, dead letters, parked rows, health)
   Kafka            {brokers}
   payment provider {provider}   (pm_card_visa approves, pm_card_chargeDeclined declines)
   security         {security_line}{token_hint}

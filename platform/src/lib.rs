@@ -312,11 +312,32 @@ impl Platform {
         // Authentication and rate limit in front of the API only: health and metrics stay open.
         let api = protect(api, &self.security);
         with_request_timeout(api, self.request_timeout)
+            .merge(with_request_timeout(
+                self.console(kafka),
+                self.request_timeout,
+            ))
             .merge(ops_router(Readiness {
                 databases: self.pools.all_named(),
                 kafka: Some(kafka.clone()),
             }))
             .merge(sagaflow_runtime::openapi::docs_router(&openapi()))
+    }
+
+    /// The operator console (issue 18) on every database; it checks its own tokens (cookie or
+    /// bearer), so it is merged beside the API's `protect`, not behind it.
+    fn console(&self, kafka: &KafkaConfig) -> Router {
+        self.pools
+            .named()
+            .into_iter()
+            .fold(
+                sagaflow_console::Console::new(
+                    self.pools.query.clone(),
+                    kafka.clone(),
+                    &self.security,
+                ),
+                |console, (name, pool)| console.with_database(&name, pool),
+            )
+            .router()
     }
 
     /// Serve [`Platform::router`] on `listener` until shutdown.

@@ -137,6 +137,18 @@ impl ApiSecurity {
         self.jwt_secret.as_deref().filter(|s| !s.is_empty())
     }
 
+    /// The token checker of this configuration; `None` when authentication is off. For
+    /// routes that take their token from elsewhere than the header (the console's cookie).
+    pub fn authenticator(&self) -> Option<Authenticator> {
+        self.secret().map(|secret| {
+            Authenticator::new(
+                secret,
+                self.jwt_issuer.as_deref(),
+                self.jwt_audience.as_deref(),
+            )
+        })
+    }
+
     /// Whether callers must present a token.
     pub fn authentication_enabled(&self) -> bool {
         self.secret().is_some()
@@ -309,7 +321,11 @@ impl Authenticator {
 
     /// The claims of the request's bearer token.
     pub fn verify(&self, headers: &HeaderMap) -> Result<Claims, AuthError> {
-        let token = bearer_token(headers)?;
+        self.verify_token(bearer_token(headers)?)
+    }
+
+    /// The claims of `token`, however it was carried.
+    pub fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
         match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
             Ok(data) if data.claims.sub.trim().is_empty() => Err(AuthError::Invalid),
             Ok(data) => Ok(data.claims),
@@ -325,7 +341,7 @@ impl Authenticator {
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
-fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(AuthError::Missing)?
@@ -506,18 +522,12 @@ struct Guard {
 /// (merge the operational routes after this, so they stay open). Logs how the API is
 /// protected, and warns loudly when it is open.
 pub fn protect(router: Router, security: &ApiSecurity) -> Router {
-    let authenticator = security.secret().map(|secret| {
-        if secret.len() < 32 {
-            tracing::warn!(
-                "SAGAFLOW_JWT_SECRET is shorter than 32 bytes; use a long random secret for HS256"
-            );
-        }
-        Authenticator::new(
-            secret,
-            security.jwt_issuer.as_deref(),
-            security.jwt_audience.as_deref(),
-        )
-    });
+    if security.secret().is_some_and(|secret| secret.len() < 32) {
+        tracing::warn!(
+            "SAGAFLOW_JWT_SECRET is shorter than 32 bytes; use a long random secret for HS256"
+        );
+    }
+    let authenticator = security.authenticator();
     if authenticator.is_none() {
         tracing::warn!(
             "no authentication: the API is open to whoever reaches it (see the exposure check at start-up)"

@@ -95,6 +95,9 @@ pub struct Api {
     pub security: ApiSecurity,
     /// The OpenAPI description of `router`'s routes, served at `/openapi.json`.
     pub openapi: Option<utoipa::openapi::OpenApi>,
+    /// Routes that check tokens on their own (the operator console: cookie or bearer), merged
+    /// beside `router`'s protection rather than behind it.
+    pub self_protected: Option<Box<dyn FnOnce(PgPool) -> Router + Send>>,
 }
 
 impl Api {
@@ -106,12 +109,22 @@ impl Api {
             router: Box::new(router),
             security,
             openapi: None,
+            self_protected: None,
         }
     }
 
     /// Serve `doc` (the routes' OpenAPI description) at `/openapi.json`.
     pub fn with_openapi(mut self, doc: utoipa::openapi::OpenApi) -> Self {
         self.openapi = Some(doc);
+        self
+    }
+
+    /// Also serve `routes`, which check tokens on their own (see [`Api::self_protected`]).
+    pub fn with_self_protected(
+        mut self,
+        routes: impl FnOnce(PgPool) -> Router + Send + 'static,
+    ) -> Self {
+        self.self_protected = Some(Box::new(routes));
         self
     }
 }
@@ -163,7 +176,10 @@ pub async fn run(component: Component) -> anyhow::Result<()> {
     });
     let mut api_doc = None;
     if let Some(api) = component.api {
-        let routes = crate::auth::protect((api.router)(pools.own()), &api.security);
+        let mut routes = crate::auth::protect((api.router)(pools.own()), &api.security);
+        if let Some(self_protected) = api.self_protected {
+            routes = routes.merge(self_protected(pools.own()));
+        }
         router = crate::http::with_request_timeout(routes, REQUEST_TIMEOUT).merge(router);
         api_doc = api.openapi;
     }

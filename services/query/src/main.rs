@@ -1,4 +1,5 @@
-//! The query-service binary: the read models' HTTP API (orders, stock, freshness) and the
+//! The query-service binary: the read models' HTTP API (orders, stock, freshness), the operator
+//! console (`/console`, sagaflow-console; the other databases it reads are optional), and the
 //! consumer of the events topics that feeds them, sampling its consumer lag.
 
 use clap::Parser;
@@ -25,6 +26,9 @@ struct Args {
     security: ApiSecurity,
     #[command(flatten)]
     query: query_service::QueryConfig,
+    /// The other databases the operator console (`/console`) reads, each optional.
+    #[command(flatten)]
+    console: sagaflow_console::ConsoleDatabases,
 }
 
 #[tokio::main]
@@ -33,6 +37,16 @@ async fn main() -> anyhow::Result<()> {
     // A configuration mistake is reported before anything starts.
     args.query.rules().map_err(anyhow::Error::msg)?;
     let query = args.query;
+    // The operator console's other databases: a malformed URL fails here, before anything starts.
+    let console_pools = args.console.connect_lazy()?;
+    let audit_retention = args.console.audit_retention();
+    let (console_kafka, console_security) = (args.kafka.clone(), args.security.clone());
+    let console = move |pool| {
+        sagaflow_console::Console::new(pool, console_kafka, &console_security)
+            .with_audit_retention(audit_retention)
+            .with_databases(console_pools)
+            .router()
+    };
     runner::run(Component {
         name: query_service::NAME,
         http_addr: args.http_addr,
@@ -43,7 +57,9 @@ async fn main() -> anyhow::Result<()> {
             &query_service::MIGRATOR,
         )],
         api: Some(
-            Api::new(args.security, query_service::router).with_openapi(query_service::openapi()),
+            Api::new(args.security, query_service::router)
+                .with_openapi(query_service::openapi())
+                .with_self_protected(console),
         ),
         sidecar: None,
         work: Box::new(move |pools, kafka, shutdown| {
