@@ -132,11 +132,7 @@ impl Browser {
     }
 
     async fn text(&self, css: &str) -> String {
-        self.element(css)
-            .await
-            .text()
-            .await
-            .unwrap()
+        self.element(css).await.text().await.unwrap()
     }
 
     async fn texts(&self, css: &str) -> Vec<String> {
@@ -148,11 +144,7 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        self.element(css)
-            .await
-            .click()
-            .await
-            .unwrap();
+        self.element(css).await.click().await.unwrap();
     }
 
     async fn fill(&self, css: &str, value: &str) {
