@@ -147,6 +147,19 @@ impl Browser {
         self.element(css).await.click().await.unwrap();
     }
 
+    /// Click a link or a form's button and wait until the next page has replaced this one:
+    /// chromedriver may return from the click before a form's submission has even begun, and
+    /// reading the page then reads the old one.
+    async fn navigate_by(&self, css: &str) {
+        let old = self.element("html").await;
+        self.click(css).await;
+        wait::until("the next page", SETTLE, || async {
+            // The old document's element goes stale once the new one has loaded.
+            old.tag_name().await.is_err().then_some(())
+        })
+        .await;
+    }
+
     async fn fill(&self, css: &str, value: &str) {
         let field = self.element(css).await;
         field.clear().await.unwrap();
@@ -191,7 +204,7 @@ impl Browser {
     async fn log_in(&self, base_url: &str, token: &str) {
         self.goto(&format!("{base_url}/console/login")).await;
         self.fill("#token", token).await;
-        self.click("#login").await;
+        self.navigate_by("#login").await;
     }
 }
 
@@ -250,7 +263,7 @@ async fn the_console_shows_sagas_and_redrives_a_dead_letter_with_an_audit_row() 
         .select_by_value("REJECTED")
         .await
         .unwrap();
-    browser.click("#apply-filter").await;
+    browser.navigate_by("#apply-filter").await;
     let rows = browser
         .client
         .find_all(Locator::Css("tr.saga"))
@@ -272,7 +285,7 @@ async fn the_console_shows_sagas_and_redrives_a_dead_letter_with_an_audit_row() 
     browser
         .fill("input[name=order]", &approved.to_string())
         .await;
-    browser.click("#apply-filter").await;
+    browser.navigate_by("#apply-filter").await;
     let rows = browser
         .client
         .find_all(Locator::Css("tr.saga"))
@@ -286,7 +299,7 @@ async fn the_console_shows_sagas_and_redrives_a_dead_letter_with_an_audit_row() 
 
     // The saga's page: its steps, its messages, its trace.
     browser
-        .click(&format!("tr.saga[data-order='{approved}'] a"))
+        .navigate_by(&format!("tr.saga[data-order='{approved}'] a"))
         .await;
     assert_eq!(browser.path().await, format!("/console/sagas/{approved}"));
     assert_eq!(browser.text("#saga-state").await, "APPROVED");
@@ -338,7 +351,7 @@ async fn the_console_shows_sagas_and_redrives_a_dead_letter_with_an_audit_row() 
     // The poison event in the dead letters, not applied.
     browser.goto(&format!("{base}/console/dead-letters")).await;
     browser
-        .click("a[href='/console/dead-letters?topic=orders.events']")
+        .navigate_by("a[href='/console/dead-letters?topic=orders.events']")
         .await;
     let row = "tr.dead-letter";
     let id = browser
@@ -385,7 +398,7 @@ async fn the_console_shows_sagas_and_redrives_a_dead_letter_with_an_audit_row() 
         .click(&format!("{row}[data-id='{id}'] input[type=checkbox]"))
         .await;
     browser.screenshot("dead-letters").await;
-    browser.click("#redrive-selected").await;
+    browser.navigate_by("#redrive-selected").await;
     assert_eq!(browser.text("#flash").await, "1 message(s) redriven.");
     let audit = browser.texts("#audit tr.audit-row td").await;
     assert_eq!(audit[1], OPERATOR, "{audit:?}");
@@ -499,7 +512,7 @@ async fn the_console_needs_an_admin_token() {
     assert_eq!(browser.path().await, "/console/login", "still no cookie");
     browser.log_in(&base, &token(OPERATOR, &["admin"])).await;
     assert_eq!(browser.path().await, "/console/sagas");
-    browser.click("nav button").await;
+    browser.navigate_by("nav button").await;
     browser.goto(&format!("{base}/console/sagas")).await;
     assert_eq!(browser.path().await, "/console/login", "logged out");
     browser.stop().await;

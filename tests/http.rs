@@ -510,3 +510,37 @@ fn unix_now() -> u64 {
 mod inventory;
 #[path = "http/security.rs"]
 mod security;
+
+/// Path parameters a client got wrong get Problem JSON naming the parameter: never a 500 (a NUL
+/// byte in a SKU reached PostgreSQL) and never axum's plain-text rejection (bytes that are not
+/// UTF-8 in an id).
+#[tokio::test]
+async fn malformed_path_parameters_get_problem_json() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options::default()).await;
+    let client = reqwest::Client::new();
+    for (path, expected) in [
+        ("/views/stock/%00", 422),
+        ("/views/stock/SKU%20ONE", 422),
+        ("/orders/%FF", 400),
+        ("/payments/%FF", 422),
+        ("/sagas/%FF", 400),
+    ] {
+        let response = client
+            .get(format!("{}{path}", app.base_url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let ct = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, expected, "{path}: {body}");
+        assert_eq!(ct, "application/problem+json", "{path}: {body}");
+        let problem: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["status"], expected, "{path}: {body}");
+    }
+    app.stop().await;
+}

@@ -449,16 +449,11 @@ fn render_saga(
 mod tests {
     use super::*;
 
+    /// The parameters as the list page receives them: form-encoded in the query string.
     fn params(pairs: &[(&str, &str)]) -> ListParams {
-        let query: String = pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
-        serde_urlencoded_from(&query)
-    }
-
-    fn serde_urlencoded_from(query: &str) -> ListParams {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
         let Query(p) =
             Query::<ListParams>::try_from_uri(&format!("/x?{query}").parse().unwrap()).unwrap();
         p
