@@ -23,6 +23,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::KafkaConfig;
 
+/// A UUID path parameter, or a 422 Problem naming it: a segment that is not UTF-8 is as bad an
+/// id as any (axum would answer its rejection in plain text, not Problem JSON).
+pub fn uuid_in_path(
+    value: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    field: &str,
+) -> Result<uuid::Uuid, Problem> {
+    value
+        .ok()
+        .and_then(|axum::extract::Path(text)| uuid::Uuid::parse_str(&text).ok())
+        .ok_or_else(|| Problem::invalid(field, format!("{field} must be a UUID")))
+}
+
 /// An RFC 9457 problem. Never carries internal details (SQL, stack, hostnames).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({

@@ -6,10 +6,9 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use sagaflow_runtime::http::Problem;
+use sagaflow_runtime::http::{Problem, uuid_in_path};
 use sagaflow_runtime::openapi::Protected;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::store::{self, PaymentRow, PaymentStatus};
 
@@ -52,11 +51,7 @@ async fn get_payment(
     State(pool): State<PgPool>,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PaymentRow>, Problem> {
-    // A segment that is not UTF-8 is as bad an id as any (axum would answer it in plain text).
-    let order_id: Uuid = order_id
-        .ok()
-        .and_then(|Path(id)| id.parse().ok())
-        .ok_or_else(|| Problem::invalid("order_id", "order_id must be a UUID"))?;
+    let order_id = uuid_in_path(order_id, "order_id")?;
     match store::find(&pool, order_id).await? {
         Some(row) => Ok(Json(row)),
         None => Err(Problem::not_found(format!(

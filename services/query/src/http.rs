@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sagaflow_runtime::auth::Caller;
-use sagaflow_runtime::http::Problem;
+use sagaflow_runtime::http::{Problem, uuid_in_path};
 use sagaflow_runtime::openapi::Protected;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -183,7 +183,7 @@ async fn order(
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
-    let id = uuid_param(id, "id")?;
+    let id = uuid_in_path(id, "id")?;
     let freshness = freshness(&pool, Projection::Orders).await?;
     let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS} FROM orders_view WHERE order_id = $1"
@@ -260,7 +260,7 @@ async fn customer_orders(
     id: Result<Path<String>, PathRejection>,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<CustomerOrders>, Problem> {
-    let customer_id = uuid_param(id, "id")?;
+    let customer_id = uuid_in_path(id, "id")?;
     if !caller.may_act_for(&customer_id) {
         return Err(Problem::not_found(format!(
             "the order view has no customer {customer_id}"
@@ -399,12 +399,6 @@ async fn stock(
             "the stock view has seen no reservation of SKU {sku}"
         ))),
     }
-}
-
-fn uuid_param(value: Result<Path<String>, PathRejection>, field: &str) -> Result<Uuid, Problem> {
-    let Path(text) =
-        value.map_err(|_| Problem::invalid(field, format!("{field} must be a UUID")))?;
-    Uuid::parse_str(&text).map_err(|_| Problem::invalid(field, format!("{field} must be a UUID")))
 }
 
 /// `cents` in major units with the currency's minor units, e.g. 2500, 2, EUR → "25.00 EUR".
