@@ -1082,3 +1082,180 @@ async fn a_rebuilt_view_that_differs_from_the_live_one_is_switched_in_only_with_
     assert_eq!(leftovers(&query.pool).await, (0, 0));
     query.stop().await;
 }
+
+/// Apply `log` (already published under `kafka`'s prefix) with the live consumer at most
+/// `max_batch` messages per transaction, on a database of its own, until `expected` inbox rows
+/// are there. Returns the database and how many transactions wrote those rows.
+async fn apply_in_batches(kafka: &KafkaConfig, max_batch: usize, expected: i64) -> (PgPool, i64) {
+    let db = database("query").await;
+    let name = format!("query-b{max_batch}");
+    let mut settings =
+        sagaflow_messaging::consumer::ConsumerSettings::new(&name, &query_service::topics(), kafka);
+    settings.max_batch = max_batch;
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(sagaflow_messaging::consumer::run(
+        db.pool.clone(),
+        kafka.clone(),
+        settings,
+        query_service::QueryHandler::new(Rules::default(), &kafka.topic_prefix),
+        shutdown.clone(),
+    ));
+    wait::until(
+        &format!("every event applied in batches of up to {max_batch}"),
+        SETTLE,
+        || async {
+            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            (applied == expected).then_some(())
+        },
+    )
+    .await;
+    shutdown.cancel();
+    consumer.await.unwrap().expect("consumer stops cleanly");
+    // Each inbox row carries the id of the transaction that wrote it.
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM inbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    (db.pool, transactions)
+}
+
+/// Issue 15, "one transaction per lane batch": the same input log — duplicates (the same
+/// message id twice in a row), several events of one order queued together, a message that
+/// cannot be decoded and one the projection rejects, both in the middle of the log — applied
+/// with batches of at most 1, 7 and 64 messages gives identical views and positions. The
+/// two poison messages are dead-lettered by every run, and none of their neighbours is lost.
+#[tokio::test]
+async fn the_same_log_applied_in_batches_of_1_7_and_64_builds_identical_views() {
+    let _broker = broker_lock().read().await;
+    let kafka = kafka();
+    clients::ensure_all_topics(&kafka).await.unwrap();
+    let producer = clients::producer(&kafka).unwrap();
+    let orders = history(60);
+    let mut unique = 0i64;
+    for (i, events) in orders.iter().enumerate() {
+        for e in events {
+            publish(&producer, &kafka, e).await;
+            unique += 1;
+            if i % 4 == 0 {
+                publish(&producer, &kafka, e).await; // the same message id, right behind
+            }
+        }
+        if i == 30 {
+            publish_poison(&producer, &kafka).await;
+        }
+    }
+
+    let mut runs = Vec::new();
+    for max_batch in [1, 7, 64] {
+        let (pool, transactions) = apply_in_batches(&kafka, max_batch, unique).await;
+        let positions: Vec<(String, i32, i64)> = sqlx::query_as(
+            "SELECT topic, kafka_partition, next_offset FROM projection_positions ORDER BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        eprintln!(
+            "batches of up to {max_batch}: {transactions} transactions for {unique} messages"
+        );
+        runs.push((max_batch, checksums(&pool).await, positions, transactions));
+    }
+    let (_, views, positions, one_by_one) = &runs[0];
+    assert_eq!(
+        *one_by_one, unique,
+        "batches of 1: one transaction per message"
+    );
+    for (max_batch, other_views, other_positions, transactions) in &runs[1..] {
+        assert_eq!(
+            other_views, views,
+            "batches of up to {max_batch}: the same views"
+        );
+        assert_eq!(
+            other_positions, positions,
+            "batches of up to {max_batch}: the same positions"
+        );
+        assert!(
+            *transactions < unique / 2,
+            "batches of up to {max_batch} were formed: {transactions} transactions for {unique} messages"
+        );
+    }
+
+    // Every run dead-lettered both poison messages, with its reason, and nothing else.
+    let dead =
+        sagaflow_tests::kafka_probe::read_all(&kafka, &topics::dlq(topics::ORDERS_EVENTS)).await;
+    let mut by_consumer: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for record in &dead {
+        let header = |name: &str| {
+            record
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        by_consumer
+            .entry(header(header_names::DLQ_CONSUMER))
+            .or_default()
+            .push(header(header_names::DLQ_ERROR_KIND));
+    }
+    for max_batch in [1, 7, 64] {
+        let mut kinds = by_consumer
+            .remove(&format!("query-b{max_batch}"))
+            .unwrap_or_default();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            ["rejected", "undecodable"],
+            "batches of up to {max_batch}"
+        );
+    }
+    assert!(
+        by_consumer.is_empty(),
+        "no other dead letters: {by_consumer:?}"
+    );
+}
+
+/// Two poison messages on orders.events: an OrderPlaced whose payload is not Avro, and one in
+/// XTS, a currency the orders view cannot total.
+async fn publish_poison(producer: &FutureProducer, kafka: &KafkaConfig) {
+    let now = Utc::now();
+    let order_id = Uuid::now_v7();
+    let rejected = event(
+        OrderPlaced {
+            order_id,
+            customer_id: Uuid::now_v7(),
+            items: vec![OrderItem {
+                sku: "SKU-X".into(),
+                quantity: 1,
+                unit_price_cents: 100,
+            }],
+            total_cents: 100,
+            currency: "XTS".into(),
+            payment_method: "pm".into(),
+            placed_at: now.timestamp_millis(),
+        }
+        .into(),
+        now,
+    );
+    let mut garbage = rejected.envelope.clone();
+    garbage.message_id = Uuid::now_v7();
+    let headers = garbage.to_headers();
+    let topic = kafka.topic(topics::ORDERS_EVENTS);
+    let key = Uuid::now_v7().to_string();
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&[0xffu8, 0xfe, 0x00][..])
+                .headers(clients::to_headers(
+                    headers.iter().map(|(k, v)| (*k, v.as_str())),
+                )),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("publish");
+    publish(producer, kafka, &rejected).await;
+}

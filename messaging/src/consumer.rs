@@ -15,6 +15,17 @@
 //! wait) that partition is paused and its messages wait in order, while the other
 //! partitions keep moving.
 //!
+//! Batches: a lane applies the messages already queued on it (at most the handler's
+//! [`Handler::max_batch`]; never waiting for more to arrive, so at low load a batch is one
+//! message) in **one** transaction: one statement takes the advisory locks of every message's
+//! [`Handler::lock_keys`], sorted, and inserts their inbox rows; then each new message is
+//! handled in offset order; one commit; then the offsets are stored. Every transaction of a
+//! batching consumer (batches of one included) takes its locks that way, all at once and in
+//! one order, so two lanes' batches never wait on each other in a cycle. A batch that fails in
+//! any way — a poison message in it, a handler error, a conflict, the database gone — is rolled
+//! back as a whole and its messages are applied again one at a time, each with the retries
+//! and dead-lettering below: one bad message never takes its neighbours' effects with it.
+//!
 //! Failures:
 //! - the database unreachable: retried with backoff for as long as it takes (never
 //!   dead-lettered: the message is fine, the infrastructure is not);
@@ -91,6 +102,22 @@ pub trait Handler: Send + Sync + 'static {
     /// row (they share a topic with types it handles).
     fn accepts(&self, message_type: MessageType) -> bool;
 
+    /// How many queued messages of one partition may be applied in one transaction. `1`, the
+    /// default, applies each alone. A handler opts in only when [`Handler::lock_keys`] names
+    /// everything its messages lock that a message on another partition may lock too, and
+    /// when it has no side effect outside the transaction (a rolled-back batch is applied
+    /// again, one message at a time).
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// What handling `incoming` locks that a message on another partition (or topic) may lock
+    /// too: by default the message's key, the order id, whose rows the messages of every
+    /// topic touch. Only used when [`Handler::max_batch`] is above 1.
+    fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
+        incoming.key.iter().cloned().collect()
+    }
+
     /// Apply the message inside `tx` (which already holds its inbox row). Do not commit.
     fn handle<'a>(
         &'a self,
@@ -118,6 +145,9 @@ pub struct ConsumerSettings {
     pub rejoin_after: Duration,
     /// Messages fetched ahead per partition lane (back-pressure on the fetch loop).
     pub lane_depth: usize,
+    /// At most this many messages per transaction, whatever the handler allows
+    /// ([`Handler::max_batch`]); the property tests vary it.
+    pub max_batch: usize,
     /// Inbox rows older than this are deleted (hourly-ish rounds). A redelivery older than it
     /// would be applied again, so it must stay far above any redelivery window.
     pub inbox_retention: Duration,
@@ -126,6 +156,13 @@ pub struct ConsumerSettings {
     /// the backlog alerts keep working while the relay is down.
     pub outbox: Option<String>,
 }
+
+/// Messages per transaction, unless configured lower (see [`ConsumerSettings::max_batch`]).
+pub const DEFAULT_MAX_BATCH: usize = 64;
+
+/// Namespace of the consumer's advisory locks (the first key of the two-key form), apart from
+/// the handlers' own.
+const BATCH_LOCK_NAMESPACE: i32 = 0x5346_4200; // "SFB\0"
 
 /// Inbox rows are kept this long by default: 7 days.
 pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -145,6 +182,7 @@ impl ConsumerSettings {
             first_backoff: Duration::from_millis(50),
             rejoin_after: Duration::from_secs(20),
             lane_depth: 64,
+            max_batch: DEFAULT_MAX_BATCH,
             inbox_retention: Duration::from_secs(kafka.inbox_retention_secs),
             outbox: None,
         }
@@ -497,6 +535,10 @@ struct MessageMetrics {
     /// `consumer_messages_total{group, outcome}`, in the order of [`Outcome::ALL`].
     messages: [metrics::Counter; 5],
     handle_seconds: metrics::Histogram,
+    /// `consumer_batch_size{group}`: messages per lane transaction.
+    batch_size: metrics::Histogram,
+    /// `consumer_batch_fallbacks_total{group}`: batches rolled back and applied one by one.
+    batch_fallbacks: metrics::Counter,
 }
 
 impl MessageMetrics {
@@ -506,6 +548,12 @@ impl MessageMetrics {
                 metrics::counter!("consumer_messages_total", "group" => group.to_string(), "outcome" => outcome.label())
             }),
             handle_seconds: metrics::histogram!("consumer_handle_seconds", "group" => group.to_string()),
+            batch_size: metrics::histogram!("consumer_batch_size", "group" => group.to_string()),
+            batch_fallbacks: {
+                let counter = metrics::counter!("consumer_batch_fallbacks_total", "group" => group.to_string());
+                counter.increment(0);
+                counter
+            },
         }
     }
 
@@ -612,15 +660,17 @@ impl<H: Handler> Worker<H> {
         ended
     }
 
-    /// Applies one partition's messages in order and stores each offset after its commit.
+    /// Applies one partition's messages in order, a batch of what is queued at a time, and
+    /// stores the offsets after their commit.
     async fn lane(
         self: Arc<Self>,
         consumer: Arc<kafka::GroupConsumer>,
         mut queue: mpsc::Receiver<OwnedMessage>,
         stop: CancellationToken,
     ) {
+        let max_batch = self.handler.max_batch().min(self.settings.max_batch).max(1);
         loop {
-            let raw = tokio::select! {
+            let first = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
                 raw = queue.recv() => match raw {
@@ -628,34 +678,123 @@ impl<H: Handler> Worker<H> {
                     None => return,
                 },
             };
-            let span = info_span!(
-                "consume",
-                otel.name = format!("{} process", raw.topic()),
-                otel.kind = "consumer",
-                messaging.system = "kafka",
-                messaging.operation.type = "process",
-                messaging.destination.name = raw.topic(),
-                messaging.kafka.destination.partition = raw.partition(),
-                messaging.kafka.message.offset = raw.offset(),
-                messaging.consumer.group.name = %self.settings.name,
-                messaging.message.id = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-            );
-            trace::continue_from(&span, traceparent(&raw).as_deref());
-            let started = Instant::now();
-            let outcome = self.process(&raw).instrument(span).await;
-            self.metrics
-                .record(outcome, started.elapsed().as_secs_f64());
-            if outcome == Outcome::Interrupted {
+            // What is queued already, never waiting for more: at low load a batch is one
+            // message and costs no latency.
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(raw) => batch.push(raw),
+                    Err(_) => break,
+                }
+            }
+            let carried_on = if batch.len() == 1 {
+                self.consume_one(&consumer, &batch[0]).await
+            } else {
+                self.consume_batch(&consumer, &batch).await
+            };
+            if !carried_on {
                 return;
             }
-            // Same call as `store_offset_from_message`: librdkafka commits offset + 1.
-            if let Err(e) = consumer.store_offset(raw.topic(), raw.partition(), raw.offset()) {
-                // After a revocation the partition is not ours any more: its new owner gets
-                // the message again and the inbox makes it a no-op. Otherwise the offset is
-                // re-stored with the partition's next message.
-                warn!(consumer = %self.settings.name, topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), error = %e, "storing offset failed");
+        }
+    }
+
+    /// The tracing span of one message; its trace continues the producer's.
+    fn span(&self, raw: &OwnedMessage) -> tracing::Span {
+        let span = info_span!(
+            "consume",
+            otel.name = format!("{} process", raw.topic()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = raw.topic(),
+            messaging.kafka.destination.partition = raw.partition(),
+            messaging.kafka.message.offset = raw.offset(),
+            messaging.consumer.group.name = %self.settings.name,
+            messaging.message.id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        trace::continue_from(&span, traceparent(raw).as_deref());
+        span
+    }
+
+    /// Apply one message (with its retries) and store its offset; `false` when shutdown
+    /// interrupted it (its offset is not stored).
+    async fn consume_one(&self, consumer: &kafka::GroupConsumer, raw: &OwnedMessage) -> bool {
+        let started = Instant::now();
+        let outcome = self.process(raw).instrument(self.span(raw)).await;
+        self.metrics
+            .record(outcome, started.elapsed().as_secs_f64());
+        if outcome == Outcome::Interrupted {
+            return false;
+        }
+        self.store_offset(consumer, raw);
+        true
+    }
+
+    /// Apply a lane's batch in one transaction and store its last offset; when anything about
+    /// it fails, roll it back and apply its messages one at a time instead.
+    async fn consume_batch(&self, consumer: &kafka::GroupConsumer, batch: &[OwnedMessage]) -> bool {
+        let started = Instant::now();
+        let mut parsed = Vec::with_capacity(batch.len());
+        for raw in batch {
+            match parse(raw, |kind| self.handler.accepts(kind)) {
+                Ok(incoming) => parsed.push(Some(incoming)),
+                Err(Unreadable::NotOurs) => parsed.push(None),
+                // It is dead-lettered on the one-at-a-time path, in its place.
+                Err(Unreadable::Poison { .. }) => {
+                    return self.consume_one_by_one(consumer, batch).await;
+                }
             }
+        }
+        let spans: Vec<tracing::Span> = batch.iter().map(|raw| self.span(raw)).collect();
+        let applying: Vec<(&Incoming, &tracing::Span)> = parsed
+            .iter()
+            .zip(&spans)
+            .filter_map(|(incoming, span)| incoming.as_ref().map(|i| (i, span)))
+            .collect();
+        let outcomes = match self.apply(&applying).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                debug!(consumer = %self.settings.name, messages = batch.len(), %error, "batch rolled back; applying its messages one at a time");
+                self.metrics.batch_fallbacks.increment(1);
+                return self.consume_one_by_one(consumer, batch).await;
+            }
+        };
+        self.metrics.batch_size.record(applying.len() as f64);
+        let per_message = started.elapsed().as_secs_f64() / batch.len() as f64;
+        let mut applied = outcomes.into_iter();
+        for incoming in &parsed {
+            let outcome = match incoming {
+                Some(_) => applied.next().unwrap_or(Outcome::Applied),
+                None => Outcome::Skipped,
+            };
+            self.metrics.record(outcome, per_message);
+        }
+        // librdkafka commits the stored offset + 1, which covers the whole batch.
+        self.store_offset(consumer, batch.last().expect("a batch is never empty"));
+        true
+    }
+
+    async fn consume_one_by_one(
+        &self,
+        consumer: &kafka::GroupConsumer,
+        batch: &[OwnedMessage],
+    ) -> bool {
+        for raw in batch {
+            if !self.consume_one(consumer, raw).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn store_offset(&self, consumer: &kafka::GroupConsumer, raw: &OwnedMessage) {
+        // Same call as `store_offset_from_message`: librdkafka commits offset + 1.
+        if let Err(e) = consumer.store_offset(raw.topic(), raw.partition(), raw.offset()) {
+            // After a revocation the partition is not ours any more: its new owner gets the
+            // message again and the inbox makes it a no-op. Otherwise the offset is re-stored
+            // with the partition's next message.
+            warn!(consumer = %self.settings.name, topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), error = %e, "storing offset failed");
         }
     }
 
@@ -680,8 +819,9 @@ impl<H: Handler> Worker<H> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match self.apply(&incoming).await {
-                Ok(outcome) => return outcome,
+            let span = tracing::Span::current();
+            let error = match self.apply(&[(&incoming, &span)]).await {
+                Ok(outcomes) => return outcomes.first().copied().unwrap_or(Outcome::Duplicate),
                 Err(error) => error,
             };
             if let HandlerError::Rejected(reason) = &error {
@@ -706,28 +846,86 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// One attempt: inbox row + effect in one transaction.
-    async fn apply(&self, incoming: &Incoming) -> Result<Outcome, HandlerError> {
+    /// One attempt at applying messages of one lane, in offset order: their inbox rows and
+    /// effects in one transaction (see the module doc for the locks). The outcome of each:
+    /// applied, or a duplicate (its inbox row existed, or its message id came earlier in the
+    /// batch).
+    async fn apply(
+        &self,
+        batch: &[(&Incoming, &tracing::Span)],
+    ) -> Result<Vec<Outcome>, HandlerError> {
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO inbox (consumer, message_id, message_type, topic, kafka_partition, kafka_offset)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(&self.settings.name)
-        .bind(incoming.envelope.message_id)
-        .bind(&incoming.envelope.message_type)
-        .bind(self.kafka_config.logical(&incoming.topic))
-        .bind(incoming.partition)
-        .bind(incoming.offset)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(Outcome::Duplicate);
+        let fresh = self.lock_and_claim(&mut tx, batch).await?;
+        for ((incoming, span), fresh) in batch.iter().zip(&fresh) {
+            if *fresh {
+                self.handler
+                    .handle(&mut tx, incoming)
+                    .instrument((*span).clone())
+                    .await?;
+            }
         }
-        self.handler.handle(&mut tx, incoming).await?;
         tx.commit().await?;
-        Ok(Outcome::Applied)
+        Ok(fresh
+            .into_iter()
+            .map(|fresh| {
+                if fresh {
+                    Outcome::Applied
+                } else {
+                    Outcome::Duplicate
+                }
+            })
+            .collect())
+    }
+
+    /// One statement: the batch's advisory locks (when the handler batches), then the inbox
+    /// rows. Which messages are new (first time seen, and first in the batch).
+    async fn lock_and_claim(
+        &self,
+        tx: &mut Tx,
+        batch: &[(&Incoming, &tracing::Span)],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let locks = if self.handler.max_batch() > 1 {
+            lock_order(
+                batch
+                    .iter()
+                    .flat_map(|(incoming, _)| self.handler.lock_keys(incoming)),
+            )
+        } else {
+            Vec::new()
+        };
+        let firsts = first_occurrences(batch.iter().map(|(i, _)| i.envelope.message_id));
+        let claimed: Vec<&Incoming> = batch
+            .iter()
+            .zip(&firsts)
+            .filter(|(_, first)| **first)
+            .map(|((incoming, _), _)| *incoming)
+            .collect();
+        let inserted: Vec<uuid::Uuid> = sqlx::query_scalar(
+            // The aggregate takes every lock, in array order, before the join yields the first
+            // row to insert.
+            "WITH locked AS (SELECT count(pg_advisory_xact_lock($1, k)) AS n FROM unnest($2::int4[]) AS k)
+             INSERT INTO inbox (consumer, message_id, message_type, topic, kafka_partition, kafka_offset)
+             SELECT $3, m.id, m.kind, m.topic, m.part, m.off
+               FROM locked, unnest($4::uuid[], $5::text[], $6::text[], $7::int4[], $8::int8[])
+                    AS m(id, kind, topic, part, off)
+             ON CONFLICT DO NOTHING
+             RETURNING message_id",
+        )
+        .bind(BATCH_LOCK_NAMESPACE)
+        .bind(&locks)
+        .bind(&self.settings.name)
+        .bind(claimed.iter().map(|i| i.envelope.message_id).collect::<Vec<_>>())
+        .bind(claimed.iter().map(|i| i.envelope.message_type.as_str()).collect::<Vec<_>>())
+        .bind(claimed.iter().map(|i| self.kafka_config.logical(&i.topic)).collect::<Vec<_>>())
+        .bind(claimed.iter().map(|i| i.partition).collect::<Vec<_>>())
+        .bind(claimed.iter().map(|i| i.offset).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(batch
+            .iter()
+            .zip(firsts)
+            .map(|((incoming, _), first)| first && inserted.contains(&incoming.envelope.message_id))
+            .collect())
     }
 
     /// Publish the message as it is, plus reason headers, to `<topic>.dlq`; retried until the
@@ -792,6 +990,32 @@ impl<H: Handler> Worker<H> {
             }
         }
     }
+}
+
+/// The advisory-lock keys of `names`: hashed, sorted, each once — the one order every
+/// transaction of a batching consumer takes its locks in. Two names with the same hash share
+/// a lock, which only makes one wait for the other.
+fn lock_order(names: impl Iterator<Item = String>) -> Vec<i32> {
+    let mut keys: Vec<i32> = names.map(|name| lock_key(&name)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// FNV-1a, folded to 32 bits: stable across processes and builds (every replica must lock
+/// the same key for the same name), unlike the standard library's hasher.
+fn lock_key(name: &str) -> i32 {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    ((hash >> 32) ^ hash) as u32 as i32
+}
+
+/// For each id, whether it is its first occurrence: a message id twice in one batch is
+/// applied once.
+fn first_occurrences(ids: impl Iterator<Item = uuid::Uuid>) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    ids.map(|id| seen.insert(id)).collect()
 }
 
 enum Unreadable {
@@ -969,6 +1193,31 @@ mod tests {
             feed.offer(message(offset)).unwrap();
         }
         assert_eq!(offsets(&mut rx), vec![5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn batch_locks_are_taken_sorted_and_once_whatever_the_message_order() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let one = lock_order(names(&["order-b", "sku:7", "order-a", "sku:7"]).into_iter());
+        let other = lock_order(names(&["sku:7", "order-a", "order-b"]).into_iter());
+        assert_eq!(
+            one, other,
+            "two lanes holding the same names lock in the same order"
+        );
+        assert_eq!(one.len(), 3);
+        assert!(one.windows(2).all(|w| w[0] < w[1]));
+        // Stable across processes: a replica built elsewhere must lock the same key.
+        assert_eq!(lock_key("order-a"), lock_key("order-a"));
+        assert_ne!(lock_key("order-a"), lock_key("order-b"));
+    }
+
+    #[test]
+    fn the_same_message_id_twice_in_a_batch_is_new_only_the_first_time() {
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        assert_eq!(
+            first_occurrences([a, b, a, b, a].into_iter()),
+            vec![true, true, false, false, false]
+        );
     }
 
     #[test]

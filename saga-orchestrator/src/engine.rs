@@ -119,6 +119,16 @@ impl Handler for SagaReplies {
         )
     }
 
+    /// Replies of one saga come on three topics, so on three lanes: each batch locks its
+    /// sagas' order ids first (see `consumer`), and has no effect outside the transaction.
+    fn max_batch(&self) -> usize {
+        sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
+    }
+
+    fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
+        vec![incoming.message.order_id().to_string()]
+    }
+
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         let order_id = incoming.message.order_id();
         let current = store::lock(tx, order_id).await?;

@@ -29,6 +29,16 @@ impl Handler for NotificationHandler {
         )
     }
 
+    /// One order's notifications are keyed by its id; the only effect outside the
+    /// transaction is the simulated e-mail's log line, repeated if a batch is rolled back.
+    fn max_batch(&self) -> usize {
+        sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
+    }
+
+    fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
+        vec![incoming.message.order_id().to_string()]
+    }
+
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         let Some(notification) = domain::compose(&incoming.message) else {
             return Err(HandlerError::Rejected(format!(

@@ -31,6 +31,16 @@ impl Handler for QueryHandler {
         Projection::ALL.iter().any(|p| p.accepts(message_type))
     }
 
+    /// Events of one order come on several topics (several lanes), and stock events of many
+    /// orders move the same SKU's row: a batch locks both, the order id and every SKU.
+    fn max_batch(&self) -> usize {
+        sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
+    }
+
+    fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
+        projection::lock_keys(&incoming.message)
+    }
+
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         for projection in Projection::ALL {
             projection::apply(

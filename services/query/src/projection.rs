@@ -405,6 +405,18 @@ async fn apply_stock(
 }
 
 /// Quantities per SKU (an order may list a SKU on several lines).
+/// The rows applying `message` may lock that another lane's events lock too: its order's
+/// (every projection keys them by order id) and, for stock events, each SKU's stock row.
+pub fn lock_keys(message: &Message) -> Vec<String> {
+    let mut keys = vec![message.order_id().to_string()];
+    if let Message::StockReserved(sagaflow_schemas::StockReserved { lines, .. })
+    | Message::StockReleased(sagaflow_schemas::StockReleased { lines, .. }) = message
+    {
+        keys.extend(lines.iter().map(|line| format!("sku:{}", line.sku)));
+    }
+    keys
+}
+
 fn per_sku(lines: &[StockLine]) -> BTreeMap<String, i32> {
     let mut out = BTreeMap::new();
     for line in lines {
