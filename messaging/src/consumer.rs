@@ -157,7 +157,8 @@ pub struct ConsumerSettings {
     pub outbox: Option<String>,
 }
 
-/// Messages per transaction, unless configured lower (see [`ConsumerSettings::max_batch`]).
+/// Messages per transaction a batching handler allows; the consumer's own cap is
+/// `SAGAFLOW_CONSUMER_MAX_BATCH` ([`ConsumerSettings::max_batch`]).
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
 /// Namespace of the consumer's advisory locks (the first key of the two-key form), apart from
@@ -182,7 +183,7 @@ impl ConsumerSettings {
             first_backoff: Duration::from_millis(50),
             rejoin_after: Duration::from_secs(20),
             lane_depth: 64,
-            max_batch: DEFAULT_MAX_BATCH,
+            max_batch: kafka.consumer_max_batch as usize,
             inbox_retention: Duration::from_secs(kafka.inbox_retention_secs),
             outbox: None,
         }

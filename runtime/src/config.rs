@@ -74,6 +74,16 @@ pub struct KafkaConfig {
         default_value_t = 7 * 24 * 3600
     )]
     pub inbox_retention_secs: u64,
+    /// At most this many messages of one partition are applied in one transaction (those
+    /// already queued; a consumer never waits to fill a batch). `1` applies each message in a
+    /// transaction of its own.
+    #[arg(
+        long = "consumer-max-batch",
+        env = "SAGAFLOW_CONSUMER_MAX_BATCH",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub consumer_max_batch: u32,
     /// `compression.type` of the producers: lz4 saves network and broker disk between hosts;
     /// on loopback (`sagaflow dev`, `sagaflow bench` with the embedded broker) it is only CPU,
     /// and those set `none`.
@@ -99,6 +109,7 @@ impl KafkaConfig {
             debug: None,
             consumer_max_attempts: 5,
             inbox_retention_secs: 7 * 24 * 3600,
+            consumer_max_batch: 64,
             compression: "lz4".into(),
         }
     }

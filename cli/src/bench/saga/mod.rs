@@ -106,6 +106,10 @@ pub struct SagaBenchArgs {
     /// as asleep (a permanent registration in every platform database).
     #[arg(long, hide = true)]
     pub notify_every_commit: bool,
+    /// Measure the lane-batch lever: at most this many messages per consumer transaction
+    /// (`1`: one transaction per message, as before batching).
+    #[arg(long, hide = true)]
+    pub consumer_max_batch: Option<u32>,
     /// Keep the scratch databases (default: dropped at the end).
     #[arg(long)]
     pub keep_databases: bool,
@@ -259,6 +263,9 @@ impl Scratch {
             kafka.compression = compression.clone();
         }
         kafka.partitions = 4;
+        if let Some(max_batch) = args.consumer_max_batch {
+            kafka.consumer_max_batch = max_batch.max(1);
+        }
         let server = match &args.database_url {
             Some(url) => crate::dev::split_database(url).0,
             None => crate::dev::local_cluster(&args.data_dir).await?,
