@@ -93,7 +93,7 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
     };
     let name = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
     crate::dev::ensure_database(&server, &name).await?;
-    let pool = sagaflow_runtime::db::connect(&format!("{server}/{name}"), 8).await?;
+    let pool = sagaflow_runtime::db::connect(&crate::dev::database_url(&server, &name), 8).await?;
     order_service::MIGRATOR.run(&pool).await?;
 
     // 1. Baseline: raw produce rate of the same messages.

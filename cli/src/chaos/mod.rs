@@ -266,7 +266,7 @@ async fn databases(args: &ChaosArgs, run_id: &str) -> anyhow::Result<Urls> {
     for service in Service::ALL {
         let db = service.database();
         let name = ensure_database(&server_url, &format!("{base}_chaos_{run_id}_{db}")).await?;
-        urls.insert(service, format!("{server_url}/{name}"));
+        urls.insert(service, crate::dev::database_url(&server_url, &name));
     }
     println!(
         "  databases: {base}_chaos_{run_id}_* on {}",

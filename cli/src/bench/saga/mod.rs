@@ -110,6 +110,9 @@ pub struct SagaBenchArgs {
     /// (`1`: one transaction per message, as before batching).
     #[arg(long, hide = true)]
     pub consumer_max_batch: Option<u32>,
+    /// Measure the Unix-socket lever: reach the local cluster over loopback TCP, as before.
+    #[arg(long, hide = true)]
+    pub postgres_tcp: bool,
     /// Keep the scratch databases (default: dropped at the end).
     #[arg(long)]
     pub keep_databases: bool,
@@ -268,6 +271,9 @@ impl Scratch {
         }
         let server = match &args.database_url {
             Some(url) => crate::dev::split_database(url).0,
+            None if args.postgres_tcp => {
+                crate::dev::over_tcp(&crate::dev::local_cluster(&args.data_dir).await?)
+            }
             None => crate::dev::local_cluster(&args.data_dir).await?,
         };
         let base = format!("bench_{tag}");
@@ -285,7 +291,7 @@ impl Scratch {
     }
 
     fn url(&self, service: &str) -> String {
-        format!("{}/{}_{service}", self.server, self.base)
+        crate::dev::database_url(&self.server, &format!("{}_{service}", self.base))
     }
 
     fn database_urls(&self) -> DatabaseUrls {
@@ -370,7 +376,8 @@ async fn start_platform(config: impl Fn() -> PlatformConfig) -> anyhow::Result<P
 
 async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
     use sqlx::{Connection, Executor};
-    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    let mut admin =
+        sqlx::PgConnection::connect(&crate::dev::database_url(server, "postgres")).await?;
     let drop = format!(
         "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
         name.replace('"', "")
