@@ -374,6 +374,27 @@ async fn start_platform(config: impl Fn() -> PlatformConfig) -> anyhow::Result<P
     Err(last.unwrap_or_else(|| anyhow::anyhow!("platform did not start")))
 }
 
+/// Deadlocks PostgreSQL detected in the platform's databases, created for this run: the lane
+/// batches' lock order must keep this at 0.
+async fn deadlocks(pools: &sagaflow_platform::Pools) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for pool in [
+        &pools.order,
+        &pools.inventory,
+        &pools.payment,
+        &pools.notification,
+        &pools.saga,
+        &pools.query,
+    ] {
+        total += sqlx::query_scalar::<_, i64>(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await?;
+    }
+    Ok(total)
+}
+
 async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
     use sqlx::{Connection, Executor};
     let mut admin =
@@ -443,6 +464,7 @@ impl Bench<'_> {
         let relay = relay_figures(&platform.pools, &drove).await?;
         steps.push(run.clone());
         let pending_at_end = load::in_flight(&self.load, &self.sagas).await?.max(0);
+        let deadlocks = deadlocks(&platform.pools).await?;
         let report = Report::new(
             Settings::new(self.args, &baselines.commit),
             baselines,
@@ -450,7 +472,10 @@ impl Bench<'_> {
             &run,
             &search,
             &relay,
-            pending_at_end,
+            report::AtEnd {
+                pending: pending_at_end,
+                deadlocks,
+            },
         );
         Ok((report, steps))
     }

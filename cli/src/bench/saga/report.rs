@@ -243,6 +243,8 @@ pub(super) struct Report {
     pub approved: u64,
     pub rejected: u64,
     pub pending_at_end: i64,
+    /// `pg_stat_database.deadlocks` of the platform's databases over the whole run.
+    pub deadlocks: i64,
     pub errors: u64,
     pub error_kinds: BTreeMap<String, u64>,
     pub steps: Vec<StepJson>,
@@ -359,6 +361,14 @@ impl Ceilings {
     }
 }
 
+/// What the databases say once the run is over.
+pub(super) struct AtEnd {
+    /// Sagas accepted and not ended.
+    pub pending: i64,
+    /// `pg_stat_database.deadlocks` of the platform's databases.
+    pub deadlocks: i64,
+}
+
 impl Report {
     /// The report of a run: `steps` (the measured `run` among them), against `baselines`.
     pub(super) fn new(
@@ -368,7 +378,7 @@ impl Report {
         run: &StepReport,
         search: &Search,
         relay: &RelayFigures,
-        pending_at_end: i64,
+        at_end: AtEnd,
     ) -> Self {
         let commit = baselines.commit.per_s;
         let produce = baselines.produce_per_s;
@@ -406,7 +416,8 @@ impl Report {
             relay_vs_produce_baseline: ratio(relay.msgs_per_s, produce),
             approved: run.approved,
             rejected: run.rejected,
-            pending_at_end,
+            pending_at_end: at_end.pending,
+            deadlocks: at_end.deadlocks,
             errors: steps.errors.values().sum(),
             error_kinds: steps.errors.clone(),
             steps: steps.steps.iter().map(StepJson::from).collect(),
@@ -597,6 +608,7 @@ mod tests {
         "approved: int",
         "rejected: int",
         "pending_at_end: int",
+        "deadlocks: int",
         "errors: int",
         "error_kinds: object",
         "error_kinds.*: int",
@@ -756,7 +768,19 @@ mod tests {
             commit_to_ack: percentiles(latency * 4.0),
             msgs_per_s: 301.2,
         };
-        let report = Report::new(settings(), &baselines(), &steps, &run, &search, &relay, 3);
+        let at_end = AtEnd {
+            pending: 3,
+            deadlocks: 0,
+        };
+        let report = Report::new(
+            settings(),
+            &baselines(),
+            &steps,
+            &run,
+            &search,
+            &relay,
+            at_end,
+        );
         (report, steps)
     }
 
