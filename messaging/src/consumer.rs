@@ -112,10 +112,10 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// What handling `incoming` locks that a message on another partition (or topic) may lock
-    /// too: by default the message's key, the order id, whose rows the messages of every
-    /// topic touch. Only used when [`Handler::max_batch`] is above 1.
+    /// too: by default its order id, whose rows the messages of every topic touch. Only used
+    /// when [`Handler::max_batch`] is above 1.
     fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
-        incoming.key.iter().cloned().collect()
+        vec![incoming.message.order_id().to_string()]
     }
 
     /// Apply the message inside `tx` (which already holds its inbox row). Do not commit.
@@ -753,7 +753,13 @@ impl<H: Handler> Worker<H> {
             .zip(&spans)
             .filter_map(|(incoming, span)| incoming.as_ref().map(|i| (i, span)))
             .collect();
-        let outcomes = match self.apply(&applying).await {
+        // Nothing this consumer handles (types it skips): no transaction at all.
+        let applied = if applying.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.apply(&applying).await
+        };
+        let outcomes = match applied {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 debug!(consumer = %self.settings.name, messages = batch.len(), %error, "batch rolled back; applying its messages one at a time");

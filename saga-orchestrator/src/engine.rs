@@ -125,10 +125,6 @@ impl Handler for SagaReplies {
         sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
     }
 
-    fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
-        vec![incoming.message.order_id().to_string()]
-    }
-
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         let order_id = incoming.message.order_id();
         let current = store::lock(tx, order_id).await?;

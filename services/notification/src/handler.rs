@@ -35,10 +35,6 @@ impl Handler for NotificationHandler {
         sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
     }
 
-    fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
-        vec![incoming.message.order_id().to_string()]
-    }
-
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         let Some(notification) = domain::compose(&incoming.message) else {
             return Err(HandlerError::Rejected(format!(

@@ -43,10 +43,6 @@ impl Handler for OrderCommands {
         sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
     }
 
-    fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
-        vec![incoming.message.order_id().to_string()]
-    }
-
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         let (order_id, target, reason) = match &incoming.message {
             Message::ApproveOrder(m) => (m.order_id, OrderStatus::Approved, None),
