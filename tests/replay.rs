@@ -615,24 +615,7 @@ async fn a_poison_event_is_parked_with_its_reason_and_redriven_once_after_the_fi
     let producer = clients::producer(&query.kafka).unwrap();
     let now = Utc::now();
     let order_id = Uuid::now_v7();
-    // XTS is a real ISO code the view has no minor units for: it cannot render the total.
-    let poison = event(
-        OrderPlaced {
-            order_id,
-            customer_id: Uuid::now_v7(),
-            items: vec![OrderItem {
-                sku: "SKU-X".into(),
-                quantity: 1,
-                unit_price_cents: 1234,
-            }],
-            total_cents: 1234,
-            currency: "XTS".into(),
-            payment_method: "pm".into(),
-            placed_at: now.timestamp_millis(),
-        }
-        .into(),
-        now,
-    );
+    let poison = placed_in_xts(order_id, now);
     let next = event(
         StockReserved {
             order_id,
@@ -1217,28 +1200,34 @@ async fn the_same_log_applied_in_batches_of_1_7_and_64_builds_identical_views() 
     );
 }
 
-/// Two poison messages on orders.events: an OrderPlaced whose payload is not Avro, and one in
-/// XTS, a currency the orders view cannot total.
-async fn publish_poison(producer: &FutureProducer, kafka: &KafkaConfig) {
-    let now = Utc::now();
-    let order_id = Uuid::now_v7();
-    let rejected = event(
+/// An OrderPlaced of one SKU-X at 12.34 in XTS: a real ISO code the view has no minor units
+/// for, so it cannot render the total and rejects the event.
+fn placed_in_xts(order_id: Uuid, at: DateTime<Utc>) -> Event {
+    event(
         OrderPlaced {
             order_id,
             customer_id: Uuid::now_v7(),
             items: vec![OrderItem {
                 sku: "SKU-X".into(),
                 quantity: 1,
-                unit_price_cents: 100,
+                unit_price_cents: 1234,
             }],
-            total_cents: 100,
+            total_cents: 1234,
             currency: "XTS".into(),
             payment_method: "pm".into(),
-            placed_at: now.timestamp_millis(),
+            placed_at: at.timestamp_millis(),
         }
         .into(),
-        now,
-    );
+        at,
+    )
+}
+
+/// Two poison messages on orders.events: an OrderPlaced whose payload is not Avro, and one in
+/// XTS, a currency the orders view cannot total.
+async fn publish_poison(producer: &FutureProducer, kafka: &KafkaConfig) {
+    let now = Utc::now();
+    let order_id = Uuid::now_v7();
+    let rejected = placed_in_xts(order_id, now);
     let mut garbage = rejected.envelope.clone();
     garbage.message_id = Uuid::now_v7();
     let headers = garbage.to_headers();
