@@ -378,14 +378,7 @@ async fn start_platform(config: impl Fn() -> PlatformConfig) -> anyhow::Result<P
 /// batches' lock order must keep this at 0.
 async fn deadlocks(pools: &sagaflow_platform::Pools) -> anyhow::Result<i64> {
     let mut total = 0;
-    for pool in [
-        &pools.order,
-        &pools.inventory,
-        &pools.payment,
-        &pools.notification,
-        &pools.saga,
-        &pools.query,
-    ] {
+    for pool in pools.outbox_databases().into_iter().chain([&pools.query]) {
         total += sqlx::query_scalar::<_, i64>(
             "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
         )
