@@ -41,6 +41,63 @@ pub fn docker(args: &[&str]) {
     );
 }
 
+/// A `docker restart` of a harness PostgreSQL container, running in the background while the
+/// test goes on. Dropping it — also when the test panics — waits for the restart to end and
+/// for PostgreSQL to accept connections again: a failing test must not hand the next one (which
+/// takes the broker lock the moment this test's guard drops) a server that is going down. So
+/// declare it after the lock's guard: locals drop in reverse order.
+pub struct PostgresRestart {
+    container: String,
+    restart: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PostgresRestart {
+    /// Start `docker restart -t <grace_seconds> <container>`.
+    pub fn start(container: &str, grace_seconds: u32) -> Self {
+        let args = ["restart", "-t", &grace_seconds.to_string(), container].map(String::from);
+        let restart = std::thread::spawn(move || {
+            docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        });
+        PostgresRestart {
+            container: container.to_string(),
+            restart: Some(restart),
+        }
+    }
+}
+
+impl Drop for PostgresRestart {
+    fn drop(&mut self) {
+        if let Some(restart) = self.restart.take()
+            && restart.join().is_err()
+        {
+            eprintln!("docker restart {} failed", self.container);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let ready = std::process::Command::new("docker")
+                .args([
+                    "exec",
+                    &self.container,
+                    "pg_isready",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ready {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        eprintln!(
+            "{} did not accept connections within 60 s of its restart",
+            self.container
+        );
+    }
+}
+
 /// The `sagaflow` binary of this workspace (built by `cargo build --workspace`, which
 /// `scripts/test.sh` runs first).
 pub fn sagaflow_binary() -> std::path::PathBuf {
