@@ -806,3 +806,75 @@ async fn a_late_approval_for_an_order_rejected_by_its_deadline_leaves_it_rejecte
     assert_eq!((stats.charges, stats.refunds), (1, 1), "{stats:?}");
     app.stop().await;
 }
+
+/// Saga retention: APPROVED and REJECTED sagas that ended more than the retention ago are
+/// deleted with their history, in batches (more rows than one batch here); a FAILED saga (held
+/// for an operator), a saga in flight and a recently ended one stay, with their history.
+#[tokio::test]
+async fn ended_sagas_past_the_retention_are_deleted_with_their_history_failed_ones_stay() {
+    let db = sagaflow_tests::database("saga").await;
+    let retention = Duration::from_secs(30 * 24 * 3600);
+    let batch = saga_orchestrator::RETENTION_BATCH;
+    // `age` in days since the saga last changed; a deadline exactly while in flight.
+    let insert = |state: &'static str, age_days: i32, n: i64| {
+        let pool = db.pool.clone();
+        async move {
+            let ids: Vec<Uuid> = sqlx::query_scalar(
+                "INSERT INTO sagas (order_id, state, data, deadline, updated_at)
+                 SELECT gen_random_uuid(), $1, '{}',
+                        CASE WHEN $1 IN ('APPROVED', 'REJECTED', 'FAILED') THEN NULL ELSE now() END,
+                        now() - make_interval(days => $2)
+                   FROM generate_series(1, $3)
+                 RETURNING order_id",
+            )
+            .bind(state)
+            .bind(age_days)
+            .bind(n)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO saga_history (order_id, to_state, trigger, note)
+                 SELECT id, $2, 'OrderPlaced', 'test' FROM unnest($1::uuid[]) AS id",
+            )
+            .bind(&ids)
+            .bind(state)
+            .execute(&pool)
+            .await
+            .unwrap();
+            ids
+        }
+    };
+    insert("APPROVED", 31, batch + 1).await;
+    insert("REJECTED", 31, 2).await;
+    let kept = [
+        insert("APPROVED", 29, 1).await,
+        insert("FAILED", 90, 1).await,
+        insert("APPROVING", 31, 1).await,
+    ]
+    .concat();
+
+    let deleted = saga_orchestrator::delete_ended(&db.pool, retention)
+        .await
+        .unwrap();
+
+    assert_eq!(deleted, batch as u64 + 3);
+    let mut left: Vec<Uuid> = sqlx::query_scalar("SELECT order_id FROM sagas")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let mut with_history: Vec<Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT order_id FROM saga_history")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let mut kept = kept.to_vec();
+    for ids in [&mut left, &mut with_history, &mut kept] {
+        ids.sort();
+    }
+    assert_eq!(
+        left, kept,
+        "only the recent, FAILED and in-flight sagas stay"
+    );
+    assert_eq!(with_history, kept, "the history goes with its saga");
+}

@@ -15,7 +15,7 @@ use sagaflow_messaging::{Origin, enqueue};
 use sagaflow_runtime::db::{self, Tx};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::NAME;
@@ -151,6 +151,7 @@ pub async fn sweep_deadlines(
     shutdown: CancellationToken,
 ) {
     let mut ticks: u64 = 0;
+    let mut last_retention = None::<std::time::Instant>;
     while !shutdown.is_cancelled() {
         match sweep_once(&pool, &policy).await {
             Ok(n) if n > 0 => continue,
@@ -159,6 +160,10 @@ pub async fn sweep_deadlines(
         }
         if ticks.is_multiple_of(8) {
             record_gauges(&pool).await;
+        }
+        if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY) {
+            last_retention = Some(std::time::Instant::now());
+            delete_ended(&pool, &policy).await;
         }
         ticks += 1;
         tokio::select! {
@@ -173,12 +178,33 @@ pub async fn sweep_deadlines(
 pub fn zero_metrics() {
     metrics::counter!("saga_failed_total").increment(0);
     metrics::counter!("saga_deadline_failures_total").increment(0);
+    metrics::counter!("sagas_deleted_total").increment(0);
 }
 
-/// Sagas by state, and how late the most overdue one is.
+/// How often ended sagas past the retention are deleted.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Delete the sagas that ended more than the retention ago (`sagas_deleted_total`).
+async fn delete_ended(pool: &PgPool, policy: &Policy) {
+    let retention = policy.retention.to_std().unwrap_or(Duration::MAX);
+    match store::delete_ended(pool, retention).await {
+        Ok(0) => {}
+        Ok(n) => {
+            metrics::counter!("sagas_deleted_total").increment(n);
+            info!(sagas = n, "ended sagas past the retention deleted");
+        }
+        Err(e) => debug!(error = %e, "saga retention cleanup failed"),
+    }
+}
+
+/// Sagas in flight and FAILED by state, and how late the most overdue one is.
 async fn record_gauges(pool: &PgPool) {
     if let Ok(counts) = store::count_by_state(pool).await {
-        for state in State::ALL {
+        // Ended sagas are not counted (see store::count_by_state), FAILED ones are.
+        for state in State::ALL
+            .iter()
+            .filter(|s| !s.is_terminal() || **s == State::Failed)
+        {
             let n = counts
                 .iter()
                 .find(|(s, _)| s == state.as_str())

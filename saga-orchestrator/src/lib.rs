@@ -19,6 +19,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use engine::sweep_once;
 pub use http::{openapi, router};
+pub use store::{RETENTION_BATCH, delete_ended};
 
 pub const NAME: &str = "saga-orchestrator";
 pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
@@ -53,6 +54,16 @@ pub struct SagaConfig {
         default_value_t = 250
     )]
     pub sweep_interval_ms: u64,
+    /// APPROVED and REJECTED sagas (and their history) are deleted this many days after they
+    /// ended; FAILED ones are kept for an operator. An OrderPlaced older than this starts no
+    /// saga. Must exceed the inbox retention (`SAGAFLOW_INBOX_RETENTION_SECS`): between the
+    /// two, the saga row is what makes a redelivered OrderPlaced a no-op.
+    #[arg(
+        long = "saga-retention-days",
+        env = "SAGA_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub retention_days: u32,
 }
 
 impl Default for SagaConfig {
@@ -61,6 +72,7 @@ impl Default for SagaConfig {
             step_timeout_ms: 30_000,
             max_attempts: 5,
             sweep_interval_ms: 250,
+            retention_days: 30,
         }
     }
 }
@@ -70,7 +82,22 @@ impl SagaConfig {
         saga::Policy {
             step_timeout: chrono::Duration::milliseconds(self.step_timeout_ms as i64),
             max_attempts: self.max_attempts,
+            retention: chrono::Duration::days(self.retention_days.into()),
         }
+    }
+
+    /// The retention must outlast the inbox's: a redelivered OrderPlaced is recognised by its
+    /// inbox row, then by its saga row — a gap between the two would start its saga again.
+    pub fn validate(&self, kafka: &KafkaConfig) -> anyhow::Result<()> {
+        let saga = u64::from(self.retention_days) * 24 * 3600;
+        anyhow::ensure!(
+            saga > kafka.inbox_retention_secs,
+            "SAGA_RETENTION_DAYS ({} days) must exceed SAGAFLOW_INBOX_RETENTION_SECS ({} s): \
+             a redelivered OrderPlaced older than the inbox is recognised by its saga row only",
+            self.retention_days,
+            kafka.inbox_retention_secs
+        );
+        Ok(())
     }
 }
 
@@ -81,6 +108,7 @@ pub async fn run(
     config: SagaConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.validate(&kafka)?;
     let policy = config.policy();
     engine::zero_metrics();
     // Aborted with this future: a crashed orchestrator leaves no sweeper behind.
@@ -111,4 +139,21 @@ pub async fn run(
     shutdown.cancel();
     sweeper.await?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_saga_retention_must_outlast_the_inbox() {
+        let kafka = KafkaConfig::new("localhost:9092", "");
+        let days = |retention_days| SagaConfig {
+            retention_days,
+            ..SagaConfig::default()
+        };
+        assert!(days(30).validate(&kafka).is_ok());
+        let error = days(7).validate(&kafka).unwrap_err().to_string();
+        assert!(error.contains("SAGA_RETENTION_DAYS"), "{error}");
+    }
 }

@@ -83,11 +83,16 @@ pub enum Trigger<'a> {
     Deadline,
 }
 
-/// Deadlines and retry limits.
+/// Deadlines, retry limits and retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub step_timeout: Duration,
     pub max_attempts: u32,
+    /// APPROVED and REJECTED sagas are deleted this long after they ended. An OrderPlaced
+    /// older than this starts no saga: its saga may have run and been deleted since (a replay
+    /// of the topic from its start, a redelivery older than the inbox), and starting it again
+    /// would reserve stock and take money a second time for an order decided long ago.
+    pub retention: Duration,
 }
 
 impl Default for Policy {
@@ -95,6 +100,7 @@ impl Default for Policy {
         Policy {
             step_timeout: Duration::seconds(30),
             max_attempts: 5,
+            retention: Duration::days(30),
         }
     }
 }
@@ -132,6 +138,14 @@ pub fn decide(
 ) -> Decision {
     let Some(saga) = saga else {
         return match trigger {
+            Trigger::Message(Message::OrderPlaced(placed))
+                if placed.placed_at < (now - policy.retention).timestamp_millis() =>
+            {
+                Decision::Ignore(
+                    "placed before the saga retention: its saga may have run and been deleted"
+                        .into(),
+                )
+            }
             Trigger::Message(Message::OrderPlaced(placed)) => {
                 let data = SagaData {
                     customer_id: placed.customer_id,
@@ -434,6 +448,7 @@ mod tests {
         Policy {
             step_timeout: Duration::seconds(10),
             max_attempts: 2,
+            retention: Duration::days(30),
         }
     }
 
@@ -449,7 +464,7 @@ mod tests {
             total_cents: 1000,
             currency: "EUR".into(),
             payment_method: "pm_card_visa".into(),
-            placed_at: 0,
+            placed_at: now().timestamp_millis(),
         }
         .into()
     }
@@ -654,6 +669,25 @@ mod tests {
             .when(placed())
             .then_expect(State::ReservingStock, &[ReserveStock])
             .and(|saga| assert_eq!(saga.deadline, Some(now() + Duration::seconds(10))));
+    }
+
+    /// Placed exactly `age` before `now()`.
+    fn placed_ago(age: Duration) -> Step {
+        let Step::Message(Message::OrderPlaced(mut placed)) = placed() else {
+            unreachable!()
+        };
+        placed.placed_at = (now() - age).timestamp_millis();
+        placed.into()
+    }
+
+    #[test]
+    fn an_order_placed_before_the_retention_starts_no_saga() {
+        given([])
+            .when(placed_ago(Duration::days(30) + Duration::milliseconds(1)))
+            .then_ignored();
+        given([])
+            .when(placed_ago(Duration::days(30)))
+            .then_expect(State::ReservingStock, &[ReserveStock]);
     }
 
     #[test]

@@ -219,8 +219,50 @@ pub async fn oldest_overdue_seconds(pool: &PgPool) -> Result<f64, sqlx::Error> {
     .await
 }
 
+/// Sagas by state, of the states that stay small: in flight (a deadline set, the partial
+/// index `sagas_deadline`) and FAILED (waiting for an operator). Ended sagas are not counted:
+/// a count over them grows with the table (`saga_transitions_total{to}` counts endings).
 pub async fn count_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT state, count(*) FROM sagas GROUP BY state")
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(
+        "SELECT state, count(*) FROM sagas WHERE deadline IS NOT NULL GROUP BY state
+         UNION ALL
+         SELECT state, count(*) FROM sagas WHERE state = 'FAILED' GROUP BY state",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Saga rows deleted per statement by [`delete_ended`].
+pub const RETENTION_BATCH: i64 = 5_000;
+
+/// Delete APPROVED and REJECTED sagas that ended more than `retention` ago, with their
+/// history, in batches of [`RETENTION_BATCH`] until none is left; FAILED sagas stay (they hold
+/// stock or money for an operator). Returns how many sagas went.
+pub async fn delete_ended(
+    pool: &PgPool,
+    retention: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH ended AS (
+                 DELETE FROM sagas WHERE order_id IN (
+                     SELECT order_id FROM sagas
+                      WHERE state IN ('APPROVED', 'REJECTED')
+                        AND updated_at < now() - make_interval(secs => $1)
+                      LIMIT $2)
+                 RETURNING order_id),
+             history AS (
+                 DELETE FROM saga_history h USING ended WHERE h.order_id = ended.order_id)
+             SELECT count(*) FROM ended",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(RETENTION_BATCH)
+        .fetch_one(pool)
+        .await?;
+        total += deleted as u64;
+        if deleted < RETENTION_BATCH {
+            return Ok(total);
+        }
+    }
 }

@@ -95,6 +95,7 @@ pub async fn spawn_platform(options: Options) -> TestApp {
             step_timeout_ms: options.step_timeout.as_millis() as u64,
             max_attempts: options.max_attempts,
             sweep_interval_ms: 100,
+            ..SagaConfig::default()
         },
         orders: options.orders,
         pool_size: 8,
