@@ -99,3 +99,64 @@ async fn a_sleeping_relay_is_woken_by_the_writer_not_by_its_poll() {
     relay.await.unwrap().unwrap();
     assert_eq!(sleepers(&pool).await, 0, "a stopped relay deregisters");
 }
+
+/// A relay kept busy by a stream of rows (each pass finds some) deregisters, so the writers'
+/// commits stop notifying; once the stream stops it registers again. A trickle (one row per
+/// wake-up) does not make it deregister: see `DEREGISTER_AFTER_BUSY_PASSES`.
+#[tokio::test]
+async fn a_busy_relay_stops_the_writers_notifying_and_an_idle_one_starts_them_again() {
+    let _broker = broker_lock().read().await;
+    let (pool, config) = setup().await;
+    let mut relay_config = RelayConfig::new("busy");
+    relay_config.poll_interval = Duration::from_secs(60);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(relay_with(&pool, &config, relay_config).run(shutdown.clone()));
+    wait::until(
+        "the idle relay registers as asleep",
+        Duration::from_secs(15),
+        || async { (sleepers(&pool).await == 1).then_some(()) },
+    )
+    .await;
+
+    // Four writers, each committing rows back to back: passes keep finding rows.
+    let writing = tokio_util::sync::CancellationToken::new();
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, writing) = (pool.clone(), writing.clone());
+            tokio::spawn(async move {
+                let key = Uuid::now_v7();
+                let mut seq = 0;
+                while !writing.is_cancelled() {
+                    write(&pool, key, seq).await;
+                    seq += 1;
+                }
+            })
+        })
+        .collect();
+    wait::until(
+        "the busy relay deregisters",
+        Duration::from_secs(20),
+        || async { (sleepers(&pool).await == 0).then_some(()) },
+    )
+    .await;
+    writing.cancel();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait::until(
+        "every row is published and the idle relay registers again",
+        Duration::from_secs(30),
+        || async {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (pending == 0 && sleepers(&pool).await == 1).then_some(())
+        },
+    )
+    .await;
+
+    shutdown.cancel();
+    relay.await.unwrap().unwrap();
+}
