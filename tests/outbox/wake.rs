@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sagaflow_messaging::RelayConfig;
 use sagaflow_messaging::relay::ASLEEP_RECHECK;
+use sagaflow_runtime::KafkaConfig;
 use sagaflow_tests::{broker_lock, wait};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -24,6 +25,29 @@ async fn sleepers(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// A running relay whose fallback poll is a minute away, once it has registered as asleep;
+/// cancel the token to stop it.
+async fn asleep_relay(
+    pool: &PgPool,
+    config: &KafkaConfig,
+    name: &str,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let mut relay_config = RelayConfig::new(name);
+    relay_config.poll_interval = Duration::from_secs(60);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(relay_with(pool, config, relay_config).run(shutdown.clone()));
+    wait::until(
+        "the idle relay registers as asleep",
+        Duration::from_secs(15),
+        || async { (sleepers(pool).await == 1).then_some(()) },
+    )
+    .await;
+    (relay, shutdown)
 }
 
 #[tokio::test]
@@ -67,17 +91,7 @@ async fn writers_notify_only_while_a_relay_sleeps() {
 async fn a_sleeping_relay_is_woken_by_the_writer_not_by_its_poll() {
     let _broker = broker_lock().read().await;
     let (pool, config) = setup().await;
-    let mut relay_config = RelayConfig::new("wake");
-    relay_config.poll_interval = Duration::from_secs(60);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(relay_with(&pool, &config, relay_config).run(shutdown.clone()));
-
-    wait::until(
-        "the idle relay registers as asleep",
-        Duration::from_secs(15),
-        || async { (sleepers(&pool).await == 1).then_some(()) },
-    )
-    .await;
+    let (relay, shutdown) = asleep_relay(&pool, &config, "wake").await;
     // Let the relay's one re-check after registering go by (it would find a row written
     // before it): from then on only a notification wakes it within the next minute. Not a
     // synchronisation — if the machine stalls past this, the re-check finds the row and the
@@ -101,22 +115,13 @@ async fn a_sleeping_relay_is_woken_by_the_writer_not_by_its_poll() {
 }
 
 /// A relay kept busy by a stream of rows (each pass finds some) deregisters, so the writers'
-/// commits stop notifying; once the stream stops it registers again. A trickle (one row per
-/// wake-up) does not make it deregister: see `DEREGISTER_AFTER_BUSY_PASSES`.
+/// commits stop notifying; once the stream stops it registers again. (Through a trickle it
+/// stays registered — `DEREGISTER_AFTER_BUSY_PASSES` — which saves statements, not shown here.)
 #[tokio::test]
 async fn a_busy_relay_stops_the_writers_notifying_and_an_idle_one_starts_them_again() {
     let _broker = broker_lock().read().await;
     let (pool, config) = setup().await;
-    let mut relay_config = RelayConfig::new("busy");
-    relay_config.poll_interval = Duration::from_secs(60);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(relay_with(&pool, &config, relay_config).run(shutdown.clone()));
-    wait::until(
-        "the idle relay registers as asleep",
-        Duration::from_secs(15),
-        || async { (sleepers(&pool).await == 1).then_some(()) },
-    )
-    .await;
+    let (relay, shutdown) = asleep_relay(&pool, &config, "busy").await;
 
     // Four writers, each committing rows back to back: passes keep finding rows.
     let writing = tokio_util::sync::CancellationToken::new();
