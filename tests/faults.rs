@@ -70,10 +70,15 @@ async fn every_component_killed_repeatedly_during_sagas_loses_and_duplicates_not
         app.crash_and_restart().await;
     }
     let last_kill = Instant::now();
-    let report = invariants::check(&app, &initial, Duration::from_secs(30)).await;
+    // The bound is liveness, as below: a message not consumed for a minute is an outage. Each
+    // of the four crashes restarts every component, so six groups rebalance on Apache Kafka
+    // (measured in CI beside another fault test: 150 sagas terminal 26 s after the last kill).
+    let report = invariants::check(&app, &initial, Duration::from_secs(60)).await;
+    let settled = report.settled_at - last_kill;
+    eprintln!("150 sagas: all terminal {settled:?} after the last kill");
     assert!(
-        last_kill.elapsed() < Duration::from_secs(30),
-        "all terminal within 30 s of the last kill"
+        settled < Duration::from_secs(60),
+        "all terminal within 60 s of the last kill"
     );
     assert_eq!(report.orders as usize, orders.len());
     assert!(report.approved > 0 && report.rejected > 0, "{report:?}");
@@ -109,7 +114,7 @@ async fn orchestrator_and_consumers_killed_repeatedly_during_500_sagas_lose_and_
     // (Uncontended: 13.6 s on the embedded broker; on Apache Kafka each kill also costs a
     // rebalance of that group, and the 2 cores may be shared with other tests.)
     let report = invariants::check(&app, &initial, Duration::from_secs(60)).await;
-    let settled = last_kill.elapsed();
+    let settled = report.settled_at - last_kill;
     eprintln!("500 sagas: all terminal {settled:?} after the last kill");
     assert!(
         settled < Duration::from_secs(60),
