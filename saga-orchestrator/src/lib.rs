@@ -77,6 +77,10 @@ impl Default for SagaConfig {
     }
 }
 
+/// The longest saga retention accepted (a larger one is a typo, and would overflow the
+/// durations it is turned into).
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
 impl SagaConfig {
     pub fn policy(&self) -> saga::Policy {
         saga::Policy {
@@ -89,6 +93,11 @@ impl SagaConfig {
     /// The retention must outlast the inbox's: a redelivered OrderPlaced is recognised by its
     /// inbox row, then by its saga row — a gap between the two would start its saga again.
     pub fn validate(&self, kafka: &KafkaConfig) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.retention_days <= MAX_RETENTION_DAYS,
+            "SAGA_RETENTION_DAYS ({}) must be at most {MAX_RETENTION_DAYS} (100 years)",
+            self.retention_days
+        );
         let saga = u64::from(self.retention_days) * 24 * 3600;
         anyhow::ensure!(
             saga > kafka.inbox_retention_secs,
@@ -155,5 +164,7 @@ mod tests {
         assert!(days(30).validate(&kafka).is_ok());
         let error = days(7).validate(&kafka).unwrap_err().to_string();
         assert!(error.contains("SAGA_RETENTION_DAYS"), "{error}");
+        assert!(days(MAX_RETENTION_DAYS).validate(&kafka).is_ok());
+        assert!(days(u32::MAX).validate(&kafka).is_err());
     }
 }
