@@ -251,7 +251,7 @@ fn remove_dead_owners_containers() {
     }
 }
 
-async fn wait_for_postgres(url: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_postgres(url: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         match PgConnection::connect(url).await {

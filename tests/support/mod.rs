@@ -72,29 +72,26 @@ impl Drop for PostgresRestart {
         {
             eprintln!("docker restart {} failed", self.container);
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            let ready = std::process::Command::new("docker")
-                .args([
-                    "exec",
-                    &self.container,
-                    "pg_isready",
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ready {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+        // The harness's own readiness wait, on a runtime of its own: this may run while the
+        // test's runtime unwinds.
+        let url = infra().postgres_admin_url.clone();
+        let ready = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(infra::wait_for_postgres(
+                    &url,
+                    std::time::Duration::from_secs(60),
+                ))
+        })
+        .join();
+        if !matches!(ready, Ok(Ok(()))) {
+            eprintln!(
+                "{} did not accept connections within 60 s of its restart",
+                self.container
+            );
         }
-        eprintln!(
-            "{} did not accept connections within 60 s of its restart",
-            self.container
-        );
     }
 }
 
