@@ -35,15 +35,18 @@ async fn raw_post(
     (status, ct, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Orders and OrderPlaced rows stored. (Only OrderPlaced: the verdicts the order service
+/// announces once a saga ends are outbox rows too, written while a test runs.)
 async fn rows(app: &TestApp) -> (i64, i64) {
     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&app.pools.order)
         .await
         .unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&app.pools.order)
-        .await
-        .unwrap();
+    let outbox: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE message_type = 'OrderPlaced'")
+            .fetch_one(&app.pools.order)
+            .await
+            .unwrap();
     (orders, outbox)
 }
 
@@ -542,5 +545,78 @@ async fn malformed_path_parameters_get_problem_json() {
         let problem: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(problem["status"], expected, "{path}: {body}");
     }
+    app.stop().await;
+}
+
+/// Group commit of `POST /orders` (issue 15): concurrent orders are stored in shared
+/// transactions, each answered 202 only once its order is committed, and Idempotency-Keys keep
+/// their meaning inside a batch — the same key with two bodies at once places one order, of
+/// the body that got the 202, and answers the other 422.
+#[tokio::test]
+async fn concurrent_orders_share_commits_and_keep_their_idempotency_keys() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options::default()).await;
+    let ct = Some("application/json");
+    let body = |quantity: i64| {
+        serde_json::to_vec(&order_body(&[("SKU-1", quantity, 1250)], "pm_card_visa")).unwrap()
+    };
+    let singles = (0..100).map(|i| (format!("gc-single-{i}"), body(1)));
+    let pairs = (0..20).flat_map(|i| {
+        let key = format!("gc-pair-{i}");
+        [(key.clone(), body(1)), (key, body(2))]
+    });
+    let requests: Vec<(String, Vec<u8>)> = singles.chain(pairs).collect();
+    let responses = futures::future::join_all(
+        requests
+            .iter()
+            .map(|(key, body)| raw_post(&app, ct, body.clone(), Some(key))),
+    )
+    .await;
+
+    let mut accepted = std::collections::BTreeMap::new();
+    for ((key, body), (status, _, answer)) in requests.iter().zip(&responses) {
+        match status {
+            202 => {
+                let order_id = answer["order_id"].as_str().unwrap().to_string();
+                let previous = accepted.insert(key.clone(), (order_id, body.clone()));
+                assert!(previous.is_none(), "two 202s for {key}");
+            }
+            422 => assert!(key.starts_with("gc-pair-"), "{key}: {answer}"),
+            _ => panic!("{key}: {status} {answer}"),
+        }
+    }
+    assert_eq!(accepted.len(), 120, "every key placed one order");
+
+    // Answered after the commit: each accepted order is there, with the body that got the 202.
+    for (key, (order_id, body)) in &accepted {
+        let sent: Value = serde_json::from_slice(body).unwrap();
+        let stored: Value = app
+            .http
+            .get(format!("{}/orders/{order_id}", app.base_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stored["items"], sent["items"], "{key}: {stored}");
+    }
+    assert_eq!(
+        rows(&app).await,
+        (120, 120),
+        "one order and one OrderPlaced per key"
+    );
+    // Keys are written once, by the transaction that stored their order: fewer transactions
+    // than orders means orders shared commits.
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM idempotency_keys WHERE key LIKE 'gc-%'",
+    )
+    .fetch_one(&app.pools.order)
+    .await
+    .unwrap();
+    assert!(
+        transactions < 120,
+        "120 orders in {transactions} transactions: no group commit"
+    );
     app.stop().await;
 }

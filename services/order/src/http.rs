@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sagaflow_messaging::{Origin, enqueue};
 use sagaflow_runtime::auth::Caller;
 use sagaflow_runtime::http::{Problem, ProblemJson};
 use sagaflow_runtime::openapi::Protected;
@@ -20,9 +19,10 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, OrderLine, OrderStatus, order_placed, request_hash, validate};
-use crate::store::{IdempotencyKey, OrderRow};
-use crate::{NAME, OrderConfig, store};
+use crate::domain::{NewOrder, OrderLine, OrderStatus, request_hash, validate};
+use crate::intake::{Intake, IntakeError, Placed, Placement};
+use crate::store::OrderRow;
+use crate::{OrderConfig, store};
 
 /// The OpenAPI description of [`router`]'s routes.
 #[derive(utoipa::OpenApi)]
@@ -64,6 +64,9 @@ pub enum ApiError {
     /// 503 when the database is unreachable, 500 otherwise (details logged, not returned).
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// 503 when the database is unreachable, 500 otherwise (logged by the order writer).
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
     /// 500
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -90,6 +93,8 @@ impl IntoResponse for ApiError {
             ApiError::BadId => Problem::new(StatusCode::BAD_REQUEST, "bad-id", self.to_string()),
             ApiError::NotFound(_) => Problem::not_found(self.to_string()),
             ApiError::Database(e) => Problem::from(e),
+            ApiError::Intake(IntakeError::Unavailable) => Problem::unavailable(),
+            ApiError::Intake(e) => Problem::internal(&e),
             ApiError::Internal(e) => Problem::internal(&e),
         };
         problem.into_response()
@@ -100,18 +105,20 @@ impl IntoResponse for ApiError {
 #[derive(Clone)]
 struct Orders {
     pool: PgPool,
-    config: OrderConfig,
+    intake: Intake,
 }
 
-/// Public routes: any authenticated caller (see `sagaflow_runtime::auth`).
+/// Public routes: any authenticated caller (see `sagaflow_runtime::auth`). Starts the order
+/// writers (`intake`), which stop when the router is dropped; needs a Tokio runtime.
 pub fn router(pool: PgPool, config: OrderConfig) -> Router {
+    let intake = Intake::start(pool.clone(), config);
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
         .layer(axum::extract::DefaultBodyLimit::max(
             sagaflow_runtime::http::MAX_BODY_BYTES,
         ))
-        .with_state(Orders { pool, config })
+        .with_state(Orders { pool, intake })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -161,7 +168,8 @@ fn accepted(order_id: Uuid, traceparent: &str) -> Response {
     response
 }
 
-/// Place an order: stored PENDING with its OrderPlaced in one transaction; the saga decides.
+/// Place an order: stored PENDING with its OrderPlaced in one transaction (shared with the
+/// orders queued beside it, see `intake`) before the 202; the saga decides.
 ///
 /// The same Idempotency-Key and body (per caller) answer the same order again.
 #[utoipa::path(
@@ -230,43 +238,18 @@ async fn place_order_in_span(
         trace::child_of(headers.get("traceparent").and_then(|v| v.to_str().ok()))
     });
     let request_hash = request_hash(&order).map_err(anyhow::Error::from)?;
-
-    let order_id = Uuid::now_v7();
-    let mut tx = orders.pool.begin().await?;
-    let scoped = IdempotencyKey {
-        principal: caller.principal(),
-        key: &key,
-    };
-    let ttl = orders.config.idempotency_key_ttl();
-    if let Some((existing, hash)) =
-        store::claim_idempotency_key(&mut tx, scoped, &request_hash, order_id, ttl).await?
-    {
-        tx.rollback().await?;
-        return if hash == request_hash {
-            Ok(accepted(existing, &traceparent))
-        } else {
-            Err(ApiError::KeyReused)
-        };
-    }
-    store::insert_order(&mut tx, order_id, &order, total_cents).await?;
-    let placed = order_placed(
-        order_id,
-        &order,
+    let placement = Placement {
+        principal: caller.principal().to_string(),
+        key,
+        request_hash,
+        order,
         total_cents,
-        chrono::Utc::now().timestamp_millis(),
-    );
-    let origin = Origin {
-        source: NAME,
-        correlation_id: order_id,
-        causation_id: None,
-        traceparent: Some(traceparent.clone()),
+        traceparent: traceparent.clone(),
     };
-    enqueue(&mut tx, &placed.into(), &origin)
-        .await
-        .map_err(anyhow::Error::from)?;
-    tx.commit().await?;
-    metrics::counter!("orders_placed_total").increment(1);
-    Ok(accepted(order_id, &traceparent))
+    match orders.intake.place(placement).await? {
+        Placed::Accepted(order_id) => Ok(accepted(order_id, &traceparent)),
+        Placed::KeyReused => Err(ApiError::KeyReused),
+    }
 }
 
 /// An order as stored: PENDING until the saga (or the order deadline) decides it.

@@ -10,6 +10,7 @@ mod deadline;
 mod domain;
 mod handler;
 mod http;
+mod intake;
 mod store;
 
 use sagaflow_messaging::consumer::{self, ConsumerSettings};
@@ -51,6 +52,11 @@ pub const DEFAULT_IDEMPOTENCY_PRUNE_INTERVAL_MS: u64 = 60_000;
 pub const DEFAULT_ORDER_DEADLINE_SECS: u64 = 2 * 60 * 60;
 /// How often overdue orders are looked for by default.
 pub const DEFAULT_ORDER_SWEEP_INTERVAL_MS: u64 = 5_000;
+/// How many transactions store `POST /orders` at once by default: two, so that a request
+/// arriving while one commit flushes starts at once instead of waiting for it.
+pub const DEFAULT_ORDER_INTAKE_WRITERS: usize = 2;
+/// The most orders one `POST /orders` transaction stores by default.
+pub const DEFAULT_ORDER_INTAKE_MAX_BATCH: usize = 64;
 
 /// The order service's settings (read by the binary; libraries take them as arguments).
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -89,6 +95,25 @@ pub struct OrderConfig {
         default_value_t = DEFAULT_ORDER_SWEEP_INTERVAL_MS
     )]
     pub order_sweep_interval_ms: u64,
+    /// How many transactions store accepted orders at once (group commit, see `intake`):
+    /// each takes every order queued when it is free.
+    #[arg(
+        id = "order_intake_writers",
+        long = "order-intake-writers",
+        env = "ORDER_INTAKE_WRITERS",
+        default_value_t = DEFAULT_ORDER_INTAKE_WRITERS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64)
+    )]
+    pub intake_writers: usize,
+    /// The most orders one transaction stores (1 turns group commit off).
+    #[arg(
+        id = "order_intake_max_batch",
+        long = "order-intake-max-batch",
+        env = "ORDER_INTAKE_MAX_BATCH",
+        default_value_t = DEFAULT_ORDER_INTAKE_MAX_BATCH,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000)
+    )]
+    pub intake_max_batch: usize,
 }
 
 impl Default for OrderConfig {
@@ -98,6 +123,8 @@ impl Default for OrderConfig {
             idempotency_prune_interval_ms: DEFAULT_IDEMPOTENCY_PRUNE_INTERVAL_MS,
             order_deadline_secs: DEFAULT_ORDER_DEADLINE_SECS,
             order_sweep_interval_ms: DEFAULT_ORDER_SWEEP_INTERVAL_MS,
+            intake_writers: DEFAULT_ORDER_INTAKE_WRITERS,
+            intake_max_batch: DEFAULT_ORDER_INTAKE_MAX_BATCH,
         }
     }
 }

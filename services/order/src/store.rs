@@ -33,6 +33,19 @@ pub struct IdempotencyKey<'a> {
     pub key: &'a str,
 }
 
+/// The first use of an Idempotency-Key in a batch of `POST /orders`: it claims the key for a
+/// new order.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyClaim<'a> {
+    /// The placement's position in its batch.
+    pub index: usize,
+    pub principal: &'a str,
+    pub key: &'a str,
+    pub request_hash: &'a str,
+    /// The order the key places if it is claimed.
+    pub order_id: Uuid,
+}
+
 /// Claim `key` for `order_id`. `None` when the key was new for its principal, or had expired
 /// (older than `ttl`: it is taken over); otherwise the order and request hash it was first
 /// used with (a concurrent first use is waited for, by the primary key's lock).
@@ -43,32 +56,74 @@ pub async fn claim_idempotency_key(
     order_id: Uuid,
     ttl: std::time::Duration,
 ) -> Result<Option<(Uuid, String)>, sqlx::Error> {
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (principal, key, request_hash, order_id)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (principal, key) DO UPDATE
-            SET request_hash = EXCLUDED.request_hash, order_id = EXCLUDED.order_id, created_at = now()
-            WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)",
-    )
-    .bind(key.principal)
-    .bind(key.key)
-    .bind(request_hash)
-    .bind(order_id)
-    .bind(ttl.as_secs_f64())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if claimed == 1 {
+    let claim = KeyClaim {
+        index: 0,
+        principal: key.principal,
+        key: key.key,
+        request_hash,
+        order_id,
+    };
+    if claim_idempotency_keys(tx, &[claim], ttl)
+        .await?
+        .contains(&order_id)
+    {
         return Ok(None);
     }
-    let existing: (Uuid, String) = sqlx::query_as(
-        "SELECT order_id, request_hash FROM idempotency_keys WHERE principal = $1 AND key = $2",
+    let mut found = find_idempotency_keys(tx, &[claim]).await?;
+    match found.pop() {
+        Some((_, _, order_id, hash)) => Ok(Some((order_id, hash))),
+        None => Err(sqlx::Error::RowNotFound),
+    }
+}
+
+/// Claim each key for its order in one statement, in the order given (callers sort them, so
+/// that concurrent claims lock keys in one order); keys must be distinct. Returns the order
+/// ids of the claims that took: the key was new for its principal, or had expired (older
+/// than `ttl`: it is taken over). A concurrent first use of a key is waited for, by the
+/// primary key's lock.
+pub async fn claim_idempotency_keys(
+    tx: &mut Tx,
+    claims: &[KeyClaim<'_>],
+    ttl: std::time::Duration,
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let order_ids: Vec<Uuid> = claims.iter().map(|c| c.order_id).collect();
+    let claimed: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (principal, key, request_hash, order_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
+         ON CONFLICT (principal, key) DO UPDATE
+            SET request_hash = EXCLUDED.request_hash, order_id = EXCLUDED.order_id, created_at = now()
+            WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)
+         RETURNING order_id",
     )
-    .bind(key.principal)
-    .bind(key.key)
-    .fetch_one(&mut **tx)
+    .bind(claims.iter().map(|c| c.principal).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.key).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.request_hash).collect::<Vec<_>>())
+    .bind(&order_ids)
+    .bind(ttl.as_secs_f64())
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(Some(existing))
+    Ok(claimed.into_iter().collect())
+}
+
+/// The order and request hash each key was first used with, as (principal, key, order id,
+/// request hash); a key not stored is left out.
+pub async fn find_idempotency_keys(
+    tx: &mut Tx,
+    claims: &[KeyClaim<'_>],
+) -> Result<Vec<(String, String, Uuid, String)>, sqlx::Error> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT k.principal, k.key, k.order_id, k.request_hash
+           FROM idempotency_keys k
+           JOIN unnest($1::text[], $2::text[]) AS wanted(principal, key)
+             ON k.principal = wanted.principal AND k.key = wanted.key",
+    )
+    .bind(claims.iter().map(|c| c.principal).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.key).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await
 }
 
 /// Delete the idempotency keys older than `ttl` (they no longer answer anything); returns how
@@ -92,16 +147,36 @@ pub async fn insert_order(
     order: &NewOrder,
     total_cents: i64,
 ) -> Result<(), sqlx::Error> {
+    insert_orders(tx, [(id, order, total_cents)]).await
+}
+
+/// Insert orders, PENDING, in one statement: (id, request, total in minor units).
+pub async fn insert_orders<'a>(
+    tx: &mut Tx,
+    orders: impl IntoIterator<Item = (Uuid, &'a NewOrder, i64)>,
+) -> Result<(), sqlx::Error> {
+    let (mut ids, mut customers, mut items, mut totals, mut currencies, mut methods) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (id, order, total_cents) in orders {
+        ids.push(id);
+        customers.push(order.customer_id);
+        items.push(sqlx::types::Json(&order.items));
+        totals.push(total_cents);
+        currencies.push(order.currency.as_str());
+        methods.push(order.payment_method.as_str());
+    }
     sqlx::query(
         "INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method)
-         VALUES ($1, $2, 'PENDING', $3, $4, $5, $6)",
+         SELECT id, customer_id, 'PENDING', items, total_cents, currency, payment_method
+           FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::bigint[], $5::text[], $6::text[])
+             AS o(id, customer_id, items, total_cents, currency, payment_method)",
     )
-    .bind(id)
-    .bind(order.customer_id)
-    .bind(sqlx::types::Json(&order.items))
-    .bind(total_cents)
-    .bind(&order.currency)
-    .bind(&order.payment_method)
+    .bind(ids)
+    .bind(customers)
+    .bind(items)
+    .bind(totals)
+    .bind(currencies)
+    .bind(methods)
     .execute(&mut **tx)
     .await?;
     Ok(())
