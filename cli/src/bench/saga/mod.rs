@@ -32,6 +32,7 @@ mod report;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use order_service::OrderConfig;
 use payment_service::{PaymentConfig, ProviderFaults, spawn_provider};
 use saga_orchestrator::SagaConfig;
 use sagaflow_platform::{self as platform, DatabaseUrls, Platform, PlatformConfig};
@@ -110,6 +111,10 @@ pub struct SagaBenchArgs {
     /// (`1`: one transaction per message, as before batching).
     #[arg(long, hide = true)]
     pub consumer_max_batch: Option<u32>,
+    /// Measure the group-commit lever of POST /orders: at most this many orders per
+    /// transaction (`1`: one transaction per order, as before group commit).
+    #[arg(long, hide = true)]
+    pub order_intake_max_batch: Option<usize>,
     /// Measure the Unix-socket lever: reach the local cluster over loopback TCP, as before.
     #[arg(long, hide = true)]
     pub postgres_tcp: bool,
@@ -333,7 +338,13 @@ async fn start(
         kafka: scratch.kafka.clone(),
         payment: PaymentConfig::new(provider_url.clone()),
         saga: SagaConfig::default(),
-        orders: Default::default(),
+        orders: OrderConfig {
+            intake_max_batch: args
+                .order_intake_max_batch
+                .unwrap_or(order_service::DEFAULT_ORDER_INTAKE_MAX_BATCH)
+                .max(1),
+            ..Default::default()
+        },
         pool_size: args.connections,
         request_timeout: Duration::from_secs(10),
         // The benchmark is one client pushing thousands of requests per second: open.
