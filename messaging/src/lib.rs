@@ -19,5 +19,5 @@ pub mod migrations;
 pub mod outbox;
 pub mod relay;
 
-pub use outbox::{Origin, OutboxError, enqueue, enqueue_all};
+pub use outbox::{Origin, OutboxBatch, OutboxError, enqueue, enqueue_all};
 pub use relay::{ParkedRow, Relay, RelayConfig, RelayHooks, Unpark, parked_rows, retry_parked};

@@ -87,35 +87,35 @@ pub async fn enqueue(tx: &mut Tx, message: &Message, origin: &Origin) -> Result<
 
 /// Write several messages to the outbox inside `tx` in one statement, in the order given
 /// (their ids, and so the relay's order per key, follow it). Returns their message ids in
-/// that order. For writers that commit many messages at once (`POST /orders` group commit):
-/// one round trip instead of one per message.
+/// that order.
 pub async fn enqueue_all<'a>(
     tx: &mut Tx,
     messages: impl IntoIterator<Item = (&'a Message, &'a Origin)>,
 ) -> Result<Vec<Uuid>, OutboxError> {
-    let mut rows = OutboxRows::default();
+    let mut batch = OutboxBatch::default();
     for (message, origin) in messages {
-        rows.push(message, origin)?;
+        batch.push(message, origin)?;
     }
-    // unnest keeps the arrays' order, so ids are assigned in the order given.
-    sqlx::query(
-        "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[])",
-    )
-    .bind(&rows.message_ids)
-    .bind(&rows.message_types)
-    .bind(&rows.topics)
-    .bind(&rows.keys)
-    .bind(&rows.payloads)
-    .bind(&rows.headers)
-    .execute(&mut **tx)
-    .await?;
-    Ok(rows.message_ids)
+    let insert = format!(
+        "INSERT INTO outbox ({}) SELECT * FROM {}",
+        OutboxBatch::COLUMNS,
+        OutboxBatch::unnest(1)
+    );
+    // Built from constants only.
+    batch
+        .bind(sqlx::query(sqlx::AssertSqlSafe(insert)))
+        .execute(&mut **tx)
+        .await?;
+    Ok(batch.message_ids)
 }
 
-/// Outbox rows as the columns of one multi-row insert.
-#[derive(Default)]
-struct OutboxRows {
+/// Outbox rows, encoded, as the columns of one multi-row insert — for writers that fold the
+/// insert into a statement of their own (`POST /orders` stores keys, orders and OrderPlaced
+/// in one statement): `INSERT INTO outbox (`[`COLUMNS`](Self::COLUMNS)`) SELECT … FROM`
+/// [`unnest`](Self::unnest)`(n)`, with the arrays bound by [`bind`](Self::bind) as the
+/// parameters `$n` to `$n+5`. Rows keep the order they were pushed in.
+#[derive(Debug, Default)]
+pub struct OutboxBatch {
     message_ids: Vec<Uuid>,
     message_types: Vec<&'static str>,
     topics: Vec<&'static str>,
@@ -124,9 +124,42 @@ struct OutboxRows {
     headers: Vec<serde_json::Value>,
 }
 
-impl OutboxRows {
-    /// Encode `message` and its envelope (a new message id, the origin's trace) as one row.
-    fn push(&mut self, message: &Message, origin: &Origin) -> Result<(), CodecError> {
+impl OutboxBatch {
+    /// The outbox columns the batch fills, in the order of [`OutboxBatch::unnest`]'s columns.
+    pub const COLUMNS: &'static str = "message_id, message_type, topic, msg_key, payload, headers";
+
+    /// The rows as a table expression of the [`COLUMNS`](Self::COLUMNS), from parameters
+    /// `$first` to `$first+5`.
+    pub fn unnest(first: usize) -> String {
+        let types = ["uuid", "text", "text", "text", "bytea", "jsonb"];
+        let arrays: Vec<String> = (first..)
+            .zip(types)
+            .map(|(n, ty)| format!("${n}::{ty}[]"))
+            .collect();
+        format!(
+            "unnest({}) AS outbox_rows({})",
+            arrays.join(", "),
+            Self::COLUMNS
+        )
+    }
+
+    /// Bind the six column arrays as the next parameters of `query`.
+    pub fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.message_ids)
+            .bind(&self.message_types)
+            .bind(&self.topics)
+            .bind(&self.keys)
+            .bind(&self.payloads)
+            .bind(&self.headers)
+    }
+
+    /// Encode `message` and its envelope (a new message id, the origin's trace) as the next
+    /// row; returns its message id.
+    pub fn push(&mut self, message: &Message, origin: &Origin) -> Result<Uuid, CodecError> {
         let encoded = message.encode()?;
         let mut envelope = Envelope::new(
             encoded.message_type,
@@ -147,13 +180,26 @@ impl OutboxRows {
         self.keys.push(message.order_id().to_string());
         self.payloads.push(encoded.bytes);
         self.headers.push(serde_json::Value::Object(headers));
-        Ok(())
+        Ok(envelope.message_id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.message_ids.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_unnests_its_six_columns_from_the_parameters_given() {
+        assert_eq!(
+            OutboxBatch::unnest(3),
+            "unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::jsonb[]) \
+             AS outbox_rows(message_id, message_type, topic, msg_key, payload, headers)"
+        );
+    }
 
     #[test]
     fn a_database_error_while_enqueueing_stays_a_database_error() {

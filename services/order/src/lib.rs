@@ -25,9 +25,9 @@ pub use domain::{
     NewOrder, OrderLine, ValidationError, deadline_reason, order_placed, request_hash, validate,
 };
 pub use http::{openapi, router};
-/// The writes of `POST /orders`, for callers that run its transaction without HTTP (the
-/// commit baseline of `sagaflow bench`).
-pub use store::{IdempotencyKey, claim_idempotency_key, insert_order};
+/// The transaction of `POST /orders`, for callers that run it without HTTP (the
+/// as-implemented commit rate of `sagaflow bench`).
+pub use intake::{Placed, Placement, store_batch};
 
 pub const NAME: &str = "order-service";
 pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =

@@ -1,9 +1,13 @@
 //! Order persistence. Every write takes the caller's transaction; the caller commits once.
 
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+use sagaflow_messaging::OutboxBatch;
 use sagaflow_runtime::db::Tx;
 use serde::Serialize;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{NewOrder, OrderLine, OrderStatus};
@@ -26,15 +30,8 @@ pub struct OrderRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// One caller's Idempotency-Key: keys are scoped to the principal that sent them.
-#[derive(Debug, Clone, Copy)]
-pub struct IdempotencyKey<'a> {
-    pub principal: &'a str,
-    pub key: &'a str,
-}
-
 /// The first use of an Idempotency-Key in a batch of `POST /orders`: it claims the key for a
-/// new order.
+/// new order. Keys are scoped to the principal that sent them.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyClaim<'a> {
     /// The placement's position in its batch.
@@ -46,69 +43,84 @@ pub struct KeyClaim<'a> {
     pub order_id: Uuid,
 }
 
-/// Claim `key` for `order_id`. `None` when the key was new for its principal, or had expired
-/// (older than `ttl`: it is taken over); otherwise the order and request hash it was first
-/// used with (a concurrent first use is waited for, by the primary key's lock).
-pub async fn claim_idempotency_key(
-    tx: &mut Tx,
-    key: IdempotencyKey<'_>,
-    request_hash: &str,
-    order_id: Uuid,
-    ttl: std::time::Duration,
-) -> Result<Option<(Uuid, String)>, sqlx::Error> {
-    let claim = KeyClaim {
-        index: 0,
-        principal: key.principal,
-        key: key.key,
-        request_hash,
-        order_id,
-    };
-    if claim_idempotency_keys(tx, &[claim], ttl)
-        .await?
-        .contains(&order_id)
-    {
-        return Ok(None);
-    }
-    let mut found = find_idempotency_keys(tx, &[claim]).await?;
-    match found.pop() {
-        Some((_, _, order_id, hash)) => Ok(Some((order_id, hash))),
-        None => Err(sqlx::Error::RowNotFound),
-    }
-}
+/// A new order of a batch: its id, the request and its total in minor units.
+pub type NewOrderRow<'a> = (Uuid, &'a NewOrder, i64);
 
-/// Claim each key for its order in one statement, in the order given (callers sort them, so
-/// that concurrent claims lock keys in one order); keys must be distinct. Returns the order
-/// ids of the claims that took: the key was new for its principal, or had expired (older
-/// than `ttl`: it is taken over). A concurrent first use of a key is waited for, by the
-/// primary key's lock.
-pub async fn claim_idempotency_keys(
-    tx: &mut Tx,
+/// Store a batch of `POST /orders` in one statement — its own transaction, committed when
+/// this returns: claim each key for its order (in the order given: callers sort them, so
+/// that concurrent batches lock keys in one order; keys must be distinct), then insert the
+/// orders whose key was claimed (PENDING) and their outbox rows (`announcements`, keyed by
+/// order id). A key is claimed when it was new for its principal or had expired (older than
+/// `ttl`: it is taken over); a concurrent first use of a key is waited for, by the primary
+/// key's lock. Returns the ids of the orders stored.
+pub async fn place_orders(
+    pool: &PgPool,
     claims: &[KeyClaim<'_>],
+    orders: &[NewOrderRow<'_>],
+    announcements: &OutboxBatch,
     ttl: std::time::Duration,
-) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
-    let order_ids: Vec<Uuid> = claims.iter().map(|c| c.order_id).collect();
-    let claimed: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys (principal, key, request_hash, order_id)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
-         ON CONFLICT (principal, key) DO UPDATE
-            SET request_hash = EXCLUDED.request_hash, order_id = EXCLUDED.order_id, created_at = now()
-            WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)
-         RETURNING order_id",
-    )
-    .bind(claims.iter().map(|c| c.principal).collect::<Vec<_>>())
-    .bind(claims.iter().map(|c| c.key).collect::<Vec<_>>())
-    .bind(claims.iter().map(|c| c.request_hash).collect::<Vec<_>>())
-    .bind(&order_ids)
-    .bind(ttl.as_secs_f64())
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(claimed.into_iter().collect())
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    static PLACE_ORDERS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH claimed AS (
+                INSERT INTO idempotency_keys (principal, key, request_hash, order_id)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
+                ON CONFLICT (principal, key) DO UPDATE
+                   SET request_hash = EXCLUDED.request_hash, order_id = EXCLUDED.order_id,
+                       created_at = now()
+                   WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)
+                RETURNING order_id
+             ), placed AS (
+                INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method)
+                SELECT id, customer_id, 'PENDING', items, total_cents, currency, payment_method
+                  FROM unnest($6::uuid[], $7::uuid[], $8::jsonb[], $9::bigint[], $10::text[], $11::text[])
+                    AS o(id, customer_id, items, total_cents, currency, payment_method)
+                 WHERE id IN (SELECT order_id FROM claimed)
+             ), announced AS (
+                INSERT INTO outbox ({columns})
+                SELECT {columns} FROM {rows}
+                 WHERE msg_key IN (SELECT order_id::text FROM claimed)
+             )
+             SELECT order_id FROM claimed",
+            columns = OutboxBatch::COLUMNS,
+            rows = OutboxBatch::unnest(12),
+        )
+    });
+    let query = sqlx::query(sqlx::AssertSqlSafe(PLACE_ORDERS.as_str()))
+        .bind(claims.iter().map(|c| c.principal).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.key).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.request_hash).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.order_id).collect::<Vec<_>>())
+        .bind(ttl.as_secs_f64())
+        .bind(orders.iter().map(|o| o.0).collect::<Vec<_>>())
+        .bind(orders.iter().map(|o| o.1.customer_id).collect::<Vec<_>>())
+        .bind(
+            orders
+                .iter()
+                .map(|o| sqlx::types::Json(&o.1.items))
+                .collect::<Vec<_>>(),
+        )
+        .bind(orders.iter().map(|o| o.2).collect::<Vec<_>>())
+        .bind(
+            orders
+                .iter()
+                .map(|o| o.1.currency.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            orders
+                .iter()
+                .map(|o| o.1.payment_method.as_str())
+                .collect::<Vec<_>>(),
+        );
+    let rows = announcements.bind(query).fetch_all(pool).await?;
+    rows.iter().map(|row| row.try_get("order_id")).collect()
 }
 
 /// The order and request hash each key was first used with, as (principal, key, order id,
 /// request hash); a key not stored is left out.
 pub async fn find_idempotency_keys(
-    tx: &mut Tx,
+    pool: &PgPool,
     claims: &[KeyClaim<'_>],
 ) -> Result<Vec<(String, String, Uuid, String)>, sqlx::Error> {
     if claims.is_empty() {
@@ -122,7 +134,7 @@ pub async fn find_idempotency_keys(
     )
     .bind(claims.iter().map(|c| c.principal).collect::<Vec<_>>())
     .bind(claims.iter().map(|c| c.key).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
+    .fetch_all(pool)
     .await
 }
 
@@ -139,47 +151,6 @@ pub async fn prune_idempotency_keys(
     .execute(pool)
     .await?
     .rows_affected())
-}
-
-pub async fn insert_order(
-    tx: &mut Tx,
-    id: Uuid,
-    order: &NewOrder,
-    total_cents: i64,
-) -> Result<(), sqlx::Error> {
-    insert_orders(tx, [(id, order, total_cents)]).await
-}
-
-/// Insert orders, PENDING, in one statement: (id, request, total in minor units).
-pub async fn insert_orders<'a>(
-    tx: &mut Tx,
-    orders: impl IntoIterator<Item = (Uuid, &'a NewOrder, i64)>,
-) -> Result<(), sqlx::Error> {
-    let (mut ids, mut customers, mut items, mut totals, mut currencies, mut methods) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (id, order, total_cents) in orders {
-        ids.push(id);
-        customers.push(order.customer_id);
-        items.push(sqlx::types::Json(&order.items));
-        totals.push(total_cents);
-        currencies.push(order.currency.as_str());
-        methods.push(order.payment_method.as_str());
-    }
-    sqlx::query(
-        "INSERT INTO orders (id, customer_id, status, items, total_cents, currency, payment_method)
-         SELECT id, customer_id, 'PENDING', items, total_cents, currency, payment_method
-           FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::bigint[], $5::text[], $6::text[])
-             AS o(id, customer_id, items, total_cents, currency, payment_method)",
-    )
-    .bind(ids)
-    .bind(customers)
-    .bind(items)
-    .bind(totals)
-    .bind(currencies)
-    .bind(methods)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 macro_rules! columns {

@@ -8,8 +8,9 @@
 //! into copies of the tables with no trigger (so no NOTIFY, which serialises commits
 //! cluster-wide), at 1, 4 and 8 connections, the best of the three. The rows are the real
 //! ones (the bench order's request hash, its encoded OrderPlaced and envelope headers) with
-//! fresh ids per transaction. The as-implemented figure (order-service's own store functions
-//! and `sagaflow_messaging::enqueue` on our tables, trigger included, `--connections`) is
+//! fresh ids per transaction. The as-implemented figure (order-service's own POST /orders
+//! statement, `order_service::store_batch` with one order per call, on our tables, trigger
+//! included, `--connections`) is
 //! reported beside it as `baseline_app_commit_per_s`: a ratio to our own implementation
 //! would flatter whatever it costs.
 //!
@@ -24,11 +25,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use order_service::{
-    DEFAULT_IDEMPOTENCY_KEY_TTL_SECS, IdempotencyKey, NewOrder, OrderLine, claim_idempotency_key,
-    insert_order, order_placed, request_hash, validate,
+    NewOrder, OrderConfig, OrderLine, Placed, Placement, order_placed, request_hash, store_batch,
+    validate,
 };
 use rdkafka::producer::FutureRecord;
-use sagaflow_messaging::{Origin, enqueue};
 use sagaflow_runtime::auth::ANONYMOUS;
 use sagaflow_runtime::{KafkaConfig, kafka, trace};
 use sagaflow_schemas::Message;
@@ -350,37 +350,32 @@ where
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-/// One POST /orders transaction, as order-service's handler runs it: validate and hash the
-/// order, claim a fresh Idempotency-Key (of the anonymous principal: the benchmark's API is
-/// open), insert the order, enqueue OrderPlaced, commit.
+/// One POST /orders transaction, as order-service's writers run it for a batch of one:
+/// validate and hash the order, then claim a fresh Idempotency-Key (of the anonymous
+/// principal: the benchmark's API is open), insert the order and its OrderPlaced, in one
+/// statement that commits.
 async fn order_transaction(pool: &PgPool) -> anyhow::Result<()> {
     let order = bench_order(Uuid::new_v4());
     let total_cents =
         validate(&order).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-    let hash = request_hash(&order)?;
-    let order_id = Uuid::now_v7();
-    let key = Uuid::new_v4().to_string();
-    let scoped = IdempotencyKey {
-        principal: ANONYMOUS,
-        key: &key,
+    let placement = Placement {
+        principal: ANONYMOUS.to_string(),
+        key: Uuid::new_v4().to_string(),
+        request_hash: request_hash(&order)?,
+        order,
+        total_cents,
+        traceparent: trace::child_of(None),
     };
-    let ttl = Duration::from_secs(DEFAULT_IDEMPOTENCY_KEY_TTL_SECS);
-    let mut tx = pool.begin().await?;
-    let earlier = claim_idempotency_key(&mut tx, scoped, &hash, order_id, ttl).await?;
+    let placed = store_batch(
+        pool,
+        std::slice::from_ref(&placement),
+        OrderConfig::default(),
+    )
+    .await?;
     anyhow::ensure!(
-        earlier.is_none(),
-        "a fresh Idempotency-Key was already used"
+        matches!(placed[..], [Placed::Accepted(_)]),
+        "a fresh Idempotency-Key was not accepted: {placed:?}"
     );
-    insert_order(&mut tx, order_id, &order, total_cents).await?;
-    let placed = order_placed(order_id, &order, total_cents, Utc::now().timestamp_millis());
-    let origin = Origin {
-        source: order_service::NAME,
-        correlation_id: order_id,
-        causation_id: None,
-        traceparent: Some(trace::child_of(None)),
-    };
-    enqueue(&mut tx, &placed.into(), &origin).await?;
-    tx.commit().await?;
     Ok(())
 }
 
