@@ -590,15 +590,7 @@ async fn concurrent_orders_share_commits_and_keep_their_idempotency_keys() {
     // Answered after the commit: each accepted order is there, with the body that got the 202.
     for (key, (order_id, body)) in &accepted {
         let sent: Value = serde_json::from_slice(body).unwrap();
-        let stored: Value = app
-            .http
-            .get(format!("{}/orders/{order_id}", app.base_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stored = app.order(order_id.parse().unwrap()).await;
         assert_eq!(stored["items"], sent["items"], "{key}: {stored}");
     }
     assert_eq!(
