@@ -168,8 +168,7 @@ fn accepted(order_id: Uuid, traceparent: &str) -> Response {
     response
 }
 
-/// Place an order: stored PENDING with its OrderPlaced in one transaction (shared with the
-/// orders queued beside it, see `intake`) before the 202; the saga decides.
+/// Place an order: stored PENDING with its OrderPlaced in one transaction; the saga decides.
 ///
 /// The same Idempotency-Key and body (per caller) answer the same order again.
 #[utoipa::path(
@@ -203,7 +202,8 @@ async fn place_order(
     ProblemJson(order): ProblemJson<NewOrder>,
 ) -> Result<Response, ApiError> {
     // The server span of the order's trace: a child of the caller's `traceparent` if it sent
-    // one; the OrderPlaced row written below carries this span to every later hop.
+    // one; the OrderPlaced row carries this span to every later hop. The transaction that
+    // stores it is shared with the orders queued beside it (`intake`): one commit for many.
     let span = tracing::info_span!(
         "POST /orders",
         otel.kind = "server",
@@ -245,6 +245,7 @@ async fn place_order_in_span(
         order,
         total_cents,
         traceparent: traceparent.clone(),
+        span: tracing::Span::current(),
     };
     match orders.intake.place(placement).await? {
         Placed::Accepted(order_id) => Ok(accepted(order_id, &traceparent)),

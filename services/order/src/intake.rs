@@ -49,6 +49,10 @@ pub struct Placement {
     pub total_cents: i64,
     /// The order's trace, carried by its OrderPlaced.
     pub traceparent: String,
+    /// The request's span. The writer encodes the OrderPlaced inside it, so the row carries
+    /// this span (`trace::for_message`) and the consumer's span is the request's child; the
+    /// writer's own span belongs to no order's trace.
+    pub span: tracing::Span,
 }
 
 /// How a placement was answered.
@@ -262,7 +266,9 @@ fn order_placed_rows(
         };
         // OrderPlaced of a validated order always encodes; if it did not, the batch fails (and
         // is retried one by one, where it fails alone).
-        rows.push(&message, &origin)
+        placement
+            .span
+            .in_scope(|| rows.push(&message, &origin))
             .map_err(|e| sqlx::Error::Protocol(format!("encoding OrderPlaced: {e}")))?;
     }
     Ok(rows)
@@ -325,6 +331,7 @@ mod tests {
             },
             total_cents: 0,
             traceparent: String::new(),
+            span: tracing::Span::none(),
         }
     }
 

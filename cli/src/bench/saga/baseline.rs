@@ -365,6 +365,7 @@ async fn order_transaction(pool: &PgPool) -> anyhow::Result<()> {
         order,
         total_cents,
         traceparent: trace::child_of(None),
+        span: tracing::Span::none(),
     };
     let placed = store_batch(
         pool,
