@@ -27,6 +27,11 @@ members = ["tansu-storage", "tansu-broker"]
 
 [patch.crates-io]
 tansu-storage = { path = "tansu-storage" }
+
+# Pass or fail is all these runs report: without debug info the scratch target is a fraction
+# of its size (it builds beside the integration tests, on the same disk).
+[profile.dev]
+debug = false
 EOF
 
 cd "$scratch"

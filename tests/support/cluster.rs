@@ -20,9 +20,9 @@ use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
-use crate::docker;
 use crate::infra::{LABEL, hold_for_the_process, image_from_env, remove_leftovers, wait_for_kafka};
 use crate::proxy::CuttableProxy;
+use crate::{docker, docker_output};
 
 pub const BROKERS: usize = 3;
 const DEFAULT_KAFKA_IMAGE: &str = "apache/kafka:3.9.1";
@@ -119,18 +119,6 @@ impl Cluster {
             .iter()
             .find(|b| b.node_id == node_id)
             .unwrap_or_else(|| panic!("no broker {node_id}"))
-    }
-}
-
-/// What a docker CLI command printed (stdout and stderr), or why it did not run.
-fn docker_output(args: &[&str]) -> String {
-    match std::process::Command::new("docker").args(args).output() {
-        Ok(out) => format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => format!("docker {args:?}: {e}"),
     }
 }
 

@@ -328,9 +328,13 @@ pub async fn database(component: &str) -> TestDatabase {
         "t_{component}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    let mut admin = PgConnection::connect(&infra.postgres_admin_url)
-        .await
-        .expect("connect to the test PostgreSQL");
+    let mut admin = match PgConnection::connect(&infra.postgres_admin_url).await {
+        Ok(admin) => admin,
+        Err(e) => panic!(
+            "connect to the test PostgreSQL: {e}\n{}",
+            diagnose_postgres(infra)
+        ),
+    };
     let create = format!("CREATE DATABASE {name}");
     admin
         .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(create)))
@@ -345,6 +349,33 @@ pub async fn database(component: &str) -> TestDatabase {
         .await
         .expect("apply migrations");
     TestDatabase { name, url, pool }
+}
+
+/// Why the test PostgreSQL may be gone: its container's state (exit code, OOM kill), its last
+/// log lines, and the host's free disk and memory — CI keeps no container logs, and a server
+/// that stops mid-run (CI: connection refused in the `cluster` target) is diagnosed from this.
+pub fn diagnose_postgres(infra: &Infra) -> String {
+    let Some(container) = &infra.postgres_container else {
+        return format!(
+            "(PostgreSQL at {} is not the harness's)",
+            infra.postgres_admin_url
+        );
+    };
+    let state = crate::docker_output(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} exit={{.State.ExitCode}} oom_killed={{.State.OOMKilled}} \
+         started={{.State.StartedAt}} finished={{.State.FinishedAt}} error={{.State.Error}}",
+        container,
+    ]);
+    let logs = crate::docker_output(&["logs", "--tail", "30", container]);
+    format!(
+        "--- PostgreSQL container {}: {}\n{logs}\n--- df -h /\n{}--- free -m\n{}",
+        &container[..container.len().min(12)],
+        state.trim(),
+        crate::command_output("df", &["-h", "/"]),
+        crate::command_output("free", &["-m"]),
+    )
 }
 
 /// The URL of database `name` on the test server.

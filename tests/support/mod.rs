@@ -41,6 +41,26 @@ pub fn docker(args: &[&str]) {
     );
 }
 
+/// What a docker CLI command printed (stdout and stderr), or why it did not run.
+pub fn docker_output(args: &[&str]) -> String {
+    match std::process::Command::new("docker").args(args).output() {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("docker {args:?}: {e}"),
+    }
+}
+
+/// What a command printed, for a diagnosis (`df`, `free`); why it did not run otherwise.
+pub fn command_output(program: &str, args: &[&str]) -> String {
+    match std::process::Command::new(program).args(args).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("{program} {args:?}: {e}"),
+    }
+}
+
 /// A `docker restart` of a harness PostgreSQL container, running in the background while the
 /// test goes on. Dropping it — also when the test panics — waits for the restart to end and
 /// for PostgreSQL to accept connections again: a failing test must not hand the next one (which
