@@ -191,8 +191,9 @@ async fn start() -> anyhow::Result<(Cluster, Vec<ContainerAsync<GenericImage>>)>
     let mut proxies = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let node_id = i as i32 + 1;
-        let client_port = port_of(&bound_port());
-        let proxied_port = port_of(&bound_port());
+        // Published 1:1 and taken again when a killed broker restarts.
+        let client_port = crate::stable_port();
+        let proxied_port = crate::stable_port();
         let proxy_listener = bound_port();
         let proxy_port = port_of(&proxy_listener);
         proxies.push(CuttableProxy::start(

@@ -116,13 +116,6 @@ pub fn image_from_env(var: &str, default: &str) -> (String, String) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
-}
-
 async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
     remove_leftovers();
     let started = Instant::now();
@@ -131,7 +124,7 @@ async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
     let owner = std::process::id().to_string();
 
     // A fixed host port, so a restarted container (fault tests) comes back at the same address.
-    let pg_host_port = free_port();
+    let pg_host_port = crate::stable_port();
     let postgres = GenericImage::new(&pg_name, &pg_tag)
         .with_exposed_port(5432.tcp())
         .with_wait_for(WaitFor::Nothing)
@@ -151,7 +144,7 @@ async fn start() -> anyhow::Result<(Infra, Vec<ContainerAsync<GenericImage>>)> {
 
     // Kafka advertises the address clients must use, so the host port is fixed up front and
     // mapped to the same port inside the container.
-    let kafka_port = free_port();
+    let kafka_port = crate::stable_port();
     let kafka = GenericImage::new(&kafka_name, &kafka_tag)
         .with_exposed_port(kafka_port.tcp())
         .with_wait_for(WaitFor::Nothing)

@@ -28,6 +28,34 @@ pub fn broker_lock() -> &'static tokio::sync::RwLock<()> {
     &LOCK
 }
 
+/// A free host port for a server a test stops and starts again at the same address (a published
+/// container port, a restarted broker or PostgreSQL), chosen below the kernel's ephemeral range.
+///
+/// Why not `bind(0)`: it hands out a port of the ephemeral range, the one every outgoing
+/// connection takes its local port from. Between a kill and the restart, any of the hundreds
+/// of connections the platform opens can take that port, and the restart then fails with
+/// "address already in use". Below the range only an explicit bind takes a port, and this
+/// process hands each one out once.
+pub fn stable_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_start / 2);
+    let span = u128::from(ephemeral_start - low);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = low + (uuid::Uuid::new_v4().as_u128() % span) as u16;
+        let free = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+        if free && !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{ephemeral_start} after 1000 tries");
+}
+
 /// Run a docker CLI command on a harness container (pause, unpause, restart, kill).
 pub fn docker(args: &[&str]) {
     let output = std::process::Command::new("docker")
@@ -133,4 +161,28 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
         binary.display()
     );
     binary
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stable_ports_are_below_the_ephemeral_range_free_and_handed_out_once() {
+        let ephemeral_start: u16 =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
+                .unwrap_or(32768);
+        let ports: Vec<u16> = (0..50).map(|_| super::stable_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        for port in ports {
+            assert!(port < ephemeral_start, "{port} is in the ephemeral range");
+            std::net::TcpListener::bind(("0.0.0.0", port)).expect("the port is free");
+        }
+    }
 }
