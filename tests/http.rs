@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use sagaflow_runtime::auth::{self, ApiSecurity, Claims};
-use sagaflow_tests::broker_lock;
 use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
+use sagaflow_tests::{broker_lock, wait};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -440,6 +440,99 @@ async fn with_a_secret_the_api_needs_a_valid_token_and_admin_routes_the_admin_ro
         let (status, ..) = send(app.http.get(format!("{}{path}", app.base_url))).await;
         assert_eq!(status, 200, "{path}");
     }
+    app.stop().await;
+}
+
+/// With authentication on, a customer reads only their own orders: another customer's token
+/// finds neither the order, nor its view, nor its payment, nor what its customer was sent — and
+/// learns nothing of its existence (404s and an empty list, as for an order that does not
+/// exist). An admin reads everything.
+#[tokio::test]
+async fn a_customer_reads_only_their_own_orders_payments_views_and_notifications() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options {
+        security: ApiSecurity::default().with_secret(SECRET),
+        ..Options::default()
+    })
+    .await;
+    let body = order_body(&[("SKU-OWN", 1, 990)], "pm_card_visa");
+    let owner = token(body["customer_id"].as_str().unwrap(), &["customer"]);
+    let stranger = token(&Uuid::new_v4().to_string(), &["customer"]);
+    let admin = token("ops", &["admin"]);
+    let (status, _, _, _, stock) = send(
+        app.http
+            .put(format!("{}/inventory/SKU-OWN", app.base_url))
+            .bearer_auth(&admin)
+            .json(&json!({"available": 10})),
+    )
+    .await;
+    assert_eq!(status, 200, "{stock}");
+    let (status, _, _, _, created) = send(
+        app.http
+            .post(format!("{}/orders", app.base_url))
+            .header("Idempotency-Key", Uuid::new_v4().to_string())
+            .bearer_auth(&owner)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["order_id"].as_str().unwrap().to_string();
+    let notifications = |t: &str| {
+        app.http
+            .get(format!("{}/notifications?order_id={id}", app.base_url))
+            .bearer_auth(t)
+    };
+    // The saga ends with a notification to the customer, and the view has seen the order.
+    let sent = wait::until(
+        "the customer's notification and the order's view",
+        Duration::from_secs(60),
+        || async {
+            let (_, _, _, _, sent) = send(notifications(&owner)).await;
+            let (view, ..) = send(
+                app.http
+                    .get(format!("{}/views/orders/{id}", app.base_url))
+                    .bearer_auth(&owner),
+            )
+            .await;
+            let sent = sent.as_array().cloned().unwrap_or_default();
+            (!sent.is_empty() && view == 200).then_some(sent)
+        },
+    )
+    .await;
+    assert!(
+        sent.iter().all(|n| n["order_id"] == id.as_str()),
+        "{sent:?}"
+    );
+
+    let (status, _, _, ct, listed) = send(notifications(&stranger)).await;
+    assert_eq!(
+        (status, listed.clone()),
+        (200, json!([])),
+        "another customer is shown nothing of the order's notifications"
+    );
+    assert_eq!(ct, "application/json");
+    for path in [
+        format!("/orders/{id}"),
+        format!("/views/orders/{id}"),
+        format!("/payments/{id}"),
+    ] {
+        let get = |t: &str| {
+            app.http
+                .get(format!("{}{path}", app.base_url))
+                .bearer_auth(t)
+        };
+        let (status, _, _, ct, problem) = send(get(&stranger)).await;
+        assert_eq!(status, 404, "{path} for another customer: {problem}");
+        assert_eq!(ct, "application/problem+json", "{path}");
+        let (status, _, _, _, found) = send(get(&admin)).await;
+        assert_eq!(status, 200, "{path} for an admin: {found}");
+    }
+    let (status, _, _, _, listed) = send(notifications(&admin)).await;
+    assert_eq!(
+        (status, listed.as_array().map(Vec::len)),
+        (200, Some(sent.len())),
+        "an admin sees the order's notifications: {listed}"
+    );
     app.stop().await;
 }
 

@@ -1,4 +1,5 @@
-//! The service's HTTP API: `GET /payments/{order_id}`, the payment of an order as recorded.
+//! The service's HTTP API: `GET /payments/{order_id}`, the payment of an order as recorded,
+//! for the order's customer (the token's `sub`) and admins; anyone else gets 404.
 //! Errors are Problem JSON and never carry internals (database errors are logged, answered
 //! 503 or 500).
 
@@ -6,6 +7,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use sagaflow_runtime::auth::Caller;
 use sagaflow_runtime::http::{Problem, uuid_in_path};
 use sagaflow_runtime::openapi::Protected;
 use sqlx::PgPool;
@@ -42,17 +44,26 @@ pub fn router(pool: PgPool) -> Router {
     params(("order_id" = Uuid, Path, description = "The order id")),
     responses(
         (status = 200, description = "The payment.", body = PaymentRow),
-        (status = 404, description = "No payment for this order (yet).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No payment for this order (yet), or it is not the caller's.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "order_id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         Protected,
     )
 )]
 async fn get_payment(
     State(pool): State<PgPool>,
+    caller: Caller,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PaymentRow>, Problem> {
     let order_id = uuid_in_path(order_id, "order_id")?;
-    match store::find(&pool, order_id).await? {
+    // Another customer's payment is as absent as one that does not exist; a row that names no
+    // customer is an admin's to read.
+    let visible = |row: &PaymentRow| {
+        caller.sees_everything()
+            || row
+                .customer_id
+                .is_some_and(|customer| caller.may_act_for(&customer))
+    };
+    match store::find(&pool, order_id).await?.filter(visible) {
         Some(row) => Ok(Json(row)),
         None => Err(Problem::not_found(format!(
             "no payment for order {order_id}"

@@ -205,7 +205,12 @@ async fn authorize_charges_once_and_redeliveries_re_emit_the_outcome() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(sagaflow_runtime::http::serve(
         listener,
-        payment_service::router(env.pool.clone()),
+        // Behind authentication as in the service (open here: no secret), which names the
+        // caller the handler checks ownership for.
+        sagaflow_runtime::auth::protect(
+            payment_service::router(env.pool.clone()),
+            &sagaflow_runtime::auth::ApiSecurity::default(),
+        ),
         shutdown.clone(),
     ));
     let shown: serde_json::Value = reqwest::get(format!("{base}/payments/{order}"))
