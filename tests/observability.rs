@@ -270,6 +270,14 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported() {
         || async { format!("not exported: {:?}", missing().await) },
     )
     .await;
+    // The runbook's first look at a slow relay: the commit→ack latency of the rows published.
+    let text = app.metrics().await;
+    let published: f64 = text
+        .lines()
+        .find(|l| l.starts_with("outbox_publish_latency_seconds_count{database=\"order\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no outbox_publish_latency_seconds of the order relay:\n{text}"));
+    assert!(published >= 1.0, "order relay latency samples: {published}");
     app.stop().await;
 }
 

@@ -331,6 +331,8 @@ impl Relay {
         let acked_at = Utc::now();
         let sent = pass_started.elapsed();
 
+        // One handle per pass: a label built per row was an allocation per message.
+        let publish_latency = metrics::histogram!("outbox_publish_latency_seconds", "database" => self.config.name.clone());
         let mut published = Vec::with_capacity(rows.len());
         let mut parked: Vec<(i64, String)> = Vec::new();
         let mut deferred: Vec<(i64, String)> = Vec::new();
@@ -341,8 +343,7 @@ impl Relay {
                     published.push(row.id);
                     let latency =
                         (acked_at - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                    metrics::histogram!("outbox_publish_latency_seconds", "database" => self.config.name.clone())
-                        .record(latency.max(0.0));
+                    publish_latency.record(latency.max(0.0));
                 }
                 Err((error, _)) => match classify(&error) {
                     Failure::Unpublishable => parked.push((row.id, error.to_string())),
