@@ -398,6 +398,12 @@ impl Caller {
             }
         }
     }
+
+    /// Whether the caller may read a record owned by `owner`: a record that names no customer
+    /// (not known yet, or never recorded) is only for callers who see everything.
+    pub fn may_read(&self, owner: Option<&uuid::Uuid>) -> bool {
+        owner.map_or_else(|| self.sees_everything(), |owner| self.may_act_for(owner))
+    }
 }
 
 /// Handlers take the [`Caller`] as an argument. A request that did not pass [`protect`] has
@@ -633,6 +639,20 @@ mod tests {
 
     fn open() -> Authenticator {
         Authenticator::new(SECRET, None, None)
+    }
+
+    #[test]
+    fn a_record_without_an_owner_is_only_for_those_who_see_everything() {
+        let customer = uuid::Uuid::new_v4();
+        let mut user = claims(now() + 60, None, &[]);
+        user.sub = customer.to_string();
+        let user = Caller::Authenticated(user);
+        let admin = Caller::Authenticated(claims(now() + 60, None, &["admin"]));
+        assert!(user.may_read(Some(&customer)));
+        assert!(!user.may_read(Some(&uuid::Uuid::new_v4())));
+        assert!(!user.may_read(None));
+        assert!(admin.may_read(None) && admin.may_read(Some(&customer)));
+        assert!(Caller::Open.may_read(None));
     }
 
     #[test]

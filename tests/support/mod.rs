@@ -38,10 +38,7 @@ pub fn broker_lock() -> &'static tokio::sync::RwLock<()> {
 /// process hands each one out once.
 pub fn stable_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+    let ephemeral_start = ephemeral_start();
     let low = 10_000u16.min(ephemeral_start / 2);
     let span = u128::from(ephemeral_start - low);
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
@@ -54,6 +51,14 @@ pub fn stable_port() -> u16 {
         }
     }
     panic!("no free port in {low}..{ephemeral_start} after 1000 tries");
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// Run a docker CLI command on a harness container (pause, unpause, restart, kill).
@@ -71,20 +76,17 @@ pub fn docker(args: &[&str]) {
 
 /// What a docker CLI command printed (stdout and stderr), or why it did not run.
 pub fn docker_output(args: &[&str]) -> String {
-    match std::process::Command::new("docker").args(args).output() {
+    command_output("docker", args)
+}
+
+/// What a command printed (stdout and stderr), for a diagnosis; why it did not run otherwise.
+pub fn command_output(program: &str, args: &[&str]) -> String {
+    match std::process::Command::new(program).args(args).output() {
         Ok(out) => format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => format!("docker {args:?}: {e}"),
-    }
-}
-
-/// What a command printed, for a diagnosis (`df`, `free`); why it did not run otherwise.
-pub fn command_output(program: &str, args: &[&str]) -> String {
-    match std::process::Command::new(program).args(args).output() {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
         Err(e) => format!("{program} {args:?}: {e}"),
     }
 }
@@ -167,10 +169,7 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
 mod tests {
     #[test]
     fn stable_ports_are_below_the_ephemeral_range_free_and_handed_out_once() {
-        let ephemeral_start: u16 =
-            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-                .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
-                .unwrap_or(32768);
+        let ephemeral_start = super::ephemeral_start();
         let ports: Vec<u16> = (0..50).map(|_| super::stable_port()).collect();
         let mut unique = ports.clone();
         unique.sort_unstable();

@@ -55,15 +55,9 @@ async fn get_payment(
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PaymentRow>, Problem> {
     let order_id = uuid_in_path(order_id, "order_id")?;
-    // Another customer's payment is as absent as one that does not exist; a row that names no
-    // customer is an admin's to read.
-    let visible = |row: &PaymentRow| {
-        caller.sees_everything()
-            || row
-                .customer_id
-                .is_some_and(|customer| caller.may_act_for(&customer))
-    };
-    match store::find(&pool, order_id).await?.filter(visible) {
+    // Another customer's payment is as absent as one that does not exist.
+    let payment = store::find(&pool, order_id).await?;
+    match payment.filter(|row| caller.may_read(row.customer_id.as_ref())) {
         Some(row) => Ok(Json(row)),
         None => Err(Problem::not_found(format!(
             "no payment for order {order_id}"

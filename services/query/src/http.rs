@@ -192,12 +192,7 @@ async fn order(
     .fetch_optional(&pool)
     .await?;
     // Until its OrderPlaced is seen an order has no known owner: only admins see it then.
-    let row = row.filter(|row| {
-        caller.sees_everything()
-            || row
-                .customer_id
-                .is_some_and(|customer| caller.may_act_for(&customer))
-    });
+    let row = row.filter(|row| caller.may_read(row.customer_id.as_ref()));
     let Some(row) = row else {
         return Err(Problem::not_found(format!(
             "the order view has no order {id} (yet: see freshness of GET on a known order)"
