@@ -244,10 +244,15 @@ Ctrl-C stops everything.
     );
 }
 
-/// `postgres://u@h:p/name?x` → (`postgres://u@h:p`, `name`).
+/// `postgres://u@h:p/name?x` → (`postgres://u@h:p?x`, `name`). The query stays with the
+/// server: `sslmode`, a socket directory (`host=`) and the like say how to reach it, and every
+/// database of the platform is reached the same way ([`database_url`] puts it back).
 pub(crate) fn split_database(url: &str) -> (String, String) {
-    let (without_query, _) = url.split_once('?').unwrap_or((url, ""));
-    match without_query.rsplit_once('/') {
+    let (without_query, query) = match url.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (url, None),
+    };
+    let (server, name) = match without_query.rsplit_once('/') {
         Some((server, name))
             if !name.is_empty() && server.contains("://") && server.len() > "postgres://".len() =>
         {
@@ -257,6 +262,10 @@ pub(crate) fn split_database(url: &str) -> (String, String) {
             without_query.trim_end_matches('/').to_string(),
             "sagaflow".to_string(),
         ),
+    };
+    match query {
+        Some(query) => (format!("{server}?{query}"), name),
+        None => (server, name),
     }
 }
 
@@ -452,7 +461,20 @@ mod tests {
     fn a_database_url_splits_into_server_and_base_name() {
         assert_eq!(
             split_database("postgres://u:p@h:5432/shop?sslmode=disable"),
-            ("postgres://u:p@h:5432".into(), "shop".into())
+            (
+                "postgres://u:p@h:5432?sslmode=disable".into(),
+                "shop".into()
+            )
+        );
+        // A socket directory: the server is reached through it, whatever the database.
+        let (server, name) = split_database("postgres://u@localhost?host=/tmp/pg");
+        assert_eq!(
+            (server.as_str(), name.as_str()),
+            ("postgres://u@localhost?host=/tmp/pg", "sagaflow")
+        );
+        assert_eq!(
+            database_url(&server, "x_order"),
+            "postgres://u@localhost/x_order?host=/tmp/pg"
         );
         assert_eq!(
             split_database("postgres://u@h:5432"),
