@@ -411,6 +411,83 @@ async fn every_message_delivered_twice_has_exactly_one_effect() {
     app.stop().await;
 }
 
+/// The same verdict announced again under a new message id (the order service re-announces
+/// when the saga retries ApproveOrder after a lost reply) passes the inbox, and the
+/// notification service's one statement — notification row plus NotificationSent — must then
+/// record nothing and enqueue nothing: still one notification and one NotificationSent.
+#[tokio::test]
+async fn a_verdict_announced_again_under_a_new_message_id_notifies_once() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options::default()).await;
+    app.set_stock("SKU-AGAIN", 10).await;
+    let order = app.place(&[("SKU-AGAIN", 1, 500)], "pm_card_visa").await;
+    app.saga_terminal(order, FINISH).await;
+    wait::until("one notification", FINISH, || async {
+        (notifications(&app, order).await == 1).then_some(())
+    })
+    .await;
+    let sent = || async {
+        count(
+            &app.pools.notification,
+            "SELECT count(*) FROM outbox WHERE msg_key = $1::uuid::text AND message_type = 'NotificationSent'",
+            order,
+        )
+        .await
+    };
+    assert_eq!(sent().await, 1);
+    let prefix = app.kafka.topic_prefix.clone();
+    let applied = |metrics: String| {
+        consumer_outcomes(&metrics, &prefix)
+            .get(&("notification-service".to_string(), "applied".to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let applied_before = applied(app.metrics().await);
+
+    // OrderApproved again, byte for byte but for a new message id.
+    let approved = read_all(&app.kafka, topics::ORDERS_EVENTS)
+        .await
+        .into_iter()
+        .find(|r| {
+            r.key.as_deref() == Some(order.to_string().as_str())
+                && r.headers
+                    .iter()
+                    .any(|(k, v)| k == header_names::TYPE && v.as_slice() == b"OrderApproved")
+        })
+        .expect("the order's OrderApproved on orders.events");
+    let new_id = Uuid::now_v7().to_string();
+    let headers = clients::to_headers(approved.headers.iter().map(|(k, v)| {
+        if k == header_names::ID {
+            (k.as_str(), new_id.as_str())
+        } else {
+            (k.as_str(), std::str::from_utf8(v).unwrap())
+        }
+    }));
+    let name = app.kafka.topic(topics::ORDERS_EVENTS);
+    let order_key = order.to_string();
+    clients::producer(&app.kafka)
+        .unwrap()
+        .send(
+            FutureRecord::to(&name)
+                .headers(headers)
+                .key(order_key.as_str())
+                .payload(approved.payload.as_deref().unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    // Applied (a new message id), and it changed nothing.
+    wait::until("the re-announcement to be applied", FINISH, || async {
+        (applied(app.metrics().await) > applied_before).then_some(())
+    })
+    .await;
+    assert_eq!(notifications(&app, order).await, 1);
+    assert_eq!(sent().await, 1, "a second NotificationSent was enqueued");
+    app.stop().await;
+}
+
 /// Every effect a message can have, for some orders.
 async fn snapshot(app: &TestApp, orders: &[Uuid]) -> Vec<Value> {
     let mut out = vec![

@@ -112,8 +112,11 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// What handling `incoming` locks that a message on another partition (or topic) may lock
-    /// too: by default its order id, whose rows the messages of every topic touch. Only used
-    /// when [`Handler::max_batch`] is above 1.
+    /// too: by default its order id, whose rows the messages of every topic touch. The
+    /// consumer takes these as transaction-scoped advisory locks, sorted, in the statement that
+    /// claims the inbox rows — before the handler runs, in every transaction, batched or not —
+    /// so a handler that must serialise the messages of one order needs no lock of its own
+    /// (and no round trip for it).
     fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
         vec![incoming.message.order_id().to_string()]
     }
@@ -884,22 +887,18 @@ impl<H: Handler> Worker<H> {
             .collect())
     }
 
-    /// One statement: the batch's advisory locks (when the handler batches), then the inbox
+    /// One statement: the batch's advisory locks ([`Handler::lock_keys`]), then the inbox
     /// rows. Which messages are new (first time seen, and first in the batch).
     async fn lock_and_claim(
         &self,
         tx: &mut Tx,
         batch: &[(&Incoming, &tracing::Span)],
     ) -> Result<Vec<bool>, sqlx::Error> {
-        let locks = if self.handler.max_batch() > 1 {
-            lock_order(
-                batch
-                    .iter()
-                    .flat_map(|(incoming, _)| self.handler.lock_keys(incoming)),
-            )
-        } else {
-            Vec::new()
-        };
+        let locks = lock_order(
+            batch
+                .iter()
+                .flat_map(|(incoming, _)| self.handler.lock_keys(incoming)),
+        );
         let firsts = first_occurrences(batch.iter().map(|(i, _)| i.envelope.message_id));
         let claimed: Vec<&Incoming> = batch
             .iter()

@@ -96,14 +96,9 @@ pub async fn enqueue_all<'a>(
     for (message, origin) in messages {
         batch.push(message, origin)?;
     }
-    let insert = format!(
-        "INSERT INTO outbox ({}) SELECT * FROM {}",
-        OutboxBatch::COLUMNS,
-        OutboxBatch::unnest(1)
-    );
     // Built from constants only.
     batch
-        .bind(sqlx::query(sqlx::AssertSqlSafe(insert)))
+        .bind(sqlx::query(sqlx::AssertSqlSafe(OutboxBatch::insert(1))))
         .execute(&mut **tx)
         .await?;
     Ok(batch.message_ids)
@@ -141,6 +136,25 @@ impl OutboxBatch {
             arrays.join(", "),
             Self::COLUMNS
         )
+    }
+
+    /// `INSERT INTO outbox (…) SELECT * FROM `[`unnest`](Self::unnest)`(first)`: the batch's
+    /// insert, to end a statement whose data-modifying CTEs write the state it announces
+    /// (`WITH changed AS (UPDATE …) INSERT INTO outbox …`) — one round trip for a state change
+    /// and its messages. A `WHERE` may follow, to insert only when a CTE wrote something.
+    pub fn insert(first: usize) -> String {
+        format!(
+            "INSERT INTO outbox ({}) SELECT * FROM {}",
+            Self::COLUMNS,
+            Self::unnest(first)
+        )
+    }
+
+    /// One message's batch (see [`OutboxBatch::push`]).
+    pub fn of(message: &Message, origin: &Origin) -> Result<Self, CodecError> {
+        let mut batch = OutboxBatch::default();
+        batch.push(message, origin)?;
+        Ok(batch)
     }
 
     /// Bind the six column arrays as the next parameters of `query`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_messaging::{Origin, OutboxBatch, OutboxError};
 use sagaflow_runtime::db::{self, Tx};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -60,9 +60,14 @@ async fn apply(
             note,
             alert,
         } => {
-            let started = store::save(tx, &saga, origin.traceparent.as_deref()).await?;
-            store::record(
+            let mut outgoing = OutboxBatch::default();
+            for command in &commands {
+                outgoing.push(command, &origin).map_err(OutboxError::from)?;
+            }
+            let started = store::transition(
                 tx,
+                &saga,
+                origin.traceparent.as_deref(),
                 HistoryEntry {
                     order_id,
                     from: current.map(|s| s.state),
@@ -75,11 +80,9 @@ async fn apply(
                         .map(|c| c.message_type().to_string())
                         .collect(),
                 },
+                &outgoing,
             )
             .await?;
-            for command in &commands {
-                enqueue(tx, command, &origin).await?;
-            }
             metrics::counter!("saga_transitions_total", "to" => saga.state.as_str()).increment(1);
             if alert {
                 metrics::counter!("saga_failed_total").increment(1);

@@ -6,9 +6,11 @@
 //! - every command is answered, including repeats: a ReserveStock for an order already
 //!   decided re-announces the recorded outcome, so a saga that retried after a timeout still
 //!   gets its reply, and stock is never reserved twice for one order;
-//! - commands for one order are serialised (an advisory lock per order), so a ReserveStock and
-//!   a ReleaseStock racing for a new order (e.g. during a consumer-group rebalance) are applied
-//!   one after the other, and each sees what the other recorded.
+//! - commands for one order are serialised (the consumer's advisory lock on the order id,
+//!   taken in the statement that claims the inbox row: [`Handler::lock_keys`]), so a
+//!   ReserveStock and a ReleaseStock racing for a new order (e.g. during a consumer-group
+//!   rebalance) are applied one after the other, and each sees what the other recorded; were
+//!   they not, the second insert of a first outcome fails and is retried ([`record_first`]).
 
 use chrono::{DateTime, Utc};
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
@@ -74,7 +76,6 @@ async fn reserve(
     now: DateTime<Utc>,
 ) -> Result<Message, HandlerError> {
     let order_id = command.order_id;
-    store::lock_order(tx, order_id).await?;
     let existing = store::reservation_for_update(tx, order_id).await?;
     // A decided order never looks at stock again, so it needs no stock locks.
     let stock = match existing {
@@ -110,7 +111,6 @@ async fn release(
     now: DateTime<Utc>,
 ) -> Result<Message, HandlerError> {
     let order_id = command.order_id;
-    store::lock_order(tx, order_id).await?;
     let existing = store::reservation_for_update(tx, order_id).await?;
     let release = domain::decide_release(existing.as_ref());
     match &release {

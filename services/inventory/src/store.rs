@@ -1,7 +1,8 @@
 //! The inventory tables. Write functions take the caller's transaction and never commit.
 //!
-//! Locking protocol (deadlock-free): a transaction locks at most one order — its advisory lock,
-//! then its reservation row — and then stock rows in ascending SKU order (byte order,
+//! Locking protocol (deadlock-free): a transaction locks at most one order — its advisory lock
+//! (taken by the consumer, `Handler::lock_keys`), then its reservation row — and then stock
+//! rows in ascending SKU order (byte order,
 //! `COLLATE "C"`, the same order Rust sorts `String`s in). Restocking and adjustments over
 //! HTTP lock a single stock row.
 //!
@@ -85,23 +86,6 @@ impl TryFrom<ReservationRecord> for Reservation {
     }
 }
 
-/// Namespace of this service's advisory locks (the first key of the two-key form), so they
-/// cannot collide with advisory locks another component might take in the same database.
-const ORDER_LOCK_NAMESPACE: i32 = 0x494E_5600; // "INV\0"
-
-/// Serialise every command for `order_id` until the transaction ends. The reservation row
-/// cannot do this alone: before the first outcome is recorded there is no row to lock, and two
-/// commands racing to insert it would make one of them fail and retry. A hash collision
-/// between two orders only makes one wait for the other.
-pub async fn lock_order(tx: &mut Tx, order_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(ORDER_LOCK_NAMESPACE)
-        .bind(order_id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 /// The order's reservation, locked until the transaction ends, so concurrent commands for one
 /// order are applied one after the other.
 pub async fn reservation_for_update(
@@ -118,7 +102,7 @@ pub async fn reservation_for_update(
 }
 
 /// Record the first outcome for an order. Returns false, changing nothing, when one exists
-/// already (impossible under [`lock_order`]; checked rather than assumed); the caller must then
+/// already (impossible under the consumer's order lock; checked rather than assumed); the caller must then
 /// roll back and decide again.
 pub async fn insert_reservation(
     tx: &mut Tx,

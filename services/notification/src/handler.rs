@@ -3,14 +3,14 @@
 //! Guarantees (on top of the consumer's once-only application of each message): a
 //! notification is recorded at most once per (order, template) — even when the same outcome
 //! is announced again under a new message id — and NotificationSent is enqueued in the same
-//! transaction, only when the row was actually inserted.
+//! statement, only when the row was actually inserted.
 
 use chrono::Utc;
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_messaging::{Origin, OutboxBatch, OutboxError};
 use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::MessageType;
-use sagaflow_schemas::NotificationSent;
+use sagaflow_schemas::{Message, NotificationSent};
 use tracing::{debug, info};
 
 use crate::NAME;
@@ -43,23 +43,20 @@ impl Handler for NotificationHandler {
             )));
         };
         let now = Utc::now();
-        if !store::insert(tx, &notification, now).await? {
-            debug!(order_id = %notification.order_id, template = notification.template, "already notified");
-            return Ok(());
-        }
-        let sent = NotificationSent {
+        let sent: Message = NotificationSent {
             order_id: notification.order_id,
             customer_id: notification.customer_id,
             template: notification.template.to_string(),
             subject: notification.subject.clone(),
             sent_at: now.timestamp_millis(),
-        };
-        enqueue(
-            tx,
-            &sent.into(),
-            &Origin::caused_by(NAME, &incoming.envelope),
-        )
-        .await?;
+        }
+        .into();
+        let sent = OutboxBatch::of(&sent, &Origin::caused_by(NAME, &incoming.envelope))
+            .map_err(OutboxError::from)?;
+        if !store::insert(tx, &notification, now, &sent).await? {
+            debug!(order_id = %notification.order_id, template = notification.template, "already notified");
+            return Ok(());
+        }
         // The simulated e-mail. It is logged before the consumer commits, so a failed commit
         // logs it again on the retry; a real sender would be fed from NotificationSent instead.
         info!(

@@ -18,7 +18,7 @@
 
 use chrono::Utc;
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_messaging::{Origin, enqueue};
+use sagaflow_messaging::{Origin, OutboxBatch, OutboxError, enqueue};
 use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::MessageType;
 use sagaflow_schemas::{Message, OrderApproved, OrderRejected};
@@ -71,7 +71,7 @@ impl Handler for OrderCommands {
 }
 
 /// Decide a PENDING `order`, locked by the caller: it becomes `status` (APPROVED, or REJECTED
-/// with `reason`) and the verdict is enqueued, inside `tx`.
+/// with `reason`) and the verdict is enqueued, inside `tx`, in one statement.
 pub(crate) async fn conclude(
     tx: &mut Tx,
     order: &OrderRow,
@@ -79,12 +79,13 @@ pub(crate) async fn conclude(
     reason: Option<&str>,
     origin: &Origin,
 ) -> Result<(), HandlerError> {
-    store::set_status(tx, order.id, status, reason).await?;
-    announce(tx, order, status, reason, origin).await
+    let announcement =
+        OutboxBatch::of(&verdict(order, status, reason), origin).map_err(OutboxError::from)?;
+    store::set_status(tx, order.id, status, reason, &announcement).await?;
+    Ok(())
 }
 
-/// Enqueue the event announcing `order`'s `status`: OrderApproved, or OrderRejected with the
-/// order's reason (`reason` when the row has none yet).
+/// Enqueue the event announcing `order`'s `status` again (its status does not change).
 async fn announce(
     tx: &mut Tx,
     order: &OrderRow,
@@ -92,8 +93,15 @@ async fn announce(
     reason: Option<&str>,
     origin: &Origin,
 ) -> Result<(), HandlerError> {
+    enqueue(tx, &verdict(order, status, reason), origin).await?;
+    Ok(())
+}
+
+/// The event announcing `order`'s `status`: OrderApproved, or OrderRejected with the order's
+/// reason (`reason` when the row has none yet).
+fn verdict(order: &OrderRow, status: OrderStatus, reason: Option<&str>) -> Message {
     let now = Utc::now().timestamp_millis();
-    let event: Message = if status == OrderStatus::Approved {
+    if status == OrderStatus::Approved {
         OrderApproved {
             order_id: order.id,
             customer_id: order.customer_id,
@@ -114,7 +122,5 @@ async fn announce(
             rejected_at: now,
         }
         .into()
-    };
-    enqueue(tx, &event, origin).await?;
-    Ok(())
+    }
 }

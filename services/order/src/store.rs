@@ -179,16 +179,27 @@ pub async fn lock(tx: &mut Tx, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error
     .await
 }
 
+/// Set the order's status (and reason) and enqueue `announcement` — the event that announces
+/// it — in one statement, inside `tx`.
 pub async fn set_status(
     tx: &mut Tx,
     id: Uuid,
     status: OrderStatus,
     reason: Option<&str>,
+    announcement: &OutboxBatch,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = $2, reason = $3, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(status.as_str())
-        .bind(reason)
+    let statement = format!(
+        "WITH changed AS (UPDATE orders SET status = $2, reason = $3, updated_at = now() WHERE id = $1)
+         {}",
+        OutboxBatch::insert(4)
+    );
+    announcement
+        .bind(
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(id)
+                .bind(status.as_str())
+                .bind(reason),
+        )
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sagaflow_schemas::{Envelope, Message, StockLine, topics};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 /// A read model that can be replayed on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -264,88 +263,76 @@ async fn apply_orders(
         }
         _ => None,
     };
+    // What the event says about the order: its facts (OrderPlaced), its customer (the
+    // verdicts carry it too), its status.
+    let (placed, customer_id, status) = match message {
+        Message::OrderPlaced(placed) => (
+            Some(placed),
+            Some(placed.customer_id),
+            Some(("PENDING", None)),
+        ),
+        Message::OrderApproved(approved) => {
+            (None, Some(approved.customer_id), Some(("APPROVED", None)))
+        }
+        Message::OrderRejected(rejected) => (
+            None,
+            Some(rejected.customer_id),
+            Some(("REJECTED", Some(rejected.reason.as_str()))),
+        ),
+        _ => (None, None, None),
+    };
+    let (status, reason) = status.unzip();
+    let detail = serde_json::to_value(message).unwrap_or_default();
+    let forward = "($9 IS NOT NULL AND (v.status_rank, v.status_at, v.status_event_id)
+                   < (EXCLUDED.status_rank, EXCLUDED.status_at, EXCLUDED.status_event_id))";
+    // One statement (one round trip per event and projection): the view row is inserted or
+    // updated as the separate steps would — last event time the maximum; OrderPlaced's facts
+    // written as they are (immutable); a verdict's customer only where none is known; the
+    // status only forward, by (rank, time, message id), its reason with it — and the
+    // timeline row is added beside it.
     sqlx::query(sql(format!(
-        "INSERT INTO {orders} (order_id, last_event_at) VALUES ($1, $2)
-         ON CONFLICT (order_id) DO UPDATE SET last_event_at = GREATEST({orders}.last_event_at, EXCLUDED.last_event_at)"
+        "WITH viewed AS (
+             INSERT INTO {orders} AS v (order_id, last_event_at, customer_id, items, total_cents,
+                                         currency, minor_units, placed_at, status, status_rank,
+                                         status_at, status_event_id, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, 'UNKNOWN'), $10,
+                     CASE WHEN $9 IS NULL THEN '-infinity' ELSE $2 END,
+                     CASE WHEN $9 IS NULL THEN '00000000-0000-0000-0000-000000000000' ELSE $11 END,
+                     $12)
+             ON CONFLICT (order_id) DO UPDATE SET
+                last_event_at = GREATEST(v.last_event_at, EXCLUDED.last_event_at),
+                customer_id = CASE WHEN $13 THEN EXCLUDED.customer_id
+                                   ELSE COALESCE(v.customer_id, EXCLUDED.customer_id) END,
+                items = CASE WHEN $13 THEN EXCLUDED.items ELSE v.items END,
+                total_cents = CASE WHEN $13 THEN EXCLUDED.total_cents ELSE v.total_cents END,
+                currency = CASE WHEN $13 THEN EXCLUDED.currency ELSE v.currency END,
+                minor_units = CASE WHEN $13 THEN EXCLUDED.minor_units ELSE v.minor_units END,
+                placed_at = CASE WHEN $13 THEN EXCLUDED.placed_at ELSE v.placed_at END,
+                status = CASE WHEN {forward} THEN EXCLUDED.status ELSE v.status END,
+                status_rank = CASE WHEN {forward} THEN EXCLUDED.status_rank ELSE v.status_rank END,
+                status_at = CASE WHEN {forward} THEN EXCLUDED.status_at ELSE v.status_at END,
+                status_event_id = CASE WHEN {forward} THEN EXCLUDED.status_event_id ELSE v.status_event_id END,
+                reason = CASE WHEN {forward} THEN EXCLUDED.reason ELSE v.reason END)
+         INSERT INTO {timeline} (message_id, order_id, step, source, at, detail)
+         VALUES ($11, $1, $14, $15, $2, $16) ON CONFLICT (message_id) DO NOTHING"
     )))
     .bind(order_id)
     .bind(at)
-    .execute(&mut *conn)
-    .await?;
-
-    let status = match message {
-        Message::OrderPlaced(placed) => {
-            let items = serde_json::to_value(&placed.items).unwrap_or_default();
-            sqlx::query(sql(format!(
-                "UPDATE {orders} SET customer_id = $2, items = $3, total_cents = $4, currency = $5,
-                        minor_units = $6, placed_at = $7
-                 WHERE order_id = $1"
-            )))
-            .bind(order_id)
-            .bind(placed.customer_id)
-            .bind(items)
-            .bind(placed.total_cents)
-            .bind(&placed.currency)
-            .bind(placed_units)
-            .bind(millis(placed.placed_at))
-            .execute(&mut *conn)
-            .await?;
-            Some(("PENDING", None))
-        }
-        Message::OrderApproved(approved) => {
-            set_customer(conn, &orders, order_id, approved.customer_id).await?;
-            Some(("APPROVED", None))
-        }
-        Message::OrderRejected(rejected) => {
-            set_customer(conn, &orders, order_id, rejected.customer_id).await?;
-            Some(("REJECTED", Some(rejected.reason.as_str())))
-        }
-        _ => None,
-    };
-    if let Some((status, reason)) = status {
-        sqlx::query(sql(format!(
-            "UPDATE {orders} SET status = $2, status_rank = $3, status_at = $4, status_event_id = $5,
-                    reason = $6
-             WHERE order_id = $1 AND (status_rank, status_at, status_event_id) < ($3, $4, $5)"
-        )))
-        .bind(order_id)
-        .bind(status)
-        .bind(status_rank(status))
-        .bind(at)
-        .bind(envelope.message_id)
-        .bind(reason)
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    let detail = serde_json::to_value(message).unwrap_or_default();
-    sqlx::query(sql(format!(
-        "INSERT INTO {timeline} (message_id, order_id, step, source, at, detail)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING"
-    )))
+    .bind(customer_id)
+    .bind(placed.map(|p| serde_json::to_value(&p.items).unwrap_or_default()))
+    .bind(placed.map(|p| p.total_cents))
+    .bind(placed.map(|p| p.currency.as_str()))
+    .bind(placed_units)
+    .bind(placed.and_then(|p| millis(p.placed_at)))
+    .bind(status)
+    .bind(status.map_or(0, status_rank))
     .bind(envelope.message_id)
-    .bind(order_id)
+    .bind(reason.flatten())
+    .bind(placed.is_some())
     .bind(message.message_type())
     .bind(&envelope.source)
-    .bind(at)
     .bind(detail)
     .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn set_customer(
-    conn: &mut PgConnection,
-    orders: &str,
-    order_id: Uuid,
-    customer_id: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(sql(format!(
-        "UPDATE {orders} SET customer_id = COALESCE(customer_id, $2) WHERE order_id = $1"
-    )))
-    .bind(order_id)
-    .bind(customer_id)
-    .execute(conn)
     .await?;
     Ok(())
 }
