@@ -150,8 +150,9 @@ impl OutboxBatch {
         )
     }
 
-    /// One message's batch (see [`OutboxBatch::push`]).
-    pub fn of(message: &Message, origin: &Origin) -> Result<Self, CodecError> {
+    /// One message's batch (see [`OutboxBatch::push`]); an [`OutboxError`], like
+    /// [`enqueue`]'s, so a handler's `?` treats a message that does not encode the same way.
+    pub fn of(message: &Message, origin: &Origin) -> Result<Self, OutboxError> {
         let mut batch = OutboxBatch::default();
         batch.push(message, origin)?;
         Ok(batch)

@@ -7,7 +7,7 @@
 
 use chrono::Utc;
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_messaging::{Origin, OutboxBatch, OutboxError};
+use sagaflow_messaging::{Origin, OutboxBatch};
 use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::MessageType;
 use sagaflow_schemas::{Message, NotificationSent};
@@ -51,8 +51,7 @@ impl Handler for NotificationHandler {
             sent_at: now.timestamp_millis(),
         }
         .into();
-        let sent = OutboxBatch::of(&sent, &Origin::caused_by(NAME, &incoming.envelope))
-            .map_err(OutboxError::from)?;
+        let sent = OutboxBatch::of(&sent, &Origin::caused_by(NAME, &incoming.envelope))?;
         if !store::insert(tx, &notification, now, &sent).await? {
             debug!(order_id = %notification.order_id, template = notification.template, "already notified");
             return Ok(());

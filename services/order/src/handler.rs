@@ -18,7 +18,7 @@
 
 use chrono::Utc;
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
-use sagaflow_messaging::{Origin, OutboxBatch, OutboxError, enqueue};
+use sagaflow_messaging::{Origin, OutboxBatch, enqueue};
 use sagaflow_runtime::db::Tx;
 use sagaflow_schemas::MessageType;
 use sagaflow_schemas::{Message, OrderApproved, OrderRejected};
@@ -79,8 +79,7 @@ pub(crate) async fn conclude(
     reason: Option<&str>,
     origin: &Origin,
 ) -> Result<(), HandlerError> {
-    let announcement =
-        OutboxBatch::of(&verdict(order, status, reason), origin).map_err(OutboxError::from)?;
+    let announcement = OutboxBatch::of(&verdict(order, status, reason), origin)?;
     store::set_status(tx, order.id, status, reason, &announcement).await?;
     Ok(())
 }
