@@ -128,6 +128,19 @@ pub trait Handler: Send + Sync + 'static {
         tx: &'a mut Tx,
         incoming: &'a Incoming,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Once per transaction, after [`Handler::handle`] ran for its new messages and before the
+    /// commit: work that covers the whole batch in one statement (the query service records
+    /// how far it has read here, not once per message). `batch` is every message of the
+    /// transaction, in offset order, duplicates included. Nothing by default.
+    fn finish<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        batch: &'a [&'a Incoming],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        let _ = (tx, batch);
+        std::future::ready(Ok(()))
+    }
 }
 
 /// Settings of one consumer.
@@ -875,6 +888,8 @@ impl<H: Handler> Worker<H> {
                     .await?;
             }
         }
+        let all: Vec<&Incoming> = batch.iter().map(|(incoming, _)| *incoming).collect();
+        self.handler.finish(&mut tx, &all).await?;
         tx.commit().await?;
         Ok(fresh
             .into_iter()

@@ -1,5 +1,5 @@
 //! The live consumer of the events topics: applies each event to every projection and records
-//! how far it has read, all in the consumer's transaction (with the inbox row).
+//! how far it has read (once per batch), all in the consumer's transaction (with the inbox rows).
 
 use sagaflow_schemas::MessageType;
 use std::sync::Arc;
@@ -57,41 +57,74 @@ impl Handler for QueryHandler {
                 ProjectionError::Database(e) => HandlerError::Database(e),
             })?;
         }
-        let topic = incoming
-            .topic
-            .strip_prefix(self.topic_prefix.as_str())
-            .unwrap_or(&incoming.topic);
-        record_position(
-            tx,
-            topic,
-            incoming.partition,
-            incoming.offset + 1,
-            incoming.envelope.time,
-        )
-        .await?;
+        Ok(())
+    }
+
+    /// How far the transaction has read: one statement per batch (a lane's batch is one
+    /// partition), not one per event.
+    async fn finish(&self, tx: &mut Tx, batch: &[&Incoming]) -> Result<(), HandlerError> {
+        let mut read: Vec<Position> = Vec::new();
+        for incoming in batch {
+            let topic = incoming
+                .topic
+                .strip_prefix(self.topic_prefix.as_str())
+                .unwrap_or(&incoming.topic);
+            let position = Position {
+                topic: topic.to_string(),
+                partition: incoming.partition,
+                next_offset: incoming.offset + 1,
+                at: incoming.envelope.time,
+            };
+            match read
+                .iter_mut()
+                .find(|p| p.topic == position.topic && p.partition == position.partition)
+            {
+                Some(known) => {
+                    known.next_offset = known.next_offset.max(position.next_offset);
+                    known.at = known.at.max(position.at);
+                }
+                None => read.push(position),
+            }
+        }
+        record_positions(tx, &read).await?;
         Ok(())
     }
 }
 
-/// Remember that the live tables hold everything of `topic`/`partition` before `next_offset`.
-pub(crate) async fn record_position(
+/// The live tables hold everything of `topic`/`partition` before `next_offset`; the newest
+/// event among them was written at `at`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Remember `positions` (never moving one back), in one statement.
+pub(crate) async fn record_positions(
     tx: &mut Tx,
-    topic: &str,
-    partition: i32,
-    next_offset: i64,
-    at: chrono::DateTime<chrono::Utc>,
+    positions: &[Position],
 ) -> Result<(), sqlx::Error> {
+    if positions.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO projection_positions (topic, kafka_partition, next_offset, last_event_at)
-         VALUES ($1, $2, $3, $4)
+         SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::timestamptz[])
          ON CONFLICT (topic, kafka_partition) DO UPDATE SET
             next_offset = GREATEST(projection_positions.next_offset, EXCLUDED.next_offset),
             last_event_at = GREATEST(projection_positions.last_event_at, EXCLUDED.last_event_at)",
     )
-    .bind(topic)
-    .bind(partition)
-    .bind(next_offset)
-    .bind(at)
+    .bind(
+        positions
+            .iter()
+            .map(|p| p.topic.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(positions.iter().map(|p| p.partition).collect::<Vec<_>>())
+    .bind(positions.iter().map(|p| p.next_offset).collect::<Vec<_>>())
+    .bind(positions.iter().map(|p| p.at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
