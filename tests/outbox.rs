@@ -739,8 +739,6 @@ async fn an_unreachable_broker_delays_but_loses_nothing() {
 
 #[path = "outbox/late_commit.rs"]
 mod late_commit;
-#[path = "outbox/lease.rs"]
-mod lease;
 #[path = "outbox/retention.rs"]
 mod retention;
 #[path = "outbox/wake.rs"]

@@ -3,7 +3,7 @@
 //! `_sqlx_migrations` table.
 //!
 //! The two folders share one version sequence per database: `migrations/messaging` owns
-//! versions 1, 2, 5, 6, 8 and 11, and a service's own migrations take the others (3, 4, 7, 9, 10, …). A
+//! versions 1, 2, 5, 6 and 8, and a service's own migrations take the others (3, 4, 7, 9, …). A
 //! collision is refused when the migrator is built (every component and test builds it at
 //! start). Versions, descriptions and SQL are those the per-service copies had, so databases
 //! migrated before the copies were merged validate unchanged.
@@ -76,7 +76,6 @@ mod tests {
                 (5, "inbox processed at".to_string()),
                 (6, "outbox retry at".to_string()),
                 (8, "outbox relay sleepers".to_string()),
-                (11, "outbox lease".to_string()),
             ]
         );
     }

@@ -10,15 +10,10 @@
 //!   so a row whose transaction committed late (with a smaller id than rows already published)
 //!   is published as soon as it is visible.
 //! - **Per-key order, with any number of replicas.** A pass claims only the *head* (oldest
-//!   unpublished row) of each key, and leases it (`leased_until`, `leased_by`: the relay's
-//!   backend) until the broker acked it and the next pass marked it. Another replica skips
-//!   leased heads while their relay is connected and within the lease, and cannot claim the
-//!   next row of that key while its head is unpublished; a relay that dies drops its connection
-//!   and its leases with it. Rows of one key are written by transactions serialised on the
-//!   aggregate's row lock, so id order is commit order.
-//! - **One round trip per pass.** One statement marks the previous pass's acknowledged rows and
-//!   claims the next heads; the relay's bookkeeping commits asynchronously, so a mark lost to a
-//!   crash only republishes its rows.
+//!   pending row) of each key, `FOR UPDATE SKIP LOCKED`, and holds the row locks until the
+//!   broker acked and the marks committed. Another replica skips locked heads and cannot
+//!   claim the next row of that key while its head is pending. Rows of one key are written by
+//!   transactions serialised on the aggregate's row lock, so id order is commit order.
 //! - **A row that can never be published** (too large for the broker, …) is parked with the
 //!   reason. It stays the head of its key — no later row of that key is published before it —
 //!   while other keys move on, until an operator hands it back ([`retry_parked`](crate::relay::retry_parked),

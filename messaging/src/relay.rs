@@ -1,6 +1,4 @@
-//! The relay loop: lease pending heads, publish, mark after the ack — the marks of one pass
-//! and the claim of the next in one statement ([`MARK_AND_CLAIM`]). The guarantees are stated
-//! in [`crate::outbox`].
+//! The relay loop: claim pending heads, publish, mark after the ack.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +6,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_runtime::KafkaConfig;
 use sagaflow_runtime::kafka;
@@ -95,11 +92,6 @@ pub struct RelayConfig {
     pub retry_backoff: Duration,
     /// … up to this.
     pub retry_backoff_max: Duration,
-    /// How long a claimed row stays this relay's while it is connected (see
-    /// `migrations/messaging/0011_outbox_lease.sql`): longer than a pass can take, so that no
-    /// other relay publishes a row this one still sends. A relay that disconnects (dies) loses
-    /// its leases at once.
-    pub lease: Duration,
 }
 
 /// Heads claimed per pass, unless configured (`OUTBOX_BATCH_SIZE` of the binaries). Measured
@@ -118,9 +110,6 @@ impl RelayConfig {
             send_timeout: Duration::from_secs(5),
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
-            // Twice the producer's `message.timeout.ms` (15 s), after which every send of a
-            // pass has been answered.
-            lease: Duration::from_secs(30),
         }
     }
 }
@@ -135,8 +124,6 @@ pub struct RelayHooks {
 
 /// One relay over one database.
 pub struct Relay {
-    /// The relay's own connections: `synchronous_commit` off, no idle timeout or maximum
-    /// lifetime (its leases are tied to its backend's pid).
     pool: PgPool,
     producer: FutureProducer,
     kafka: KafkaConfig,
@@ -154,8 +141,6 @@ pub struct Relay {
     stats_checked_ms: std::sync::atomic::AtomicU64,
     /// This relay's row in `outbox_relay_sleepers` while it is asleep.
     id: uuid::Uuid,
-    /// Acknowledged by the last pass, marked by the next one (or [`Relay::flush_marks`]).
-    unmarked: std::sync::Mutex<Unmarked>,
 }
 
 #[derive(FromRow)]
@@ -168,82 +153,20 @@ struct Pending {
     created_at: DateTime<Utc>,
 }
 
-/// One pass's round trip: mark the previous pass's acknowledged rows ($4, at $3) published,
-/// and lease the heads of keys from id $2 on, at most $1, for $5 seconds.
-///
-/// A head is a row with no earlier unpublished row of its key — parked or waiting for its
-/// `retry_at` included, so a key never moves past a row it has not published — that is neither
-/// parked, nor waiting for its `retry_at`, nor leased by another relay that is still connected
-/// (`leased_by`, a backend pid) within its lease. The rows marked here count as published
-/// already: every statement of one command sees the same snapshot, so without that the heads
-/// they free would wait for the next pass.
-///
-/// `FOR UPDATE SKIP LOCKED` keeps two relays claiming at the same moment off each other's
-/// rows; the lease condition is repeated on the updated row so that a row leased by a relay
-/// that committed in between is re-checked on its newest version and skipped.
-const MARK_AND_CLAIM: &str = "
-    WITH marked AS (
-        UPDATE outbox SET published_at = $3, leased_until = NULL, leased_by = NULL
-         WHERE id = ANY($4) AND published_at IS NULL
-    ), heads AS (
-        SELECT id FROM outbox o
-         WHERE published_at IS NULL AND parked_at IS NULL AND id >= $2
-           AND id <> ALL($4)
-           AND (retry_at IS NULL OR retry_at <= now())
-           AND (leased_until IS NULL OR leased_until <= now()
-                OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = o.leased_by))
-           AND NOT EXISTS (SELECT 1 FROM outbox e
-                            WHERE e.msg_key = o.msg_key AND e.id < o.id
-                              AND e.published_at IS NULL AND e.id <> ALL($4))
-         ORDER BY id
-         LIMIT $1
-           FOR UPDATE SKIP LOCKED
-    )
-    UPDATE outbox o
-       SET leased_until = clock_timestamp() + make_interval(secs => $5),
-           leased_by = pg_backend_pid()
-      FROM heads h
-     WHERE o.id = h.id AND o.published_at IS NULL
-       AND (o.leased_until IS NULL OR o.leased_until <= now()
-            OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = o.leased_by))
-    RETURNING o.id, o.topic, o.msg_key, o.payload, o.headers, o.created_at";
-
-/// What a pass's sends came to, row by row.
-#[derive(Debug, Default)]
-struct PassOutcome {
-    published: Vec<i64>,
-    /// (id, error) of rows that can never be published as they are.
-    parked: Vec<(i64, String)>,
-    /// … of rows refused for a configuration error.
-    deferred: Vec<(i64, String)>,
-    /// … of rows not acknowledged for anything else.
-    failed: Vec<(i64, String)>,
-}
-
-/// The relay's connections to `pool`'s database: its bookkeeping commits asynchronously
-/// (`synchronous_commit` off, set at connection start: no statement for it), and a connection
-/// lives as long as the relay — `leased_by` is its backend's pid, so a connection replaced while
-/// a pass is in flight would let another relay take that pass's rows (a duplicate, not a loss).
-fn own_pool(pool: &PgPool) -> PgPool {
-    let options = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .options([("synchronous_commit", "off")]);
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .min_connections(0)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_lazy_with(options)
-}
-
-/// Rows a pass acknowledged, marked published by the next pass's statement.
-#[derive(Debug, Default)]
-struct Unmarked {
-    ids: Vec<i64>,
-    acked_at: Option<DateTime<Utc>>,
-}
+/// The heads of keys, from id $2 on: rows with no earlier unpublished row of the same key —
+/// parked or waiting for its `retry_at` included, so a key never moves past a row it has not
+/// published — that are neither parked nor waiting for their `retry_at`.
+const CLAIM_HEADS: &str = "
+    SELECT id, topic, msg_key, payload, headers, created_at
+      FROM outbox o
+     WHERE published_at IS NULL AND parked_at IS NULL AND id >= $2
+       AND (retry_at IS NULL OR retry_at <= now())
+       AND NOT EXISTS (SELECT 1 FROM outbox e
+                        WHERE e.msg_key = o.msg_key AND e.id < o.id
+                          AND e.published_at IS NULL)
+     ORDER BY id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED";
 
 /// A parked row: it can never be published as it is, and it holds back the later rows of its
 /// key until an operator hands it back with [`retry_parked`].
@@ -324,7 +247,7 @@ impl Relay {
         config: RelayConfig,
     ) -> Self {
         Relay {
-            pool: own_pool(&pool),
+            pool,
             producer,
             kafka,
             config,
@@ -335,7 +258,6 @@ impl Relay {
             created: Instant::now(),
             stats_checked_ms: std::sync::atomic::AtomicU64::new(0),
             id: uuid::Uuid::new_v4(),
-            unmarked: Default::default(),
         }
     }
 
@@ -344,21 +266,14 @@ impl Relay {
         self
     }
 
-    /// One pass: mark what the previous pass published and lease up to `batch_size` heads
-    /// (one statement, [`MARK_AND_CLAIM`]), publish them, and keep the acknowledged ones for the
-    /// next pass to mark. Returns how many rows were claimed; a pass that claims nothing has
-    /// marked everything.
-    ///
-    /// The relay's own bookkeeping commits asynchronously (`synchronous_commit` off, no wait for
-    /// the WAL flush): a mark comes after the broker's ack, so a mark lost to a database crash
-    /// — or to the relay dying before its next pass — only republishes its rows: at least once,
-    /// as ever; consumers apply each message once through their inbox.
+    /// One pass: claim up to `batch_size` heads, publish them, mark the acknowledged ones.
+    /// Returns how many rows were claimed.
     pub async fn publish_once(&self) -> anyhow::Result<usize> {
         use std::sync::atomic::Ordering::Relaxed;
         // While a backlog drains (full batches), each pass starts after the previous one's
         // claims instead of walking again through the index entries of rows just published.
         // Any pass that is not full starts from 0 again, so rows skipped meanwhile (a late
-        // commit, a row leased by another replica) are found as soon as the backlog is gone —
+        // commit, a row locked by another replica) are found as soon as the backlog is gone —
         // and under a load that keeps every pass full, a sweep older than RESCAN_EVERY starts
         // over too, so such a row waits at most about that long, not until the load stops.
         let from = self.resume_from.load(Relaxed);
@@ -370,10 +285,20 @@ impl Relay {
             Duration::from_millis(now_ms.saturating_sub(self.sweep_started_ms.load(Relaxed)));
         self.refresh_planner_stats_if_stale().await;
         let pass_started = Instant::now();
-        let mut rows = self.mark_and_claim(from).await?;
+        // The relay's own bookkeeping commits asynchronously (no wait for the WAL flush): the
+        // marks come after the broker's ack, so a mark lost to a database crash only
+        // republishes its rows — at least once, as ever; consumers apply each message once
+        // through their inbox. One round trip for both statements.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit TO OFF")
+            .await?;
+        let rows: Vec<Pending> = sqlx::query_as(CLAIM_HEADS)
+            .bind(self.config.batch_size)
+            .bind(from)
+            .fetch_all(&mut *tx)
+            .await?;
         let full = rows.len() as i64 >= self.config.batch_size;
-        // The statement's RETURNING has no order; sends are enqueued in id order.
-        rows.sort_unstable_by_key(|r| r.id);
         let next = if full && sweep_age < RESCAN_EVERY {
             rows.last().map_or(0, |r| r.id + 1)
         } else {
@@ -381,94 +306,9 @@ impl Relay {
         };
         self.resume_from.store(next, Relaxed);
         if rows.is_empty() {
+            tx.commit().await?;
             return Ok(0);
         }
-        let claimed = pass_started.elapsed();
-        let results = self.send(&rows).await;
-        let acked_at = Utc::now();
-        let sent = pass_started.elapsed();
-        let outcome = self.sort_results(&rows, results, acked_at);
-        if let Some(hook) = &self.hooks.after_ack
-            && let Err(error) = hook()
-        {
-            // As if the relay died here: nothing is marked, and the leases go at once.
-            let all: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            self.release(&all).await;
-            return Err(error);
-        }
-        *self.unmarked.lock().expect("unmarked") = Unmarked {
-            ids: outcome.published.clone(),
-            acked_at: Some(acked_at),
-        };
-        self.record_failures(&outcome).await?;
-        let done = pass_started.elapsed();
-        // Where a pass spends its time: claim (the statement, marks included), send (until the
-        // last ack), failures (their updates; zero when every row was acknowledged).
-        for (phase, seconds) in [
-            ("claim", claimed.as_secs_f64()),
-            ("send", (sent - claimed).as_secs_f64()),
-            ("mark", (done - sent).as_secs_f64()),
-        ] {
-            metrics::histogram!("outbox_pass_phase_seconds", "database" => self.config.name.clone(), "phase" => phase)
-                .record(seconds);
-        }
-        debug!(relay = %self.config.name, rows = rows.len(), claim_ms = claimed.as_millis() as u64, send_ms = (sent - claimed).as_millis() as u64, "relay pass");
-        let label = self.config.name.clone();
-        metrics::counter!("outbox_published_total", "database" => label.clone())
-            .increment(outcome.published.len() as u64);
-        metrics::counter!("outbox_parked_total", "database" => label.clone())
-            .increment(outcome.parked.len() as u64);
-        metrics::counter!("outbox_configuration_errors_total", "database" => label.clone())
-            .increment(outcome.deferred.len() as u64);
-        metrics::counter!("outbox_publish_failures_total", "database" => label)
-            .increment(outcome.failed.len() as u64);
-        if let Some((_, error)) = outcome.failed.first() {
-            anyhow::bail!(
-                "{} of {} rows not acknowledged: {error}",
-                outcome.failed.len(),
-                rows.len()
-            );
-        }
-        Ok(rows.len())
-    }
-
-    /// [`MARK_AND_CLAIM`] with the rows the previous pass published. When the statement fails
-    /// they stay unmarked, for the next pass.
-    async fn mark_and_claim(&self, from: i64) -> Result<Vec<Pending>, sqlx::Error> {
-        let unmarked = std::mem::take(&mut *self.unmarked.lock().expect("unmarked"));
-        let claimed = sqlx::query_as(MARK_AND_CLAIM)
-            .bind(self.config.batch_size)
-            .bind(from)
-            .bind(unmarked.acked_at)
-            .bind(&unmarked.ids)
-            .bind(self.config.lease.as_secs_f64())
-            .fetch_all(&self.pool)
-            .await;
-        if claimed.is_err() {
-            *self.unmarked.lock().expect("unmarked") = unmarked;
-        }
-        claimed
-    }
-
-    /// Mark what the last pass published, without claiming: before the relay stops.
-    pub async fn flush_marks(&self) -> Result<(), sqlx::Error> {
-        let unmarked = std::mem::take(&mut *self.unmarked.lock().expect("unmarked"));
-        if unmarked.ids.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE outbox SET published_at = $2, leased_until = NULL, leased_by = NULL
-              WHERE id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(&unmarked.ids)
-        .bind(unmarked.acked_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Publish `rows`, enqueued in order; one result per row.
-    async fn send(&self, rows: &[Pending]) -> Vec<OwnedDeliveryResult> {
         let topics: Vec<String> = rows.iter().map(|r| self.kafka.topic(&r.topic)).collect();
         let header_pairs: Vec<Vec<(String, String)>> =
             rows.iter().map(|r| headers_of(&r.headers)).collect();
@@ -486,107 +326,141 @@ impl Relay {
                     ));
                 self.producer.send(record, self.config.send_timeout)
             });
-        join_all(sends).await
-    }
+        let claimed = pass_started.elapsed();
+        let results = join_all(sends).await;
+        let acked_at = Utc::now();
+        let sent = pass_started.elapsed();
 
-    /// Sort a pass's send results by what they mean for their rows.
-    fn sort_results(
-        &self,
-        rows: &[Pending],
-        results: Vec<OwnedDeliveryResult>,
-        acked_at: DateTime<Utc>,
-    ) -> PassOutcome {
         // One handle per pass: a label built per row was an allocation per message.
         let publish_latency = metrics::histogram!("outbox_publish_latency_seconds", "database" => self.config.name.clone());
-        let mut outcome = PassOutcome::default();
+        let mut published = Vec::with_capacity(rows.len());
+        let mut parked: Vec<(i64, String)> = Vec::new();
+        let mut deferred: Vec<(i64, String)> = Vec::new();
+        let mut failed: Vec<(i64, String)> = Vec::new();
         for (row, result) in rows.iter().zip(results) {
             match result {
                 Ok(_) => {
-                    outcome.published.push(row.id);
+                    published.push(row.id);
                     let latency =
                         (acked_at - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
                     publish_latency.record(latency.max(0.0));
                 }
                 Err((error, _)) => match classify(&error) {
-                    Failure::Unpublishable => outcome.parked.push((row.id, error.to_string())),
-                    Failure::Configuration => outcome.deferred.push((row.id, error.to_string())),
+                    Failure::Unpublishable => parked.push((row.id, error.to_string())),
+                    Failure::Configuration => deferred.push((row.id, error.to_string())),
                     Failure::Transient => {
                         if poisons_producer(&error) {
                             self.producer_poisoned
                                 .store(true, std::sync::atomic::Ordering::Relaxed);
                         }
-                        outcome.failed.push((row.id, error.to_string()));
+                        failed.push((row.id, error.to_string()));
                     }
                 },
             }
         }
-        outcome
-    }
-
-    /// Record the rows a pass could not publish, and give up their leases: parked (until an
-    /// operator hands them back), deferred (until their `retry_at`), failed (claimable by the
-    /// next pass). One statement for all three; none when every row was acknowledged.
-    async fn record_failures(&self, outcome: &PassOutcome) -> Result<(), sqlx::Error> {
-        for (id, reason) in &outcome.parked {
+        if let Some(hook) = &self.hooks.after_ack {
+            hook()?; // dropping `tx` rolls back: the rows stay pending
+        }
+        sqlx::query("UPDATE outbox SET published_at = $2 WHERE id = ANY($1)")
+            .bind(&published)
+            .bind(acked_at)
+            .execute(&mut *tx)
+            .await?;
+        for (id, reason) in &parked {
             warn!(relay = %self.config.name, id, %reason, "parking outbox row that cannot be published; it holds back the later rows of its key until `sagaflow outbox retry`");
         }
-        if let Some((_, error)) = outcome.deferred.first() {
-            warn!(relay = %self.config.name, rows = outcome.deferred.len(), %error, "the broker refused rows for a configuration error (topic missing, not authorised, invalid name); retrying each with backoff");
+        if let Some((_, error)) = deferred.first() {
+            warn!(relay = %self.config.name, rows = deferred.len(), %error, "the broker refused rows for a configuration error (topic missing, not authorised, invalid name); retrying each with backoff");
         }
-        let mut ids = Vec::new();
-        let mut kinds = Vec::new();
-        let mut errors = Vec::new();
-        for (kind, rows) in [
-            ("parked", &outcome.parked),
-            ("deferred", &outcome.deferred),
-            ("failed", &outcome.failed),
+        if !parked.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = parked.iter().cloned().unzip();
+            sqlx::query(
+                "UPDATE outbox o SET parked_at = now(), parked_reason = f.error, last_error = f.error,
+                        retry_at = NULL, attempts = o.attempts + 1
+                   FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Not before retry_backoff * 2^(earlier attempts), at most retry_backoff_max, from now
+        // (clock_timestamp: `now()` is when this pass began, before the sends).
+        if !deferred.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = deferred.iter().cloned().unzip();
+            sqlx::query(
+                "UPDATE outbox o SET last_error = f.error, attempts = o.attempts + 1,
+                        retry_at = clock_timestamp() + make_interval(secs =>
+                            least($4, $3 * power(2, least(o.attempts, 30)::float8)))
+                   FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .bind(self.config.retry_backoff.as_secs_f64())
+            .bind(self.config.retry_backoff_max.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (id, error) in &failed {
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+                .bind(id)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let done = pass_started.elapsed();
+        // Where a pass spends its time: claim (query + locks), send (until the last ack),
+        // mark (update + commit).
+        for (phase, seconds) in [
+            ("claim", claimed.as_secs_f64()),
+            ("send", (sent - claimed).as_secs_f64()),
+            ("mark", (done - sent).as_secs_f64()),
         ] {
-            for (id, error) in rows {
-                ids.push(*id);
-                kinds.push(kind);
-                errors.push(error.as_str());
-            }
+            metrics::histogram!("outbox_pass_phase_seconds", "database" => self.config.name.clone(), "phase" => phase)
+                .record(seconds);
         }
-        if ids.is_empty() {
-            return Ok(());
+        debug!(relay = %self.config.name, rows = rows.len(), claim_ms = claimed.as_millis() as u64, send_ms = (sent - claimed).as_millis() as u64, mark_ms = (done - sent).as_millis() as u64, "relay pass");
+        let label = self.config.name.clone();
+        metrics::counter!("outbox_published_total", "database" => label.clone())
+            .increment(published.len() as u64);
+        metrics::counter!("outbox_parked_total", "database" => label.clone())
+            .increment(parked.len() as u64);
+        metrics::counter!("outbox_configuration_errors_total", "database" => label.clone())
+            .increment(deferred.len() as u64);
+        metrics::counter!("outbox_publish_failures_total", "database" => label)
+            .increment(failed.len() as u64);
+        if let Some((_, error)) = failed.first() {
+            anyhow::bail!(
+                "{} of {} rows not acknowledged: {error}",
+                failed.len(),
+                rows.len()
+            );
         }
-        // A deferred row waits retry_backoff * 2^(earlier attempts), at most retry_backoff_max,
-        // from now (clock_timestamp: `now()` would be the statement's start, the same here, but
-        // says so).
-        sqlx::query(
-            "UPDATE outbox o
-                SET attempts = o.attempts + 1, last_error = f.error,
-                    leased_until = NULL, leased_by = NULL,
-                    parked_at = CASE WHEN f.kind = 'parked' THEN now() ELSE o.parked_at END,
-                    parked_reason = CASE WHEN f.kind = 'parked' THEN f.error ELSE o.parked_reason END,
-                    retry_at = CASE f.kind
-                        WHEN 'parked' THEN NULL
-                        WHEN 'deferred' THEN clock_timestamp() + make_interval(secs =>
-                            least($5, $4 * power(2, least(o.attempts, 30)::float8)))
-                        ELSE o.retry_at END
-               FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(id, kind, error)
-              WHERE o.id = f.id",
-        )
-        .bind(&ids)
-        .bind(&kinds)
-        .bind(&errors)
-        .bind(self.config.retry_backoff.as_secs_f64())
-        .bind(self.config.retry_backoff_max.as_secs_f64())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok(rows.len())
     }
 
-    /// Give up the leases of `ids` (best effort: otherwise they lapse with the lease).
-    async fn release(&self, ids: &[i64]) {
-        let released = sqlx::query(
-            "UPDATE outbox SET leased_until = NULL, leased_by = NULL WHERE id = ANY($1)",
+    /// Whether any row is waiting to be claimed: one read-only statement, no transaction. A
+    /// pass that is likely to find nothing (the previous one was not full, and no writer woke
+    /// the relay) looks first, instead of opening a claim transaction for nothing (three
+    /// statements). It may say yes when the claim then finds nothing (a row locked by another
+    /// replica, or behind an unpublished row of its key): that costs one empty pass, as before.
+    pub async fn anything_pending(&self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox
+                             WHERE published_at IS NULL AND parked_at IS NULL
+                               AND (retry_at IS NULL OR retry_at <= now()))",
         )
-        .bind(ids)
-        .execute(&self.pool)
-        .await;
-        if let Err(e) = released {
-            debug!(relay = %self.config.name, error = %e, "could not release leases");
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// [`Relay::publish_once`] if [`Relay::anything_pending`] says so.
+    async fn publish_if_pending(&self) -> anyhow::Result<usize> {
+        if self.anything_pending().await? {
+            self.publish_once().await
+        } else {
+            Ok(0)
         }
     }
 
@@ -638,9 +512,9 @@ impl Relay {
     /// Run until `shutdown`: publish while there is work; when a pass finds nothing, sleep
     /// until a NOTIFY (writers send one only while a relay is registered as asleep — see
     /// `migrations/messaging/0008_outbox_relay_sleepers.sql`; it deregisters only after
-    /// [`DEREGISTER_AFTER_BUSY_PASSES`] busy passes in a row) or the fallback poll. Back off
-    /// on errors, refresh backlog metrics and delete published rows past retention. Marks what
-    /// the last pass published before it returns.
+    /// [`DEREGISTER_AFTER_BUSY_PASSES`] busy passes in a row) or the fallback poll. A pass that
+    /// is likely to find nothing looks first ([`Relay::anything_pending`]). Back off
+    /// on errors, refresh backlog metrics and delete published rows past retention.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(relay = %self.config.name, "outbox relay started");
         let mut listener = self.listen().await;
@@ -648,6 +522,9 @@ impl Relay {
         let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
         let mut last_metrics = Instant::now() - Duration::from_secs(3600);
         let mut asleep = false;
+        // Look before claiming (see `anything_pending`): after a pass that was not full,
+        // unless a writer's notification says a row is there.
+        let mut look_first = false;
         let mut busy_passes = 0u32;
         while !shutdown.is_cancelled() {
             if last_metrics.elapsed() >= Duration::from_secs(1) {
@@ -666,9 +543,15 @@ impl Relay {
             // notifications already received would only cause empty passes after it (46 % of
             // one relay's claims found nothing at 60 sagas/s, docs/benchmarks.md).
             discard_received(&mut listener).await;
-            let wait = match self.publish_once().await {
+            let pass = if look_first {
+                self.publish_if_pending().await
+            } else {
+                self.publish_once().await
+            };
+            let wait = match pass {
                 Ok(n) => {
                     failures = 0;
+                    look_first = (n as i64) < self.config.batch_size;
                     if n > 0 {
                         // A short pass may have freed new heads of the same keys: claim again
                         // at once. Busy for a while: writers need not wake us any more.
@@ -689,6 +572,7 @@ impl Relay {
                     }
                 }
                 Err(error) => {
+                    look_first = false;
                     busy_passes = 0;
                     failures += 1;
                     warn!(relay = %self.config.name, %error, failures, "relay pass failed; backing off");
@@ -710,16 +594,14 @@ impl Relay {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
                 notified = recv(&mut listener) => {
+                    // A writer committed a row: claim without looking first.
+                    look_first = false;
                     if !notified {
                         tokio::time::sleep(wait).await;
                         listener = self.listen().await;
                     }
                 }
             }
-        }
-        if let Err(e) = self.flush_marks().await {
-            // Those rows are published again by the next relay: duplicates, not a loss.
-            warn!(relay = %self.config.name, error = %e, "could not mark the last pass's rows");
         }
         self.wake_up(&mut asleep).await;
         info!(relay = %self.config.name, "outbox relay stopped");
