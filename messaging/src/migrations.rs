@@ -52,7 +52,14 @@ pub fn migrator(service: &Migrator, tables: Tables) -> Migrator {
         .chain(service.iter())
         .cloned()
         .collect();
-    Migrator::with_migrations(migrations)
+    let mut migrator = Migrator::with_migrations(migrations);
+    // A database may hold migrations this binary does not know: a newer release applied them.
+    // Starting anyway is what makes a rollback (or an old replica restarting mid-rollout)
+    // possible, as Flyway's default `*:future` does; it relies on migrations being additive,
+    // which every one so far is (columns and tables added, none dropped or renamed). Migrations
+    // are never deleted from the source, so a "missing" one is always a newer one.
+    migrator.set_ignore_missing(true);
+    migrator
 }
 
 #[cfg(test)]
