@@ -2,7 +2,10 @@
 //! how far it has read (once per batch), all in the consumer's transaction (with the inbox rows).
 
 use sagaflow_schemas::MessageType;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 
 use sagaflow_messaging::consumer::{Handler, HandlerError, Incoming};
 use sagaflow_runtime::db::Tx;
@@ -63,50 +66,33 @@ impl Handler for QueryHandler {
     /// How far the transaction has read: one statement per batch (a lane's batch is one
     /// partition), not one per event.
     async fn finish(&self, tx: &mut Tx, batch: &[&Incoming]) -> Result<(), HandlerError> {
-        let mut read: Vec<Position> = Vec::new();
+        // (logical topic, partition) -> (next offset, newest event time)
+        let mut read: BTreeMap<(&str, i32), (i64, DateTime<Utc>)> = BTreeMap::new();
         for incoming in batch {
             let topic = incoming
                 .topic
                 .strip_prefix(self.topic_prefix.as_str())
                 .unwrap_or(&incoming.topic);
-            let position = Position {
-                topic: topic.to_string(),
-                partition: incoming.partition,
-                next_offset: incoming.offset + 1,
-                at: incoming.envelope.time,
-            };
-            match read
-                .iter_mut()
-                .find(|p| p.topic == position.topic && p.partition == position.partition)
-            {
-                Some(known) => {
-                    known.next_offset = known.next_offset.max(position.next_offset);
-                    known.at = known.at.max(position.at);
-                }
-                None => read.push(position),
-            }
+            let seen = (incoming.offset + 1, incoming.envelope.time);
+            read.entry((topic, incoming.partition))
+                .and_modify(|(next, at)| {
+                    *next = (*next).max(seen.0);
+                    *at = (*at).max(seen.1);
+                })
+                .or_insert(seen);
         }
         record_positions(tx, &read).await?;
         Ok(())
     }
 }
 
-/// The live tables hold everything of `topic`/`partition` before `next_offset`; the newest
-/// event among them was written at `at`.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Position {
-    pub topic: String,
-    pub partition: i32,
-    pub next_offset: i64,
-    pub at: chrono::DateTime<chrono::Utc>,
-}
-
-/// Remember `positions` (never moving one back), in one statement.
-pub(crate) async fn record_positions(
+/// Remember that the live tables hold everything of each topic/partition before its next
+/// offset, and when its newest event was written (never moving either back), in one statement.
+async fn record_positions(
     tx: &mut Tx,
-    positions: &[Position],
+    read: &BTreeMap<(&str, i32), (i64, DateTime<Utc>)>,
 ) -> Result<(), sqlx::Error> {
-    if positions.is_empty() {
+    if read.is_empty() {
         return Ok(());
     }
     sqlx::query(
@@ -116,15 +102,14 @@ pub(crate) async fn record_positions(
             next_offset = GREATEST(projection_positions.next_offset, EXCLUDED.next_offset),
             last_event_at = GREATEST(projection_positions.last_event_at, EXCLUDED.last_event_at)",
     )
+    .bind(read.keys().map(|(topic, _)| *topic).collect::<Vec<_>>())
     .bind(
-        positions
-            .iter()
-            .map(|p| p.topic.as_str())
+        read.keys()
+            .map(|(_, partition)| *partition)
             .collect::<Vec<_>>(),
     )
-    .bind(positions.iter().map(|p| p.partition).collect::<Vec<_>>())
-    .bind(positions.iter().map(|p| p.next_offset).collect::<Vec<_>>())
-    .bind(positions.iter().map(|p| p.at).collect::<Vec<_>>())
+    .bind(read.values().map(|(next, _)| *next).collect::<Vec<_>>())
+    .bind(read.values().map(|(_, at)| *at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
