@@ -20,7 +20,8 @@
 //! message) in **one** transaction: one statement takes the advisory locks of every message's
 //! [`Handler::lock_keys`], sorted, and inserts their inbox rows; then each new message is
 //! handled in offset order; the handler's [`Handler::finish`] once for the batch; one commit;
-//! then the offsets are stored. Every transaction of every consumer (batches of one included)
+//! then what the handlers reported is told ([`Handler::committed`]: metrics and alerts of a
+//! rolled-back attempt are never emitted) and the offsets are stored. Every transaction of every consumer (batches of one included)
 //! takes its locks that way, all at once and in one order, so two lanes' batches never wait on
 //! each other in a cycle, and a handler that serialises per order needs no lock statement of
 //! its own. A batch that fails in any way — a poison message in it, a handler error, a
@@ -123,12 +124,19 @@ pub trait Handler: Send + Sync + 'static {
         vec![incoming.message.order_id().to_string()]
     }
 
-    /// Apply the message inside `tx` (which already holds its inbox row). Do not commit.
+    /// What handling one message did that may be told only once its transaction has
+    /// committed — counters, logs, alerts (see [`Handler::committed`]). `()` when there is
+    /// nothing to tell.
+    type Report: Send;
+
+    /// Apply the message inside `tx` (which already holds its inbox row). Do not commit, and
+    /// do not count or log what it did here: the transaction may still roll back and be
+    /// applied again; return it as the [`Handler::Report`] instead.
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx,
         incoming: &'a Incoming,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+    ) -> impl Future<Output = Result<Self::Report, HandlerError>> + Send + 'a;
 
     /// Once per transaction, after [`Handler::handle`] ran for its new messages and before the
     /// commit: work that covers the whole batch in one statement (the query service records
@@ -141,6 +149,14 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
         let _ = (tx, batch);
         std::future::ready(Ok(()))
+    }
+
+    /// After the commit, once: the reports of the transaction's new messages, in offset
+    /// order. A batch that rolled back and is applied again one message at a time reports
+    /// each message once, from the transaction that committed it; a message that never
+    /// commits (dead-lettered) reports nothing. Nothing by default.
+    fn committed(&self, reports: Vec<Self::Report>) {
+        let _ = reports;
     }
 }
 
@@ -881,17 +897,22 @@ impl<H: Handler> Worker<H> {
     ) -> Result<Vec<Outcome>, HandlerError> {
         let mut tx = self.pool.begin().await?;
         let fresh = self.lock_and_claim(&mut tx, batch).await?;
+        let mut reports = Vec::with_capacity(batch.len());
         for ((incoming, span), fresh) in batch.iter().zip(&fresh) {
             if *fresh {
-                self.handler
+                let report = self
+                    .handler
                     .handle(&mut tx, incoming)
                     .instrument((*span).clone())
                     .await?;
+                reports.push(report);
             }
         }
         let all: Vec<&Incoming> = batch.iter().map(|(incoming, _)| *incoming).collect();
         self.handler.finish(&mut tx, &all).await?;
         tx.commit().await?;
+        // Only now: a rolled-back attempt's reports were dropped with it.
+        self.handler.committed(reports);
         Ok(fresh
             .into_iter()
             .map(|fresh| {

@@ -22,7 +22,47 @@ use crate::NAME;
 use crate::saga::{Decision, Policy, Saga, State, Trigger, decide};
 use crate::store::{self, HistoryEntry};
 
-/// Apply one decision to the saga inside `tx`.
+/// A transition that was written, told — counted, logged, alerted — only once its
+/// transaction has committed: a batch that rolls back and is applied again one message at a
+/// time, or a conflict retried, must not count a transition twice nor page twice for one
+/// FAILED saga.
+#[derive(Debug)]
+pub struct Transitioned {
+    order_id: Uuid,
+    to: State,
+    note: String,
+    alert: bool,
+    /// When the saga started (OrderPlaced's arrival): the duration of an ended saga.
+    started: DateTime<Utc>,
+}
+
+impl Transitioned {
+    fn tell(self) {
+        let Transitioned {
+            order_id,
+            to,
+            note,
+            alert,
+            started,
+        } = self;
+        metrics::counter!("saga_transitions_total", "to" => to.as_str()).increment(1);
+        if alert {
+            metrics::counter!("saga_failed_total").increment(1);
+            error!(alert = true, %order_id, %note, "ALERT: saga FAILED and needs an operator");
+        } else if to.is_terminal() {
+            info!(%order_id, state = to.as_str(), "saga finished");
+        }
+        if to.is_terminal() {
+            // From OrderPlaced's arrival to the end, by outcome: the saga latency panel.
+            let seconds = (Utc::now() - started).to_std().unwrap_or_default();
+            metrics::histogram!("saga_duration_seconds", "outcome" => to.as_str())
+                .record(seconds.as_secs_f64());
+        }
+    }
+}
+
+/// Apply one decision to the saga inside `tx`; the transition made, if any, to tell after
+/// the commit.
 async fn apply(
     tx: &mut Tx,
     current: Option<&Saga>,
@@ -30,7 +70,7 @@ async fn apply(
     origin: Origin,
     message_id: Option<Uuid>,
     policy: &Policy,
-) -> Result<(), HandlerError> {
+) -> Result<Option<Transitioned>, HandlerError> {
     let trigger_name = match trigger {
         Trigger::Message(m) => m.message_type(),
         Trigger::Deadline => "DEADLINE",
@@ -53,6 +93,7 @@ async fn apply(
                 )
                 .await?;
             }
+            Ok(None)
         }
         Decision::Transition {
             saga,
@@ -83,22 +124,15 @@ async fn apply(
                 &outgoing,
             )
             .await?;
-            metrics::counter!("saga_transitions_total", "to" => saga.state.as_str()).increment(1);
-            if alert {
-                metrics::counter!("saga_failed_total").increment(1);
-                error!(alert = true, %order_id, %note, "ALERT: saga FAILED and needs an operator");
-            } else if saga.state.is_terminal() {
-                info!(%order_id, state = saga.state.as_str(), "saga finished");
-            }
-            if saga.state.is_terminal() {
-                // From OrderPlaced's arrival to the end, by outcome: the saga latency panel.
-                let seconds = (Utc::now() - started).to_std().unwrap_or_default();
-                metrics::histogram!("saga_duration_seconds", "outcome" => saga.state.as_str())
-                    .record(seconds.as_secs_f64());
-            }
+            Ok(Some(Transitioned {
+                order_id,
+                to: saga.state,
+                note,
+                alert,
+                started,
+            }))
         }
     }
-    Ok(())
 }
 
 /// Replies and order events.
@@ -128,7 +162,13 @@ impl Handler for SagaReplies {
         sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
     }
 
-    async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
+    type Report = Option<Transitioned>;
+
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        incoming: &Incoming,
+    ) -> Result<Option<Transitioned>, HandlerError> {
         let order_id = incoming.message.order_id();
         let current = store::lock(tx, order_id).await?;
         let mut origin = Origin::caused_by(NAME, &incoming.envelope);
@@ -142,6 +182,10 @@ impl Handler for SagaReplies {
             &self.policy,
         )
         .await
+    }
+
+    fn committed(&self, reports: Vec<Option<Transitioned>>) {
+        reports.into_iter().flatten().for_each(Transitioned::tell);
     }
 }
 
@@ -274,7 +318,7 @@ async fn fire(pool: &PgPool, policy: &Policy, order_id: Uuid) -> Result<bool, Ha
         causation_id: None,
         traceparent,
     };
-    apply(
+    let transitioned = apply(
         &mut tx,
         Some(&saga),
         Trigger::Deadline,
@@ -284,6 +328,9 @@ async fn fire(pool: &PgPool, policy: &Policy, order_id: Uuid) -> Result<bool, Ha
     )
     .await?;
     tx.commit().await?;
+    if let Some(transitioned) = transitioned {
+        transitioned.tell();
+    }
     Ok(true)
 }
 

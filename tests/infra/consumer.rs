@@ -19,14 +19,21 @@ use uuid::Uuid;
 /// The key whose messages block until `released`.
 const STUCK: &str = "stuck-key";
 
-/// Records every applied message; blocks on [`STUCK`] until `released`, or panics on every
-/// message when `panics`.
+/// The key whose messages the handler rejects (dead-lettered at once).
+const POISON: &str = "poison-key";
+
+/// Records every message handled (in transactions that commit or not) and, after each
+/// commit, the reports of the messages it applied; blocks on [`STUCK`] until `released`,
+/// rejects [`POISON`], or panics on every message when `panics`. Applies up to `batch`
+/// queued messages per transaction (0: the consumer's default of one).
 #[derive(Clone, Default)]
 struct Probe {
     applied: Arc<Mutex<Vec<(i32, i64, Instant)>>>,
+    committed: Arc<Mutex<Vec<(i32, i64)>>>,
     stuck: CancellationToken,
     released: CancellationToken,
     panics: bool,
+    batch: usize,
 }
 
 impl Handler for Probe {
@@ -34,7 +41,14 @@ impl Handler for Probe {
         true
     }
 
-    async fn handle(&self, _tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
+    fn max_batch(&self) -> usize {
+        self.batch.max(1)
+    }
+
+    /// The message's place, told after the commit.
+    type Report = (i32, i64);
+
+    async fn handle(&self, _tx: &mut Tx, incoming: &Incoming) -> Result<(i32, i64), HandlerError> {
         assert!(!self.panics, "the handler's bug");
         if incoming.key.as_deref() == Some(STUCK) {
             self.stuck.cancel();
@@ -44,7 +58,14 @@ impl Handler for Probe {
             .lock()
             .unwrap()
             .push((incoming.partition, incoming.offset, Instant::now()));
-        Ok(())
+        if incoming.key.as_deref() == Some(POISON) {
+            return Err(HandlerError::Rejected("the probe rejects it".into()));
+        }
+        Ok((incoming.partition, incoming.offset))
+    }
+
+    fn committed(&self, reports: Vec<(i32, i64)>) {
+        self.committed.lock().unwrap().extend(reports);
     }
 }
 
@@ -196,4 +217,68 @@ async fn a_panicking_handler_stops_the_consumer_with_an_error_and_readiness_turn
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("panicked"), "{body}");
     shutdown.cancel();
+}
+
+/// What a handler tells after the commit — the orchestrator's transition counters and FAILED
+/// alerts, the notification e-mails — is told once per applied message, even when the batch
+/// holding it rolled back (a poison message in its middle) and was applied again one message
+/// at a time; and never for the message that did not commit.
+#[tokio::test]
+async fn a_rolled_back_batch_reports_each_message_once_from_the_commit_that_applied_it() {
+    let config = kafka();
+    let db = database("inventory").await;
+    clients::ensure_all_topics(&config).await.unwrap();
+    let producer = clients::producer(&config).unwrap();
+    // Queued before the consumer starts, so that its lane takes them as one batch.
+    for i in 0..20 {
+        let key = if i == 10 {
+            POISON.to_string()
+        } else {
+            format!("k{i}")
+        };
+        send(&producer, &config, 0, &key).await;
+    }
+    let probe = Probe {
+        batch: 64,
+        ..Probe::default()
+    };
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(consumer::run(
+        db.pool.clone(),
+        config.clone(),
+        ConsumerSettings::new("reporting", &[topics::INVENTORY_COMMANDS], &config),
+        probe.clone(),
+        shutdown.clone(),
+    ));
+    let inbox_rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM inbox WHERE consumer = 'reporting'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    wait::until(
+        "every message but the poison applied",
+        Duration::from_secs(60),
+        || async { (inbox_rows().await == 19).then_some(()) },
+    )
+    .await;
+    // The reports follow each commit at once.
+    wait::until("19 reports", Duration::from_secs(10), || async {
+        (probe.committed.lock().unwrap().len() >= 19).then_some(())
+    })
+    .await;
+    let handled = probe.applied.lock().unwrap().len();
+    assert!(
+        handled > 20,
+        "a batch formed and rolled back (messages handled {handled} times); else this test shows nothing"
+    );
+    // The topics are this test's own: partition 0's offsets are 0..20, the poison at 10.
+    let expected: Vec<(i32, i64)> = (0..20).filter(|o| *o != 10).map(|o| (0, o)).collect();
+    assert_eq!(
+        *probe.committed.lock().unwrap(),
+        expected,
+        "each applied message reported once, in offset order, the poison never"
+    );
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
 }

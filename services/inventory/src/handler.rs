@@ -48,9 +48,11 @@ impl Handler for InventoryHandler {
         )
     }
 
-    async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
+    type Report = Applied;
+
+    async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<Applied, HandlerError> {
         let now = Utc::now();
-        let reply = match &incoming.message {
+        let (reply, applied) = match &incoming.message {
             Message::ReserveStock(command) => reserve(tx, command, now).await?,
             Message::ReleaseStock(command) => {
                 self.faults
@@ -66,7 +68,45 @@ impl Handler for InventoryHandler {
             }
         };
         enqueue(tx, &reply, &Origin::caused_by(NAME, &incoming.envelope)).await?;
-        Ok(())
+        Ok(applied)
+    }
+
+    fn committed(&self, applied: Vec<Applied>) {
+        applied.into_iter().for_each(Applied::tell);
+    }
+}
+
+/// What a command did, counted and logged once it committed (a rolled-back attempt is
+/// applied again and must not count twice).
+#[derive(Debug)]
+pub enum Applied {
+    Reserve {
+        order_id: Uuid,
+        outcome: &'static str,
+    },
+    Release {
+        order_id: Uuid,
+        outcome: &'static str,
+        reason: String,
+    },
+}
+
+impl Applied {
+    fn tell(self) {
+        match self {
+            Applied::Reserve { order_id, outcome } => {
+                metrics::counter!("inventory_reserve_total", "outcome" => outcome).increment(1);
+                info!(%order_id, outcome, "ReserveStock decided");
+            }
+            Applied::Release {
+                order_id,
+                outcome,
+                reason,
+            } => {
+                metrics::counter!("inventory_release_total", "outcome" => outcome).increment(1);
+                info!(%order_id, outcome, %reason, "ReleaseStock applied");
+            }
+        }
     }
 }
 
@@ -74,7 +114,7 @@ async fn reserve(
     tx: &mut Tx,
     command: &ReserveStock,
     now: DateTime<Utc>,
-) -> Result<Message, HandlerError> {
+) -> Result<(Message, Applied), HandlerError> {
     let order_id = command.order_id;
     let existing = store::reservation_for_update(tx, order_id).await?;
     // A decided order never looks at stock again, so it needs no stock locks.
@@ -96,20 +136,19 @@ async fn reserve(
         | Decision::AlreadyRejected { .. }
         | Decision::AlreadyReleased => {}
     }
-    metrics::counter!("inventory_reserve_total", "outcome" => decision.label()).increment(1);
-    info!(%order_id, outcome = decision.label(), "ReserveStock decided");
-    Ok(domain::reserve_reply(
+    let applied = Applied::Reserve {
         order_id,
-        &decision,
-        now.timestamp_millis(),
-    ))
+        outcome: decision.label(),
+    };
+    let reply = domain::reserve_reply(order_id, &decision, now.timestamp_millis());
+    Ok((reply, applied))
 }
 
 async fn release(
     tx: &mut Tx,
     command: &ReleaseStock,
     now: DateTime<Utc>,
-) -> Result<Message, HandlerError> {
+) -> Result<(Message, Applied), HandlerError> {
     let order_id = command.order_id;
     let existing = store::reservation_for_update(tx, order_id).await?;
     let release = domain::decide_release(existing.as_ref());
@@ -133,13 +172,13 @@ async fn release(
         }
         Release::Nothing => {}
     }
-    metrics::counter!("inventory_release_total", "outcome" => release.label()).increment(1);
-    info!(%order_id, outcome = release.label(), reason = %command.reason, "ReleaseStock applied");
-    Ok(domain::release_reply(
+    let applied = Applied::Release {
         order_id,
-        &release,
-        now.timestamp_millis(),
-    ))
+        outcome: release.label(),
+        reason: command.reason.clone(),
+    };
+    let reply = domain::release_reply(order_id, &release, now.timestamp_millis());
+    Ok((reply, applied))
 }
 
 /// Record an order's first outcome, or fail (rolling back) if one was recorded since we looked

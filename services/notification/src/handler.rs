@@ -14,7 +14,7 @@ use sagaflow_schemas::{Message, NotificationSent};
 use tracing::{debug, info};
 
 use crate::NAME;
-use crate::domain;
+use crate::domain::{self, Notification};
 use crate::store;
 
 /// Handles OrderApproved and OrderRejected; other orders.events types are skipped.
@@ -29,13 +29,20 @@ impl Handler for NotificationHandler {
         )
     }
 
-    /// One order's notifications are keyed by its id; the only effect outside the
-    /// transaction is the simulated e-mail's log line, repeated if a batch is rolled back.
+    /// One order's notifications are keyed by its id, and the simulated e-mail is sent (logged)
+    /// only after the commit ([`Handler::committed`]): nothing leaves the transaction.
     fn max_batch(&self) -> usize {
         sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
     }
 
-    async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
+    /// The notification recorded, if it was new.
+    type Report = Option<Notification>;
+
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        incoming: &Incoming,
+    ) -> Result<Option<Notification>, HandlerError> {
         let Some(notification) = domain::compose(&incoming.message) else {
             return Err(HandlerError::Rejected(format!(
                 "{NAME} does not handle {}",
@@ -54,20 +61,25 @@ impl Handler for NotificationHandler {
         let sent = OutboxBatch::of(&sent, &Origin::caused_by(NAME, &incoming.envelope))?;
         if !store::insert(tx, &notification, now, &sent).await? {
             debug!(order_id = %notification.order_id, template = notification.template, "already notified");
-            return Ok(());
+            return Ok(None);
         }
-        // The simulated e-mail. It is logged before the consumer commits, so a failed commit
-        // logs it again on the retry; a real sender would be fed from NotificationSent instead.
-        info!(
-            order_id = %notification.order_id,
-            customer_id = %notification.customer_id,
-            template = notification.template,
-            subject = %notification.subject,
-            body = ?notification.body, // Debug: one log line despite the line breaks
-            "e-mail sent (simulated)"
-        );
-        metrics::counter!("notifications_sent_total", "template" => notification.template)
-            .increment(1);
-        Ok(())
+        Ok(Some(notification))
+    }
+
+    /// The simulated e-mails, once their rows committed: a rolled-back batch sends nothing,
+    /// and its retry sends each once. (A real sender would be fed from NotificationSent.)
+    fn committed(&self, sent: Vec<Option<Notification>>) {
+        for notification in sent.into_iter().flatten() {
+            info!(
+                order_id = %notification.order_id,
+                customer_id = %notification.customer_id,
+                template = notification.template,
+                subject = %notification.subject,
+                body = ?notification.body, // Debug: one log line despite the line breaks
+                "e-mail sent (simulated)"
+            );
+            metrics::counter!("notifications_sent_total", "template" => notification.template)
+                .increment(1);
+        }
     }
 }

@@ -43,6 +43,8 @@ impl Handler for OrderCommands {
         sagaflow_messaging::consumer::DEFAULT_MAX_BATCH
     }
 
+    type Report = ();
+
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         let (order_id, target, reason) = match &incoming.message {
             Message::ApproveOrder(m) => (m.order_id, OrderStatus::Approved, None),

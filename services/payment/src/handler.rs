@@ -285,6 +285,10 @@ impl Handler for PaymentHandler {
         )
     }
 
+    /// Nothing to tell after the commit: its logs are about provider calls, which happened
+    /// whether or not the transaction commits.
+    type Report = ();
+
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         match &incoming.message {
             Message::AuthorizePayment(command) => self.authorize(tx, incoming, command).await,

@@ -44,6 +44,8 @@ impl Handler for QueryHandler {
         projection::lock_keys(&incoming.message)
     }
 
+    type Report = ();
+
     async fn handle(&self, tx: &mut Tx, incoming: &Incoming) -> Result<(), HandlerError> {
         for projection in Projection::ALL {
             projection::apply(
