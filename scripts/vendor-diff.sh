@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Shows our patches to the vendored tansu crates, so that vendor/ can be reviewed: a unified
-# diff of vendor/tansu-storage and vendor/tansu-broker against the pristine tansu-storage 0.6.0
-# and tansu-broker 0.6.0 published on crates.io (each patch is listed in vendor/README.md).
+# Shows our patches to the vendored crates, so that vendor/ can be reviewed: a unified diff of
+# vendor/tansu-storage, vendor/tansu-broker and vendor/rdkafka against the pristine
+# tansu-storage 0.6.0, tansu-broker 0.6.0 and rdkafka 0.39.0 published on crates.io (each
+# patch is listed in vendor/README.md).
 #
 # The pristine crates are downloaded from static.crates.io (needs curl and network access) into
 # a temporary directory, removed on exit. Each crate is compared whole — `src/`, `Cargo.toml`
 # (the normalised manifest cargo reads), `Cargo.toml.orig`, README.md, LICENSE,
-# .cargo_vcs_info.json — except:
+# .cargo_vcs_info.json — except, for the two tansu crates (rdkafka is vendored whole):
 #   - the `tests/` and `benches/` folders, which the vendored copies removed (upstream's
 #     integration tests; not run here). Their `[[test]]`/`[[bench]]` targets and the
 #     `criterion` dev-dependency were removed from `Cargo.toml` too, and that does show in the
@@ -20,8 +21,8 @@
 # Exits 0, whether or not there are differences; non-zero only if a download or diff fails.
 set -euo pipefail
 
-version=0.6.0
-crates=(tansu-storage tansu-broker)
+# crate@version
+crates=(tansu-storage@0.6.0 tansu-broker@0.6.0 rdkafka@0.39.0)
 
 format=(--patch)
 case "${1:-}" in
@@ -36,19 +37,23 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/pristine" "$work/vendor"
 
-for crate in "${crates[@]}"; do
+for pinned in "${crates[@]}"; do
+  crate=${pinned%@*} version=${pinned#*@}
   curl --fail --silent --show-error --location --retry 3 \
     "https://static.crates.io/crates/$crate/$crate-$version.crate" |
     tar -xzf - -C "$work/pristine"
   mv "$work/pristine/$crate-$version" "$work/pristine/$crate"
-  # Removed from the vendored copies on purpose; see the header.
-  rm -rf "$work/pristine/$crate/tests" "$work/pristine/$crate/benches" \
-    "$work/pristine/$crate/Cargo.lock"
+  # Removed from the vendored tansu copies on purpose; see the header.
+  if [[ $crate == tansu-* ]]; then
+    rm -rf "$work/pristine/$crate/tests" "$work/pristine/$crate/benches" \
+      "$work/pristine/$crate/Cargo.lock"
+  fi
   cp -R "$root/vendor/$crate" "$work/vendor/$crate"
 done
 
 cd "$work"
-for crate in "${crates[@]}"; do
+for pinned in "${crates[@]}"; do
+  crate=${pinned%@*} version=${pinned#*@}
   echo "== $crate $version (crates.io) -> vendor/$crate"
   status=0
   git -c core.quotepath=off diff --no-index --no-color --no-ext-diff "${format[@]}" \
