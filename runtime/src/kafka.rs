@@ -369,9 +369,10 @@ mod tests {
             started.elapsed() >= Duration::from_millis(25 * polls),
             "each poll waits its whole timeout"
         );
-        // Spinning cost 36 ms here (0.9 ms per poll) before the patch; waiting, microseconds.
+        // Spinning cost 36 ms here (0.9 ms per poll) before the patch; waiting costs about
+        // 1.6 ms in all (the connection-refused error events it handles), even on a busy host.
         assert!(
-            spent < Duration::from_millis(5),
+            spent < Duration::from_millis(10),
             "{polls} polls of an idle producer used {spent:?} of CPU"
         );
     }
