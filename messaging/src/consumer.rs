@@ -154,7 +154,8 @@ pub trait Handler: Send + Sync + 'static {
     /// After the commit, once: the reports of the transaction's new messages, in offset
     /// order. A batch that rolled back and is applied again one message at a time reports
     /// each message once, from the transaction that committed it; a message that never
-    /// commits (dead-lettered) reports nothing. Nothing by default.
+    /// commits (dead-lettered) reports nothing. At most once: a crash between the commit and
+    /// this call loses the report, never the effect. Nothing by default.
     fn committed(&self, reports: Vec<Self::Report>) {
         let _ = reports;
     }
