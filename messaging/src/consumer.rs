@@ -21,13 +21,13 @@
 //! [`Handler::lock_keys`], sorted, and inserts their inbox rows; then each new message is
 //! handled in offset order; the handler's [`Handler::finish`] once for the batch; one commit;
 //! then what the handlers reported is told ([`Handler::committed`]: metrics and alerts of a
-//! rolled-back attempt are never emitted) and the offsets are stored. Every transaction of every consumer (batches of one included)
-//! takes its locks that way, all at once and in one order, so two lanes' batches never wait on
-//! each other in a cycle, and a handler that serialises per order needs no lock statement of
-//! its own. A batch that fails in any way — a poison message in it, a handler error, a
-//! conflict, the database gone — is rolled back as a whole and its messages are applied again
-//! one at a time, each with the retries and dead-lettering below: one bad message never takes
-//! its neighbours' effects with it.
+//! rolled-back attempt are never emitted) and the offsets are stored. Every transaction of
+//! every consumer (batches of one included) takes its locks that way, all at once and in one
+//! order, so two lanes' batches never wait on each other in a cycle, and a handler that
+//! serialises per order needs no lock statement of its own. A batch that fails in any way — a
+//! poison message in it, a handler error, a conflict, the database gone — is rolled back as a
+//! whole and its messages are applied again one at a time, each with the retries and
+//! dead-lettering below: one bad message never takes its neighbours' effects with it.
 //!
 //! Failures:
 //! - the database unreachable: retried with backoff for as long as it takes (never
