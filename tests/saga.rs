@@ -136,11 +136,17 @@ async fn a_declined_card_releases_the_reserved_stock_and_rejects() {
     app.stop().await;
 }
 
+/// The provider goes down: the circuit opens, the payment step's deadline compensates the
+/// order. Then another order comes while the circuit is open (3 to 4.5 s at a time), and the
+/// provider recovers once the circuit has refused that order's payment: the payment waits for
+/// the circuit's probe instead of burning its attempts on refusals in a second and being
+/// dead-lettered, and the order is approved.
 #[tokio::test]
 async fn provider_down_opens_the_circuit_hits_the_deadline_compensates_then_recovers() {
     let _broker = broker_lock().read().await;
     let app = spawn_platform(Options {
-        step_timeout: Duration::from_secs(4),
+        step_timeout: Duration::from_secs(8),
+        circuit_open: (Duration::from_secs(3), Duration::from_secs(3)),
         ..Options::default()
     })
     .await;
@@ -149,11 +155,7 @@ async fn provider_down_opens_the_circuit_hits_the_deadline_compensates_then_reco
     let order = app.place(&[("SKU-P", 2, 500)], "pm_card_visa").await;
 
     wait::until("the circuit to open", FINISH, || async {
-        let metrics = app.metrics().await;
-        metrics
-            .lines()
-            .any(|l| l.starts_with("payment_provider_circuit_open") && l.ends_with(" 1"))
-            .then_some(())
+        (app.circuit_open().await == Some(true)).then_some(())
     })
     .await;
     let saga = app.saga_terminal(order, Duration::from_secs(90)).await;
@@ -176,14 +178,32 @@ async fn provider_down_opens_the_circuit_hits_the_deadline_compensates_then_reco
         "nothing charged while the provider was down"
     );
 
-    app.provider.set_down(false);
+    // The first order is over (its payment command dead-lettered before its compensation
+    // ran): refusals from now on are the next order's.
+    let refusals = || async {
+        app.provider_metric("payment_provider_calls_rejected_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    let refused_before = refusals().await;
     let next = app.place(&[("SKU-P", 1, 500)], "pm_card_visa").await;
+    wait::until(
+        "the open circuit to refuse the next payment",
+        FINISH,
+        || async { (refusals().await > refused_before).then_some(()) },
+    )
+    .await;
+    app.provider.set_down(false);
     let done = app.terminal(next, Duration::from_secs(90)).await;
     assert_eq!(
-        done["status"], "APPROVED",
-        "after recovery new orders are approved"
+        done["status"],
+        "APPROVED",
+        "the payment waited for the circuit's probe: {}",
+        app.saga(next).await
     );
     assert_eq!(app.stock("SKU-P").await, (9, 1));
+    assert_eq!(app.provider.stats().charges, 1);
+    assert_eq!(app.circuit_open().await, Some(false), "the probe closed it");
     app.stop().await;
 }
 
@@ -196,6 +216,9 @@ async fn a_saga_whose_deadline_cannot_fire_does_not_hold_up_the_others() {
     let _broker = broker_lock().read().await;
     let app = spawn_platform(Options {
         step_timeout: Duration::from_secs(4),
+        // Short open periods: the payment is dead-lettered (and the compensation behind it
+        // on its partition runs) within seconds while the provider stays down.
+        circuit_open: (Duration::from_millis(250), Duration::from_secs(1)),
         ..Options::default()
     })
     .await;

@@ -35,6 +35,7 @@
 //! - a malformed value, missing envelope or unknown type: dead-lettered at once;
 //! - a handler error: retried `max_attempts` times with exponential backoff and jitter, then
 //!   dead-lettered to `<topic>.dlq` with the reason in headers, and the partition moves on;
+//!   a dependency that said when it takes calls again (an open circuit) is not asked sooner;
 //! - a handler that panics: the consumer stops with an error (the component exits non-zero)
 //!   and `/health/ready` turns red; nothing of that lane is committed.
 
@@ -89,6 +90,16 @@ pub enum HandlerError {
     /// Retried with backoff, then dead-lettered.
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
+    /// A dependency refuses calls until a known moment (the payment provider's circuit
+    /// breaker is open): retried no sooner than `retry_after` — an earlier attempt would be
+    /// refused without reaching it, and a message that burnt its attempts that way would be
+    /// dead-lettered though the dependency was back — counted as an attempt, then
+    /// dead-lettered like [`HandlerError::Failed`].
+    #[error("{error:#} (refused for {retry_after:?} more)")]
+    Unavailable {
+        error: anyhow::Error,
+        retry_after: Duration,
+    },
 }
 
 impl HandlerError {
@@ -97,7 +108,22 @@ impl HandlerError {
     fn transient(&self) -> bool {
         matches!(self, HandlerError::Database(e) if db::is_unavailable(e) || db::is_conflict(e))
     }
+
+    /// The wait before the next attempt: the backoff's `delay`, or longer when the error
+    /// says when its dependency takes calls again (capped: a wrong hint must not park a
+    /// partition for long).
+    fn retry_delay(&self, delay: Duration) -> Duration {
+        match self {
+            HandlerError::Unavailable { retry_after, .. } => {
+                delay.max((*retry_after).min(MAX_RETRY_AFTER))
+            }
+            _ => delay,
+        }
+    }
 }
+
+/// The longest a [`HandlerError::Unavailable`] holds a message back before its next attempt.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// A component's reaction to messages.
 pub trait Handler: Send + Sync + 'static {
@@ -880,7 +906,7 @@ impl<H: Handler> Worker<H> {
             } else {
                 debug!(consumer = %self.settings.name, attempts, error = %error, "handler failed; retrying");
             }
-            let delay = delays.next().unwrap_or(Duration::from_secs(2));
+            let delay = error.retry_delay(delays.next().unwrap_or(Duration::from_secs(2)));
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Outcome::Interrupted,
                 _ = tokio::time::sleep(delay) => {}
@@ -1142,6 +1168,36 @@ mod tests {
             offset,
             None,
         )
+    }
+
+    #[test]
+    fn a_dependency_refusing_calls_delays_the_next_attempt_until_it_takes_them_again() {
+        let backoff = Duration::from_millis(50);
+        let unavailable = |retry_after| HandlerError::Unavailable {
+            error: anyhow::anyhow!("circuit open"),
+            retry_after,
+        };
+        assert_eq!(
+            unavailable(Duration::from_millis(800)).retry_delay(backoff),
+            Duration::from_millis(800),
+            "not asked again before it takes calls"
+        );
+        assert_eq!(
+            unavailable(Duration::from_millis(10)).retry_delay(backoff),
+            backoff,
+            "never sooner than the backoff"
+        );
+        assert_eq!(
+            unavailable(Duration::from_secs(3600)).retry_delay(backoff),
+            MAX_RETRY_AFTER,
+            "a wrong hint does not park the partition for an hour"
+        );
+        let failed = HandlerError::Failed(anyhow::anyhow!("boom"));
+        assert_eq!(failed.retry_delay(backoff), backoff);
+        assert!(
+            !unavailable(Duration::ZERO).transient(),
+            "it counts as an attempt"
+        );
     }
 
     /// A message whose envelope says `message_type` and whose payload is not Avro at all.

@@ -39,6 +39,9 @@ pub struct Options {
     pub instance_id: Option<String>,
     /// Idempotency-Key lifetime and pruning (default: the production defaults).
     pub orders: order_service::OrderConfig,
+    /// The payment provider circuit's first and longest open period (default: the
+    /// production defaults, 1 s and 30 s).
+    pub circuit_open: (Duration, Duration),
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             kafka_brokers: None,
             instance_id: None,
             orders: order_service::OrderConfig::default(),
+            circuit_open: (Duration::from_secs(1), Duration::from_secs(30)),
         }
     }
 }
@@ -80,6 +84,8 @@ pub async fn spawn_platform(options: Options) -> TestApp {
     .await;
     let mut payment_config = PaymentConfig::new(provider_url);
     payment_config.provider_timeout_ms = 500;
+    payment_config.circuit_open_ms = options.circuit_open.0.as_millis() as u64;
+    payment_config.circuit_open_max_ms = options.circuit_open.1.as_millis() as u64;
     let config = platform::PlatformConfig {
         databases: DatabaseUrls {
             order: order.url,
@@ -177,6 +183,32 @@ impl TestApp {
             .text()
             .await
             .unwrap()
+    }
+
+    /// The value of metric `name` for this platform's payment provider (its series labelled
+    /// `provider`: platforms of one test process share a metrics recorder). `None` before
+    /// the series exists.
+    pub async fn provider_metric(&self, name: &str) -> Option<f64> {
+        let provider = self
+            .config
+            .payment
+            .provider_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let series = format!("{name}{{provider=\"{provider}\"}} ");
+        let metrics = self.metrics().await;
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))?;
+        Some(value.trim().parse().expect("a metric's value is a number"))
+    }
+
+    /// Whether this platform's payment provider circuit is open (or half-open).
+    pub async fn circuit_open(&self) -> Option<bool> {
+        let value = self
+            .provider_metric("payment_provider_circuit_open")
+            .await?;
+        Some(value == 1.0)
     }
 
     pub async fn set_stock(&self, sku: &str, available: i64) {

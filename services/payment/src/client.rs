@@ -12,15 +12,19 @@
 //!   `circuit_failures` of them in a row it opens and calls fail at once without reaching the
 //!   provider; it half-opens after `circuit_open` (growing, with jitter, while the provider
 //!   stays down) and closes on the first success. Declines and refusals prove the provider
-//!   is up. The state is the gauge `payment_provider_circuit_open` (1 open or half-open,
-//!   0 closed); transitions are logged.
+//!   is up. A call refused by the open circuit says when the circuit half-opens
+//!   ([`ProviderError::retry_after`]), so a caller retrying later asks no sooner than a probe
+//!   can be made. The state is the gauge `payment_provider_circuit_open{provider="host:port"}`
+//!   (1 open or half-open, 0 closed; one series per provider, so two clients in one process
+//!   never overwrite each other's state), calls it refused are counted in
+//!   `payment_provider_calls_rejected_total{provider}`; transitions are logged.
 //! - **Unknown outcomes are reported**: [`ProviderError::outcome_unknown`] tells whether a
 //!   failed call may still have moved money (a timeout after the request was sent, a lost
 //!   answer), as opposed to a call the provider certainly did not process (503, connection
 //!   refused, circuit open).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
@@ -123,6 +127,8 @@ pub enum ProviderError {
     Unavailable {
         detail: String,
         outcome_unknown: bool,
+        /// The circuit refused the call: how long until it lets a probe through.
+        retry_after: Option<Duration>,
     },
     /// A final refusal other than a decline (a 4xx): retrying the same request cannot help.
     #[error("payment provider refused the request: HTTP {status} {code}")]
@@ -133,6 +139,15 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// When the open circuit refused the call: how long until a call may reach the provider
+    /// again. Asking sooner is refused without reaching it.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether the provider may have processed the call (money may have moved).
     pub fn outcome_unknown(&self) -> bool {
         match self {
@@ -165,11 +180,14 @@ impl CircuitState {
 }
 
 /// Open periods: `first`, doubling up to `max`, each stretched by up to 50 % at random so
-/// replicas that opened together do not probe the provider together.
+/// replicas that opened together do not probe the provider together. The breaker draws one
+/// as it opens; the moment it ends is kept in `reopens_at` (shared with the client: the
+/// breaker does not tell it) so a refused call can say when to come back.
 #[derive(Debug, Clone)]
 struct OpenPeriods {
     next: Duration,
     max: Duration,
+    reopens_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Iterator for OpenPeriods {
@@ -178,38 +196,64 @@ impl Iterator for OpenPeriods {
     fn next(&mut self) -> Option<Duration> {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
-        Some(base.mul_f64(1.0 + rand::rng().random_range(0.0..0.5)))
+        let period = base.mul_f64(1.0 + rand::rng().random_range(0.0..0.5));
+        // The breaker adds the period to its own clock right after this returns: a probe
+        // is let through from a moment a little later than this one.
+        *self.reopens_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + period + REOPEN_MARGIN);
+        Some(period)
     }
 }
 
+/// Slack on [`OpenPeriods::reopens_at`]: the breaker's own deadline is computed a moment
+/// after it, and a caller coming back exactly then would be refused once more.
+const REOPEN_MARGIN: Duration = Duration::from_millis(5);
+
 /// Publishes the breaker's transitions (failsafe calls it under its own lock).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct CircuitObserver {
     state: Arc<AtomicU8>,
+    /// The gauge's `provider` label: the provider's `host:port`.
+    provider: Arc<str>,
 }
 
 impl CircuitObserver {
+    fn new(base_url: &str) -> Self {
+        CircuitObserver {
+            state: Arc::default(),
+            provider: provider_label(base_url).into(),
+        }
+    }
+
+    fn gauge(&self) -> metrics::Gauge {
+        metrics::gauge!("payment_provider_circuit_open", "provider" => self.provider.to_string())
+    }
+
+    fn rejected(&self) -> metrics::Counter {
+        metrics::counter!("payment_provider_calls_rejected_total", "provider" => self.provider.to_string())
+    }
+
     fn transition(&self, to: CircuitState) {
         let from = CircuitState::from_u8(self.state.swap(to as u8, Ordering::SeqCst));
-        metrics::gauge!("payment_provider_circuit_open").set(if to == CircuitState::Closed {
-            0.0
-        } else {
-            1.0
-        });
+        self.gauge()
+            .set(if to == CircuitState::Closed { 0.0 } else { 1.0 });
         if from == to {
             return;
         }
         match to {
             CircuitState::Open => warn!(
                 ?from,
+                provider = %self.provider,
                 "payment provider circuit opened: calls fail fast until it half-opens"
             ),
             CircuitState::HalfOpen => info!(
                 ?from,
+                provider = %self.provider,
                 "payment provider circuit half-open: probing the provider"
             ),
             CircuitState::Closed => info!(
                 ?from,
+                provider = %self.provider,
                 "payment provider circuit closed: the provider answers again"
             ),
         }
@@ -218,7 +262,7 @@ impl CircuitObserver {
 
 impl Instrument for CircuitObserver {
     fn on_call_rejected(&self) {
-        metrics::counter!("payment_provider_calls_rejected_total").increment(1);
+        self.rejected().increment(1);
     }
 
     fn on_open(&self) {
@@ -236,11 +280,23 @@ impl Instrument for CircuitObserver {
 
 type Breaker = StateMachine<ConsecutiveFailures<OpenPeriods>, CircuitObserver>;
 
+/// The `provider` label of a base URL: `host:port`, never the scheme, path or credentials.
+fn provider_label(base_url: &str) -> String {
+    match reqwest::Url::parse(base_url) {
+        Ok(url) => match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_string(),
+            (None, _) => "unknown".to_string(),
+        },
+        Err(_) => "unknown".to_string(),
+    }
+}
+
 /// One attempt's failure.
 #[derive(Debug)]
 enum AttemptError {
-    /// The circuit is open: nothing was sent.
-    Rejected,
+    /// The circuit is open: nothing was sent. A probe is let through after `retry_after`.
+    Rejected { retry_after: Duration },
     /// No usable answer; worth retrying.
     Transient {
         detail: String,
@@ -269,6 +325,8 @@ pub struct ProviderClient {
     settings: ClientSettings,
     breaker: Breaker,
     observer: CircuitObserver,
+    /// The end of the current open period (see [`OpenPeriods`]).
+    reopens_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl ProviderClient {
@@ -277,14 +335,16 @@ impl ProviderClient {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(1)))
             .build()?;
-        let observer = CircuitObserver::default();
+        let observer = CircuitObserver::new(&settings.base_url);
         // Closed until it opens, and registered at zero: an alert on the breaker (or on
         // rejected calls) needs the series to exist before the first trip.
-        metrics::gauge!("payment_provider_circuit_open").set(0.0);
-        metrics::counter!("payment_provider_calls_rejected_total").increment(0);
+        observer.gauge().set(0.0);
+        observer.rejected().increment(0);
+        let reopens_at = Arc::new(Mutex::new(None));
         let periods = OpenPeriods {
             next: settings.circuit_open,
             max: settings.circuit_open_max.max(settings.circuit_open),
+            reopens_at: reopens_at.clone(),
         };
         let breaker = failsafe::Config::new()
             .failure_policy(consecutive_failures(
@@ -299,6 +359,7 @@ impl ProviderClient {
             settings,
             breaker,
             observer,
+            reopens_at,
         })
     }
 
@@ -306,6 +367,15 @@ impl ProviderClient {
     /// after its period).
     pub fn circuit_state(&self) -> CircuitState {
         CircuitState::from_u8(self.observer.state.load(Ordering::SeqCst))
+    }
+
+    /// How long the open circuit goes on refusing calls.
+    fn until_reopen(&self) -> Duration {
+        let reopens_at = *self.reopens_at.lock().unwrap_or_else(|e| e.into_inner());
+        reopens_at.map_or(REOPEN_MARGIN, |at| {
+            at.saturating_duration_since(Instant::now())
+                .max(REOPEN_MARGIN)
+        })
     }
 
     /// Charge, idempotently by `request.idempotency_key`.
@@ -412,14 +482,17 @@ impl ProviderClient {
                 ..answer
             })
             .map_err(|e| {
-                let detail = match e {
-                    AttemptError::Rejected => "circuit open".to_string(),
-                    AttemptError::Transient { detail, .. } => detail,
+                let (detail, retry_after) = match e {
+                    AttemptError::Rejected { retry_after } => {
+                        ("circuit open".to_string(), Some(retry_after))
+                    }
+                    AttemptError::Transient { detail, .. } => (detail, None),
                 };
-                warn!(operation, %detail, "payment provider unavailable");
+                warn!(operation, %detail, ?retry_after, "payment provider unavailable");
                 ProviderError::Unavailable {
                     detail,
                     outcome_unknown: maybe_processed.load(Ordering::Relaxed),
+                    retry_after,
                 }
             })
     }
@@ -430,7 +503,9 @@ impl ProviderClient {
         request: &impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Answer, AttemptError> {
         if !self.breaker.is_call_permitted() {
-            return Err(AttemptError::Rejected);
+            return Err(AttemptError::Rejected {
+                retry_after: self.until_reopen(),
+            });
         }
         let started = Instant::now();
         let result = match request().send().await {
@@ -550,6 +625,7 @@ fn refused(answer: &Answer) -> ProviderError {
         ProviderError::Unavailable {
             detail: format!("HTTP {status} {code} after an attempt whose outcome is unknown"),
             outcome_unknown: true,
+            retry_after: None,
         }
     } else {
         ProviderError::Refused { status, code }
@@ -596,18 +672,37 @@ mod tests {
 
     #[test]
     fn open_periods_grow_with_bounded_jitter() {
-        let periods = OpenPeriods {
+        let reopens_at = Arc::new(Mutex::new(None));
+        let mut periods = OpenPeriods {
             next: Duration::from_secs(1),
             max: Duration::from_secs(4),
+            reopens_at: reopens_at.clone(),
         };
-        let bases = [1, 2, 4, 4, 4];
-        for (period, base) in periods.zip(bases) {
+        for base in [1, 2, 4, 4, 4] {
+            let before = Instant::now();
+            let period = periods.next().unwrap();
+            let after = Instant::now();
             let base = Duration::from_secs(base);
             assert!(
                 period >= base && period < base.mul_f64(1.5),
                 "{period:?} for {base:?}"
             );
+            let at = reopens_at.lock().unwrap().unwrap();
+            assert!(
+                at >= before + period + REOPEN_MARGIN && at <= after + period + REOPEN_MARGIN,
+                "the end of the drawn period is kept"
+            );
         }
+    }
+
+    #[test]
+    fn the_circuit_gauge_names_the_provider_by_host_and_port_only() {
+        assert_eq!(provider_label("http://127.0.0.1:8090"), "127.0.0.1:8090");
+        assert_eq!(
+            provider_label("https://user:secret@pay.example/v2/"),
+            "pay.example:443"
+        );
+        assert_eq!(provider_label("not a url"), "unknown");
     }
 
     #[test]

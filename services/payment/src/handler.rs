@@ -10,7 +10,8 @@
 //!   are written in the consumer's transaction; the provider call happens inside it, before
 //!   the commit.
 //! - **An unavailable provider is not a decline**: the handler fails, the consumer retries and
-//!   eventually dead-letters; the saga's deadline decides what happens to the order.
+//!   eventually dead-letters; the saga's deadline decides what happens to the order. While
+//!   the circuit is open, the next attempt waits until it lets a probe through.
 //! - **A lost answer is not forgotten**: when a charge's outcome is unknown (timeout after
 //!   sending), that is noted outside the rolled-back transaction, and a later refund of an
 //!   order without a payment row asks the provider before declaring nothing was charged.
@@ -144,7 +145,7 @@ impl PaymentHandler {
             metrics::counter!("payment_charge_outcome_unknown_total").increment(1);
             warn!(order_id = %command.order_id, error = %error, "charge outcome unknown; noted for reconciliation");
         }
-        HandlerError::Failed(anyhow::Error::new(error).context("charging the order"))
+        provider_failed(error, "charging the order")
     }
 
     async fn refund(
@@ -173,9 +174,7 @@ impl PaymentHandler {
                     .client
                     .refund(&charge_id, &refund_key(order_id))
                     .await
-                    .map_err(|e| {
-                        HandlerError::Failed(anyhow::Error::new(e).context("refunding the charge"))
-                    })?;
+                    .map_err(|e| provider_failed(e, "refunding the charge"))?;
                 store::mark_refunded(tx, order_id, &refund.id, now).await?;
                 // `existing` is AUTHORIZED here: its amount is what was charged.
                 let (amount_cents, currency) = existing
@@ -202,11 +201,7 @@ impl PaymentHandler {
                     .client
                     .find_charge(&idempotency_key)
                     .await
-                    .map_err(|e| {
-                        HandlerError::Failed(
-                            anyhow::Error::new(e).context("looking up an uncertain charge"),
-                        )
-                    })?;
+                    .map_err(|e| provider_failed(e, "looking up an uncertain charge"))?;
                 store::forget_uncertain(tx, order_id).await?;
                 match found {
                     None => self.cancel(tx, command, now).await?,
@@ -215,11 +210,7 @@ impl PaymentHandler {
                             .client
                             .refund(&charge.id, &refund_key(order_id))
                             .await
-                            .map_err(|e| {
-                                HandlerError::Failed(
-                                    anyhow::Error::new(e).context("refunding an uncertain charge"),
-                                )
-                            })?;
+                            .map_err(|e| provider_failed(e, "refunding an uncertain charge"))?;
                         let currency = charge.currency.to_ascii_uppercase();
                         let row = decision::reconciled_refund_row(
                             order_id,
@@ -260,6 +251,20 @@ impl PaymentHandler {
             decision::NO_CURRENCY.into(),
             now,
         ))
+    }
+}
+
+/// The error to fail the message with when a provider call failed `doing` something: when the
+/// open circuit refused it, one the consumer retries no sooner than the circuit lets a call
+/// through (retrying earlier would burn the attempts without reaching the provider, and
+/// dead-letter a payment though the provider was back).
+fn provider_failed(error: ProviderError, doing: &'static str) -> HandlerError {
+    match error.retry_after() {
+        Some(retry_after) => HandlerError::Unavailable {
+            error: anyhow::Error::new(error).context(doing),
+            retry_after,
+        },
+        None => HandlerError::Failed(anyhow::Error::new(error).context(doing)),
     }
 }
 

@@ -88,6 +88,14 @@ pub struct PaymentConfig {
         default_value_t = 1000
     )]
     pub circuit_open_ms: u64,
+    /// The longest the circuit stays open before probing, in milliseconds (plus up to 50 %
+    /// jitter): after the provider comes back, the first payment may wait this long.
+    #[arg(
+        long = "payment-circuit-open-max-ms",
+        env = "PAYMENT_CIRCUIT_OPEN_MAX_MS",
+        default_value_t = 30_000
+    )]
+    pub circuit_open_max_ms: u64,
 }
 
 impl PaymentConfig {
@@ -107,6 +115,7 @@ impl PaymentConfig {
             max_attempts: self.provider_attempts.max(1),
             circuit_failures: self.circuit_failures.max(1),
             circuit_open: Duration::from_millis(self.circuit_open_ms),
+            circuit_open_max: Duration::from_millis(self.circuit_open_max_ms),
             ..ClientSettings::default()
         }
     }
@@ -120,6 +129,7 @@ impl Default for PaymentConfig {
             provider_attempts: 3,
             circuit_failures: 5,
             circuit_open_ms: 1000,
+            circuit_open_max_ms: 30_000,
         }
     }
 }
@@ -159,5 +169,6 @@ mod tests {
         assert_eq!(parsed.provider_attempts, default.provider_attempts);
         assert_eq!(parsed.circuit_failures, default.circuit_failures);
         assert_eq!(parsed.circuit_open_ms, default.circuit_open_ms);
+        assert_eq!(parsed.circuit_open_max_ms, default.circuit_open_max_ms);
     }
 }

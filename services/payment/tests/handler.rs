@@ -354,6 +354,57 @@ async fn an_unavailable_provider_fails_the_message_and_changes_nothing() {
     env.drop_database().await;
 }
 
+/// While the circuit is open, a failed message says when the provider may be asked again, so
+/// the consumer does not burn its attempts on refusals; asked then, the charge goes through.
+#[tokio::test]
+async fn an_open_circuit_tells_the_consumer_when_to_retry_and_then_the_charge_goes_through() {
+    let Some(env) = env(|s| ClientSettings {
+        circuit_failures: 3,
+        circuit_open: Duration::from_millis(400),
+        circuit_open_max: Duration::from_millis(400),
+        ..s
+    })
+    .await
+    else {
+        return;
+    };
+    let order = Uuid::now_v7();
+    env.provider.set_down(true);
+    // Three failed attempts open the circuit.
+    let error = deliver(&env, authorize(order, "pm_card_visa"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::Failed(_)), "{error:?}");
+    let requests = env.provider.stats().requests;
+    assert_eq!(requests, 3);
+
+    env.provider.set_down(false);
+    let error = deliver(&env, authorize(order, "pm_card_visa"))
+        .await
+        .unwrap_err();
+    let HandlerError::Unavailable { retry_after, .. } = error else {
+        panic!("an open circuit names when to retry: {error:?}");
+    };
+    // The period is 400 ms stretched by up to 50 %, minus the moments since it opened.
+    assert!(
+        retry_after > Duration::ZERO && retry_after <= Duration::from_millis(605),
+        "{retry_after:?}"
+    );
+    assert_eq!(
+        env.provider.stats().requests,
+        requests,
+        "refused without reaching the provider"
+    );
+
+    tokio::time::sleep(retry_after).await;
+    deliver(&env, authorize(order, "pm_card_visa"))
+        .await
+        .expect("asked when told, the half-open probe reaches the provider");
+    assert_eq!(status(&env, order).await, Some(PaymentStatus::Authorized));
+    assert_eq!(env.provider.stats().charges, 1);
+    env.drop_database().await;
+}
+
 #[tokio::test]
 async fn a_charge_whose_answer_was_lost_is_found_and_refunded_by_the_compensation() {
     let Some(env) = env(|s| ClientSettings {
