@@ -207,6 +207,51 @@ async fn provider_down_opens_the_circuit_hits_the_deadline_compensates_then_reco
     app.stop().await;
 }
 
+/// A payment command that waited out a provider outage on its partition past the step's
+/// deadline is declined "expired" when the provider is back: never charged only for the
+/// compensation queued behind it to refund the charge.
+#[tokio::test]
+async fn a_payment_that_outlived_its_step_deadline_in_an_outage_is_never_charged() {
+    let _broker = broker_lock().read().await;
+    let app = spawn_platform(Options {
+        step_timeout: Duration::from_secs(4),
+        // Its attempts wait 3-4.5 s for each probe: the command outlives the deadline.
+        circuit_open: (Duration::from_secs(3), Duration::from_secs(3)),
+        ..Options::default()
+    })
+    .await;
+    app.set_stock("SKU-EXP", 10).await;
+    app.provider.set_down(true);
+    let order = app.place(&[("SKU-EXP", 1, 500)], "pm_card_visa").await;
+    wait::until("the payment step's deadline to fire", FINISH, || async {
+        let saga = app.saga(order).await;
+        saga["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h["trigger"] == "DEADLINE"))
+            .then_some(())
+    })
+    .await;
+    // The provider is back before the command's attempts run out.
+    app.provider.set_down(false);
+    let saga = app.saga_terminal(order, Duration::from_secs(90)).await;
+    assert_eq!(saga["saga"]["state"], "REJECTED", "{saga}");
+    let stats = app.provider.stats();
+    assert_eq!(
+        (stats.charges, stats.refunds),
+        (0, 0),
+        "no money moved for an order rejected by its deadline: {stats:?}"
+    );
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT decline_reason FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&app.pools.payment)
+            .await
+            .unwrap();
+    assert_eq!(reason.as_deref(), Some("expired"));
+    assert_eq!(app.stock("SKU-EXP").await, (10, 0), "stock released");
+    app.stop().await;
+}
+
 /// A saga whose deadline cannot fire — a state this version does not know, data that does not
 /// decode — must not stop every other deadline (issue 16): it is skipped and reported
 /// (`saga_deadline_failures_total`), its row left as it is but its deadline pushed back, and

@@ -267,19 +267,19 @@ fn on_message(saga: &Saga, message: &Message, now: DateTime<Utc>, policy: &Polic
     };
     match (saga.state, message) {
         (State::ReservingStock, Message::StockReserved(_)) => {
+            let next = step(saga, State::AuthorizingPayment, now, policy);
+            // Past the step's deadline the saga compensates: a charge started later would
+            // only be refunded (a command that waited out a provider outage in its queue).
             let command = AuthorizePayment {
                 order_id: saga.order_id,
                 customer_id: saga.data.customer_id,
                 amount_cents: saga.data.total_cents,
                 currency: saga.data.currency.clone(),
                 payment_method: saga.data.payment_method.clone(),
+                charge_before: next.deadline.map(|d| d.timestamp_millis()),
             }
             .into();
-            transition(
-                step(saga, State::AuthorizingPayment, now, policy),
-                vec![command],
-                "stock reserved",
-            )
+            transition(next, vec![command], "stock reserved")
         }
         (State::ReservingStock, Message::StockRejected(m)) => {
             reject(saga, format!("out of stock: {}", m.reason), now, policy)
@@ -705,6 +705,20 @@ mod tests {
             .when(approved())
             .then_expect(State::Approved, &[])
             .and(|done| assert_eq!(done.deadline, None, "terminal states have no deadline"));
+    }
+
+    #[test]
+    fn the_payment_command_forbids_charging_after_the_step_deadline() {
+        let Decision::Transition { saga, commands, .. } =
+            given([placed()]).when(stock_reserved()).decision
+        else {
+            panic!("stock reserved moves the saga on");
+        };
+        let [Message::AuthorizePayment(command)] = commands.as_slice() else {
+            panic!("one AuthorizePayment: {commands:?}");
+        };
+        let deadline = saga.deadline.expect("the step has a deadline");
+        assert_eq!(command.charge_before, Some(deadline.timestamp_millis()));
     }
 
     #[test]

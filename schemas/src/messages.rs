@@ -64,7 +64,7 @@ records! {
     ReleaseStock { order_id: Uuid, reason: String }
     /// payment.commands
     AuthorizePayment { order_id: Uuid, customer_id: Uuid, amount_cents: i64, currency: String,
-                       payment_method: String }
+                       payment_method: String, charge_before: Option<i64> }
     /// payment.commands — compensation.
     RefundPayment { order_id: Uuid, reason: String }
     /// orders.commands
@@ -414,6 +414,7 @@ mod tests {
                 amount_cents: 2500,
                 currency: "EUR".into(),
                 payment_method: "pm_card_visa".into(),
+                charge_before: Some(1_764_000_000_000),
             }
             .into(),
             RefundPayment {

@@ -7,6 +7,10 @@
 //!   again, its recorded outcome is re-emitted;
 //! - an order compensated before it was charged (CANCELLED) or already refunded is never
 //!   charged: AuthorizePayment is answered PaymentDeclined "cancelled";
+//! - no charge starts after the command's `charge_before` (the saga's step deadline, after
+//!   which it compensates): it is declined "expired", so a command that waited out a provider
+//!   outage in its queue does not take money only for the compensation behind it to give it
+//!   back;
 //! - a refund is made at most once, and only of a charge: every other state answers
 //!   PaymentRefunded with what was recorded (amount 0 when nothing was charged);
 //! - a refund for an order without a payment writes CANCELLED, so a late AuthorizePayment
@@ -22,6 +26,8 @@ use crate::store::{PaymentRow, PaymentStatus, UncertainCharge};
 
 /// The decline reason of an AuthorizePayment for an order that was compensated or refunded.
 pub const REASON_CANCELLED: &str = "cancelled";
+/// The decline reason of an AuthorizePayment handled after its `charge_before`.
+pub const REASON_EXPIRED: &str = "expired";
 /// ISO 4217 "no currency": the currency of a PaymentRefunded when nothing was ever charged
 /// and the currency is unknown.
 pub const NO_CURRENCY: &str = "XXX";
@@ -44,9 +50,15 @@ pub fn decide_authorize(
     now: DateTime<Utc>,
 ) -> AuthorizeDecision {
     let Some(row) = existing else {
+        let expired = command
+            .charge_before
+            .is_some_and(|limit| now.timestamp_millis() > limit);
         return match invalid_reason(command) {
             Some(reason) => AuthorizeDecision::Decline {
                 reason: reason.to_string(),
+            },
+            None if expired => AuthorizeDecision::Decline {
+                reason: REASON_EXPIRED.to_string(),
             },
             None => AuthorizeDecision::Charge,
         };
@@ -285,6 +297,7 @@ mod tests {
             amount_cents: 4_200,
             currency: "EUR".into(),
             payment_method: "pm_card_visa".into(),
+            charge_before: None,
         }
     }
 
@@ -305,6 +318,34 @@ mod tests {
             decide_authorize(None, &authorize(order()), at(0)),
             AuthorizeDecision::Charge
         );
+    }
+
+    #[test]
+    fn authorize_after_its_charge_before_declines_expired_without_charging() {
+        let mut command = authorize(order());
+        command.charge_before = Some(at(10).timestamp_millis());
+        assert_eq!(
+            decide_authorize(None, &command, at(10)),
+            AuthorizeDecision::Charge,
+            "up to the limit itself"
+        );
+        assert_eq!(
+            decide_authorize(None, &command, at(11)),
+            AuthorizeDecision::Decline {
+                reason: REASON_EXPIRED.into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_expired_authorize_for_a_decided_payment_re_emits_the_outcome() {
+        let mut command = authorize(order());
+        command.charge_before = Some(at(0).timestamp_millis());
+        let row = authorized_row(&authorize(order()), "ch_1", 4_200, "EUR", at(0));
+        assert!(matches!(
+            decide_authorize(Some(&row), &command, at(30)),
+            AuthorizeDecision::Reply(Message::PaymentAuthorized(_))
+        ));
     }
 
     #[test]

@@ -104,6 +104,7 @@ fn authorize(order_id: Uuid, payment_method: &str) -> Message {
         amount_cents: 4_200,
         currency: "EUR".into(),
         payment_method: payment_method.into(),
+        charge_before: None,
     }
     .into()
 }
