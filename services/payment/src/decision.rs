@@ -10,7 +10,10 @@
 //! - no charge starts after the command's `charge_before` (the saga's step deadline, after
 //!   which it compensates): it is declined "expired", so a command that waited out a provider
 //!   outage in its queue does not take money only for the compensation behind it to give it
-//!   back;
+//!   back. Unless a charge of it may already exist: one whose outcome was lost (noted) is
+//!   collected by charging again with its idempotency key, and without a note the charge is
+//!   looked up first (a charge whose transaction rolled back leaves none) — declining a charge
+//!   that exists would record "nothing charged" and the refund would give nothing back;
 //! - a refund is made at most once, and only of a charge: every other state answers
 //!   PaymentRefunded with what was recorded (amount 0 when nothing was charged);
 //! - a refund for an order without a payment writes CANCELLED, so a late AuthorizePayment
@@ -39,6 +42,9 @@ pub enum AuthorizeDecision {
     Charge,
     /// Record a decline without calling the provider (the request cannot be charged).
     Decline { reason: String },
+    /// Past its `charge_before`: no new charge may start, but one may exist — see
+    /// [`decide_expired`].
+    Expired,
     /// Already decided: emit this again and change nothing.
     Reply(Message),
 }
@@ -57,9 +63,7 @@ pub fn decide_authorize(
             Some(reason) => AuthorizeDecision::Decline {
                 reason: reason.to_string(),
             },
-            None if expired => AuthorizeDecision::Decline {
-                reason: REASON_EXPIRED.to_string(),
-            },
+            None if expired => AuthorizeDecision::Expired,
             None => AuthorizeDecision::Charge,
         };
     };
@@ -99,6 +103,25 @@ pub fn decide_authorize(
             }
             .into(),
         ),
+    }
+}
+
+/// What to do with an [`AuthorizeDecision::Expired`] command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpiredDecision {
+    /// An earlier call's outcome was lost: charge again with the same idempotency key, which
+    /// returns that call's charge if it was made (and makes it otherwise: the note says the
+    /// provider may already hold it, so the key is what decides, not the clock).
+    Collect,
+    /// Look the charge up by the key: record it if it exists, decline "expired" if not.
+    LookUp,
+}
+
+/// Decide an expired AuthorizePayment given the order's uncertain-charge note, if any.
+pub fn decide_expired(uncertain: Option<&UncertainCharge>) -> ExpiredDecision {
+    match uncertain {
+        Some(_) => ExpiredDecision::Collect,
+        None => ExpiredDecision::LookUp,
     }
 }
 
@@ -331,10 +354,20 @@ mod tests {
         );
         assert_eq!(
             decide_authorize(None, &command, at(11)),
-            AuthorizeDecision::Decline {
-                reason: REASON_EXPIRED.into()
-            }
+            AuthorizeDecision::Expired
         );
+    }
+
+    #[test]
+    fn an_expired_authorize_collects_a_charge_whose_outcome_was_lost_else_looks_it_up() {
+        let note = UncertainCharge {
+            order_id: order(),
+            idempotency_key: "sagaflow-charge-42".into(),
+            amount_cents: 4_200,
+            currency: "EUR".into(),
+        };
+        assert_eq!(decide_expired(Some(&note)), ExpiredDecision::Collect);
+        assert_eq!(decide_expired(None), ExpiredDecision::LookUp);
     }
 
     #[test]

@@ -32,9 +32,9 @@ use tracing::{info, warn};
 
 use crate::NAME;
 use crate::client::{
-    ChargeOutcome, ChargeRequest, ProviderClient, ProviderError, charge_key, refund_key,
+    Charge, ChargeOutcome, ChargeRequest, ProviderClient, ProviderError, charge_key, refund_key,
 };
-use crate::decision::{self, AuthorizeDecision, RefundDecision};
+use crate::decision::{self, AuthorizeDecision, ExpiredDecision, RefundDecision};
 use crate::store::{self, UncertainCharge};
 
 /// Handles `payment.commands`.
@@ -76,50 +76,80 @@ impl PaymentHandler {
                 info!(%order_id, %reason, "payment declined without calling the provider");
                 declined(order_id, reason, now)
             }
-            AuthorizeDecision::Charge => {
-                let request = ChargeRequest {
-                    amount: command.amount_cents,
-                    currency: command.currency.clone(),
-                    payment_method: command.payment_method.clone(),
-                    idempotency_key: charge_key(order_id),
-                };
-                let outcome = match self.client.charge(&request).await {
-                    Ok(outcome) => outcome,
-                    Err(error) => return Err(self.charge_failed(command, &request, error).await),
-                };
-                store::forget_uncertain(tx, order_id).await?;
-                match outcome {
-                    ChargeOutcome::Charged(charge) => {
-                        if charge.amount != command.amount_cents {
-                            warn!(%order_id, charged = charge.amount, requested = command.amount_cents, "provider charged a different amount");
-                        }
-                        let row = decision::authorized_row(
-                            command,
-                            &charge.id,
-                            charge.amount,
-                            &command.currency,
-                            now,
-                        );
-                        store::insert(tx, &row).await?;
-                        info!(%order_id, charge = %charge.id, amount_cents = charge.amount, "payment authorized");
-                        PaymentAuthorized {
-                            order_id,
-                            payment_id: charge.id,
-                            amount_cents: charge.amount,
-                            currency: command.currency.clone(),
-                            authorized_at: decision::millis(now),
-                        }
-                        .into()
-                    }
-                    ChargeOutcome::Declined { code } => {
-                        store::insert(tx, &decision::declined_row(command, &code, now)).await?;
-                        info!(%order_id, reason = %code, "payment declined by the provider");
-                        declined(order_id, code, now)
-                    }
+            AuthorizeDecision::Charge => self.charge(tx, command, now).await?,
+            AuthorizeDecision::Expired => {
+                let uncertain = store::find_uncertain(tx, order_id).await?;
+                match decision::decide_expired(uncertain.as_ref()) {
+                    ExpiredDecision::Collect => self.charge(tx, command, now).await?,
+                    ExpiredDecision::LookUp => self.expire(tx, command, now).await?,
                 }
             }
         };
         enqueue(tx, incoming, &reply).await
+    }
+
+    /// Charge through the provider and record the outcome.
+    async fn charge(
+        &self,
+        tx: &mut Tx,
+        command: &AuthorizePayment,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Message, HandlerError> {
+        let order_id = command.order_id;
+        let request = ChargeRequest {
+            amount: command.amount_cents,
+            currency: command.currency.clone(),
+            payment_method: command.payment_method.clone(),
+            idempotency_key: charge_key(order_id),
+        };
+        let outcome = match self.client.charge(&request).await {
+            Ok(outcome) => outcome,
+            Err(error) => return Err(self.charge_failed(command, &request, error).await),
+        };
+        store::forget_uncertain(tx, order_id).await?;
+        match outcome {
+            ChargeOutcome::Charged(charge) => {
+                if charge.amount != command.amount_cents {
+                    warn!(%order_id, charged = charge.amount, requested = command.amount_cents, "provider charged a different amount");
+                }
+                info!(%order_id, charge = %charge.id, amount_cents = charge.amount, "payment authorized");
+                authorized(tx, command, &charge, now).await
+            }
+            ChargeOutcome::Declined { code } => {
+                store::insert(tx, &decision::declined_row(command, &code, now)).await?;
+                info!(%order_id, reason = %code, "payment declined by the provider");
+                Ok(declined(order_id, code, now))
+            }
+        }
+    }
+
+    /// Past `charge_before`, with no note of a lost outcome: record the charge if one exists
+    /// after all (its transaction rolled back after the provider made it), decline "expired"
+    /// without charging otherwise. The lookup moves no money.
+    async fn expire(
+        &self,
+        tx: &mut Tx,
+        command: &AuthorizePayment,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Message, HandlerError> {
+        let order_id = command.order_id;
+        let found = self
+            .client
+            .find_charge(&charge_key(order_id))
+            .await
+            .map_err(|e| provider_failed(e, "looking up the charge of an expired payment"))?;
+        match found {
+            Some(charge) => {
+                warn!(%order_id, charge = %charge.id, "an expired payment had been charged already; recording the charge");
+                authorized(tx, command, &charge, now).await
+            }
+            None => {
+                let reason = decision::REASON_EXPIRED;
+                store::insert(tx, &decision::declined_row(command, reason, now)).await?;
+                info!(%order_id, reason, "payment declined: the saga's deadline for it has passed");
+                Ok(declined(order_id, reason.to_string(), now))
+            }
+        }
     }
 
     /// The error to fail the message with; notes the charge first if it may have been made.
@@ -266,6 +296,25 @@ fn provider_failed(error: ProviderError, doing: &'static str) -> HandlerError {
         },
         None => HandlerError::Failed(anyhow::Error::new(error).context(doing)),
     }
+}
+
+/// Record `charge` as the order's payment; the PaymentAuthorized that announces it.
+async fn authorized(
+    tx: &mut Tx,
+    command: &AuthorizePayment,
+    charge: &Charge,
+    now: chrono::DateTime<Utc>,
+) -> Result<Message, HandlerError> {
+    let row = decision::authorized_row(command, &charge.id, charge.amount, &command.currency, now);
+    store::insert(tx, &row).await?;
+    Ok(PaymentAuthorized {
+        order_id: command.order_id,
+        payment_id: charge.id.clone(),
+        amount_cents: charge.amount,
+        currency: command.currency.clone(),
+        authorized_at: decision::millis(now),
+    }
+    .into())
 }
 
 fn declined(order_id: uuid::Uuid, reason: String, now: chrono::DateTime<Utc>) -> Message {

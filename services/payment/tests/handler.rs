@@ -406,6 +406,103 @@ async fn an_open_circuit_tells_the_consumer_when_to_retry_and_then_the_charge_go
     env.drop_database().await;
 }
 
+/// An AuthorizePayment whose `charge_before` has passed.
+fn expired(order_id: Uuid) -> Message {
+    let Message::AuthorizePayment(mut command) = authorize(order_id, "pm_card_visa") else {
+        unreachable!()
+    };
+    command.charge_before = Some(chrono::Utc::now().timestamp_millis() - 1_000);
+    command.into()
+}
+
+/// Past its deadline a payment is declined without charging: the provider is only asked
+/// whether a charge exists (it moves no money), and the compensation then refunds nothing.
+#[tokio::test]
+async fn an_expired_payment_is_declined_without_charging() {
+    let Some(env) = env(|s| s).await else { return };
+    let order = Uuid::now_v7();
+    deliver(&env, expired(order)).await.unwrap();
+    assert_eq!(status(&env, order).await, Some(PaymentStatus::Declined));
+    let replies = replies(&env, order).await;
+    assert!(
+        matches!(replies.as_slice(), [Message::PaymentDeclined(PaymentDeclined { reason, .. })] if reason == "expired"),
+        "{replies:?}"
+    );
+    let stats = env.provider.stats();
+    assert_eq!(
+        (stats.charges, stats.requests),
+        (0, 1),
+        "one lookup: {stats:?}"
+    );
+    deliver(&env, refund(order)).await.unwrap();
+    assert_eq!(env.provider.stats().refunds, 0);
+    env.drop_database().await;
+}
+
+/// A charge the provider made though its transaction rolled back (no payment row, no note)
+/// is found when its command comes back expired, and recorded — not declined, which would
+/// tell the compensation that nothing was charged.
+#[tokio::test]
+async fn an_expired_payment_whose_charge_exists_records_it_and_the_compensation_refunds_it() {
+    let Some(env) = env(|s| s).await else { return };
+    let order = Uuid::now_v7();
+    let direct = ProviderClient::new(ClientSettings {
+        base_url: env.provider_url.clone(),
+        ..ClientSettings::default()
+    })
+    .unwrap();
+    let made = direct
+        .charge(&ChargeRequest {
+            amount: 4_200,
+            currency: "EUR".into(),
+            payment_method: "pm_card_visa".into(),
+            idempotency_key: charge_key(order),
+        })
+        .await
+        .unwrap();
+    let ChargeOutcome::Charged(charge) = made else {
+        panic!("expected a charge, got {made:?}")
+    };
+
+    deliver(&env, expired(order)).await.unwrap();
+    let row = store::find(&env.pool, order).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.charge_id.as_deref()),
+        (PaymentStatus::Authorized, Some(charge.id.as_str()))
+    );
+    deliver(&env, refund(order)).await.unwrap();
+    let stats = env.provider.stats();
+    assert_eq!((stats.charges, stats.refunds), (1, 1), "{stats:?}");
+    env.drop_database().await;
+}
+
+/// A charge whose outcome was lost (noted) is collected with its idempotency key even past
+/// the deadline: the provider may be holding it.
+#[tokio::test]
+async fn an_expired_payment_with_a_lost_outcome_collects_the_charge() {
+    let Some(env) = env(|s| ClientSettings {
+        timeout: Duration::from_millis(100),
+        max_attempts: 1,
+        ..s
+    })
+    .await
+    else {
+        return;
+    };
+    let order = Uuid::now_v7();
+    env.provider.set_latency(Duration::from_secs(1));
+    let error = deliver(&env, authorize(order, "pm_card_visa"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::Failed(_)), "{error:?}");
+
+    env.provider.set_latency(Duration::ZERO);
+    deliver(&env, expired(order)).await.unwrap();
+    assert_eq!(status(&env, order).await, Some(PaymentStatus::Authorized));
+    assert_eq!(env.provider.stats().charges, 1, "the one charge, collected");
+    env.drop_database().await;
+}
+
 #[tokio::test]
 async fn a_charge_whose_answer_was_lost_is_found_and_refunded_by_the_compensation() {
     let Some(env) = env(|s| ClientSettings {
