@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use payment_service::client::{
-    ChargeOutcome, ChargeRequest, ClientSettings, ProviderClient, charge_key,
+    Charge, ChargeOutcome, ChargeRequest, ClientSettings, ProviderClient, charge_key,
 };
 use payment_service::provider::{ProviderControl, ProviderFaults, spawn_provider};
 use payment_service::{MIGRATOR, PaymentHandler, PaymentStatus, store};
@@ -415,6 +415,50 @@ fn expired(order_id: Uuid) -> Message {
     command.into()
 }
 
+/// An env whose provider calls give up after 100 ms, in one attempt: a slow provider's
+/// answers are lost.
+async fn env_losing_answers() -> Option<Env> {
+    env(|s| ClientSettings {
+        timeout: Duration::from_millis(100),
+        max_attempts: 1,
+        ..s
+    })
+    .await
+}
+
+/// Deliver an AuthorizePayment whose charge call times out while the provider, slowed to
+/// `latency`, goes on to make the charge.
+async fn lose_the_charge_answer(env: &Env, order: Uuid, latency: Duration) {
+    env.provider.set_latency(latency);
+    let error = deliver(env, authorize(order, "pm_card_visa"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::Failed(_)), "{error:?}");
+    env.provider.set_latency(Duration::ZERO);
+}
+
+/// Charge `order` at the provider directly, with the handler's idempotency key.
+async fn charge_directly(env: &Env, order: Uuid) -> Charge {
+    let direct = ProviderClient::new(ClientSettings {
+        base_url: env.provider_url.clone(),
+        ..ClientSettings::default()
+    })
+    .unwrap();
+    let made = direct
+        .charge(&ChargeRequest {
+            amount: 4_200,
+            currency: "EUR".into(),
+            payment_method: "pm_card_visa".into(),
+            idempotency_key: charge_key(order),
+        })
+        .await
+        .unwrap();
+    match made {
+        ChargeOutcome::Charged(charge) => charge,
+        other => panic!("expected a charge, got {other:?}"),
+    }
+}
+
 /// Past its deadline a payment is declined without charging: the provider is only asked
 /// whether a charge exists (it moves no money), and the compensation then refunds nothing.
 #[tokio::test]
@@ -446,23 +490,7 @@ async fn an_expired_payment_is_declined_without_charging() {
 async fn an_expired_payment_whose_charge_exists_records_it_and_the_compensation_refunds_it() {
     let Some(env) = env(|s| s).await else { return };
     let order = Uuid::now_v7();
-    let direct = ProviderClient::new(ClientSettings {
-        base_url: env.provider_url.clone(),
-        ..ClientSettings::default()
-    })
-    .unwrap();
-    let made = direct
-        .charge(&ChargeRequest {
-            amount: 4_200,
-            currency: "EUR".into(),
-            payment_method: "pm_card_visa".into(),
-            idempotency_key: charge_key(order),
-        })
-        .await
-        .unwrap();
-    let ChargeOutcome::Charged(charge) = made else {
-        panic!("expected a charge, got {made:?}")
-    };
+    let charge = charge_directly(&env, order).await;
 
     deliver(&env, expired(order)).await.unwrap();
     let row = store::find(&env.pool, order).await.unwrap().unwrap();
@@ -480,23 +508,11 @@ async fn an_expired_payment_whose_charge_exists_records_it_and_the_compensation_
 /// the deadline: the provider may be holding it.
 #[tokio::test]
 async fn an_expired_payment_with_a_lost_outcome_collects_the_charge() {
-    let Some(env) = env(|s| ClientSettings {
-        timeout: Duration::from_millis(100),
-        max_attempts: 1,
-        ..s
-    })
-    .await
-    else {
+    let Some(env) = env_losing_answers().await else {
         return;
     };
     let order = Uuid::now_v7();
-    env.provider.set_latency(Duration::from_secs(1));
-    let error = deliver(&env, authorize(order, "pm_card_visa"))
-        .await
-        .unwrap_err();
-    assert!(matches!(error, HandlerError::Failed(_)), "{error:?}");
-
-    env.provider.set_latency(Duration::ZERO);
+    lose_the_charge_answer(&env, order, Duration::from_secs(1)).await;
     deliver(&env, expired(order)).await.unwrap();
     assert_eq!(status(&env, order).await, Some(PaymentStatus::Authorized));
     assert_eq!(env.provider.stats().charges, 1, "the one charge, collected");
@@ -505,44 +521,16 @@ async fn an_expired_payment_with_a_lost_outcome_collects_the_charge() {
 
 #[tokio::test]
 async fn a_charge_whose_answer_was_lost_is_found_and_refunded_by_the_compensation() {
-    let Some(env) = env(|s| ClientSettings {
-        timeout: Duration::from_millis(100),
-        max_attempts: 1,
-        ..s
-    })
-    .await
-    else {
+    let Some(env) = env_losing_answers().await else {
         return;
     };
     let order = Uuid::now_v7();
-    env.provider.set_latency(Duration::from_secs(3));
-
-    let error = deliver(&env, authorize(order, "pm_card_visa"))
-        .await
-        .unwrap_err();
-    assert!(matches!(error, HandlerError::Failed(_)), "{error:?}");
+    lose_the_charge_answer(&env, order, Duration::from_secs(3)).await;
     assert_eq!(status(&env, order).await, None);
 
     // The provider did take the money (the timed-out call went through): the same
     // idempotency key yields that one charge whichever request the provider saw first.
-    env.provider.set_latency(Duration::ZERO);
-    let direct = ProviderClient::new(ClientSettings {
-        base_url: env.provider_url.clone(),
-        ..ClientSettings::default()
-    })
-    .unwrap();
-    let charged = direct
-        .charge(&ChargeRequest {
-            amount: 4_200,
-            currency: "EUR".into(),
-            payment_method: "pm_card_visa".into(),
-            idempotency_key: charge_key(order),
-        })
-        .await
-        .unwrap();
-    let ChargeOutcome::Charged(charge) = charged else {
-        panic!("expected a charge, got {charged:?}")
-    };
+    let charge = charge_directly(&env, order).await;
 
     deliver(&env, refund(order)).await.unwrap();
 
