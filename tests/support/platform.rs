@@ -40,7 +40,7 @@ pub struct Options {
     /// Idempotency-Key lifetime and pruning (default: the production defaults).
     pub orders: order_service::OrderConfig,
     /// The payment provider circuit's first and longest open period (default: the
-    /// production defaults, 1 s and 30 s).
+    /// production defaults).
     pub circuit_open: (Duration, Duration),
 }
 
@@ -54,7 +54,13 @@ impl Default for Options {
             kafka_brokers: None,
             instance_id: None,
             orders: order_service::OrderConfig::default(),
-            circuit_open: (Duration::from_secs(1), Duration::from_secs(30)),
+            circuit_open: {
+                let production = PaymentConfig::default();
+                (
+                    Duration::from_millis(production.circuit_open_ms),
+                    Duration::from_millis(production.circuit_open_max_ms),
+                )
+            },
         }
     }
 }
@@ -189,12 +195,7 @@ impl TestApp {
     /// `provider`: platforms of one test process share a metrics recorder). `None` before
     /// the series exists.
     pub async fn provider_metric(&self, name: &str) -> Option<f64> {
-        let provider = self
-            .config
-            .payment
-            .provider_url
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
+        let provider = payment_service::client::provider_label(&self.config.payment.provider_url);
         let series = format!("{name}{{provider=\"{provider}\"}} ");
         let metrics = self.metrics().await;
         let value = metrics

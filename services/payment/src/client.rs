@@ -281,7 +281,7 @@ impl Instrument for CircuitObserver {
 type Breaker = StateMachine<ConsecutiveFailures<OpenPeriods>, CircuitObserver>;
 
 /// The `provider` label of a base URL: `host:port`, never the scheme, path or credentials.
-fn provider_label(base_url: &str) -> String {
+pub fn provider_label(base_url: &str) -> String {
     match reqwest::Url::parse(base_url) {
         Ok(url) => match (url.host_str(), url.port_or_known_default()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
