@@ -319,3 +319,6 @@ async fn watermarks_count_every_record_of_a_multi_record_batch() {
 
 #[path = "infra/consumer.rs"]
 mod consumer;
+
+#[path = "infra/pool.rs"]
+mod pool;

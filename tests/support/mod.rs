@@ -13,6 +13,7 @@ pub mod infra;
 pub mod invariants;
 pub mod kafka_probe;
 pub mod load;
+pub mod pg_wire;
 pub mod platform;
 pub mod processes;
 pub mod prometheus;
