@@ -75,6 +75,29 @@ async fn backend_pid(pool: &PgPool) -> Result<i32, sqlx::Error> {
         .await
 }
 
+/// End a server process, as a restart or a network cut would, and wait until it is gone.
+async fn terminate(direct_url: &str, pid: i32) {
+    let admin = db::connect(direct_url, 1).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&admin)
+        .await
+        .unwrap();
+    wait::until("the backend to end", Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move {
+            let alive: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                    .bind(pid)
+                    .fetch_one(&admin)
+                    .await
+                    .unwrap();
+            (!alive).then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_connection_that_sat_idle_is_checked_and_a_dead_one_replaced() {
     let (pool, proxy, direct_url) = pool_through_proxy(1).await;
@@ -94,25 +117,7 @@ async fn a_connection_that_sat_idle_is_checked_and_a_dead_one_replaced() {
     );
 
     // The server ends the pooled connection while it is idle (a restart, a proxy's timeout).
-    let admin = db::connect(&direct_url, 1).await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .execute(&admin)
-        .await
-        .unwrap();
-    wait::until("the backend to end", Duration::from_secs(10), || {
-        let admin = admin.clone();
-        async move {
-            let alive: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
-                    .bind(pid)
-                    .fetch_one(&admin)
-                    .await
-                    .unwrap();
-            (!alive).then_some(())
-        }
-    })
-    .await;
+    terminate(&direct_url, pid).await;
     let_the_pool_sit_idle().await;
 
     let new_pid = backend_pid(&pool)
@@ -169,4 +174,31 @@ async fn a_query_abandoned_mid_flight_leaves_a_connection_that_answers_the_next_
         .await
         .unwrap();
     assert_eq!(answer, 8, "not the abandoned query's answer");
+}
+
+#[tokio::test]
+async fn a_connection_that_broke_in_use_is_closed_on_its_return_not_handed_out_again() {
+    let (pool, _proxy, direct_url) = pool_through_proxy(1).await;
+    let mut connection = pool.acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+    terminate(&direct_url, pid).await;
+
+    let failed = sqlx::query("SELECT 1")
+        .execute(&mut *connection)
+        .await
+        .expect_err("the server ended this connection");
+    assert!(
+        db::is_unavailable(&failed),
+        "an outage, retried by its caller: {failed}"
+    );
+    drop(connection);
+
+    // At once, well within PING_WHEN_IDLE_FOR: no checkout ping would catch it.
+    let new_pid = backend_pid(&pool)
+        .await
+        .expect("a new connection, not the broken one");
+    assert_ne!(new_pid, pid);
 }
