@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Shows our patches to the vendored crates, so that vendor/ can be reviewed: a unified diff of
-# vendor/tansu-storage, vendor/tansu-broker, vendor/rdkafka, vendor/sqlx-core and
-# vendor/sqlx-postgres against the pristine tansu-storage 0.6.0, tansu-broker 0.6.0, rdkafka
-# 0.39.0, sqlx-core 0.9.0 and sqlx-postgres 0.9.0 published on crates.io (each
+# vendor/tansu-storage, vendor/tansu-broker, vendor/tansu-service, vendor/rdkafka,
+# vendor/sqlx-core and vendor/sqlx-postgres against the pristine tansu-storage, tansu-broker and
+# tansu-service 0.6.0, rdkafka 0.39.0, sqlx-core 0.9.0 and sqlx-postgres 0.9.0 published on
+# crates.io (each
 # patch is listed in vendor/README.md).
 #
 # The pristine crates are downloaded from static.crates.io (needs curl and network access) into
 # a temporary directory, removed on exit. Each crate is compared whole — `src/`, `Cargo.toml`
 # (the normalised manifest cargo reads), `Cargo.toml.orig`, README.md, LICENSE,
-# .cargo_vcs_info.json — except, for the two tansu crates (rdkafka and sqlx are vendored whole):
+# .cargo_vcs_info.json — except, for the tansu crates (rdkafka and sqlx are vendored whole):
 #   - the `tests/` and `benches/` folders, which the vendored copies removed (upstream's
 #     integration tests; not run here). Their `[[test]]`/`[[bench]]` targets and the
 #     `criterion` dev-dependency were removed from `Cargo.toml` too, and that does show in the
@@ -23,7 +24,8 @@
 set -euo pipefail
 
 # crate@version
-crates=(tansu-storage@0.6.0 tansu-broker@0.6.0 rdkafka@0.39.0 sqlx-core@0.9.0 sqlx-postgres@0.9.0)
+crates=(tansu-storage@0.6.0 tansu-broker@0.6.0 tansu-service@0.6.0 rdkafka@0.39.0 sqlx-core@0.9.0
+  sqlx-postgres@0.9.0)
 
 format=(--patch)
 case "${1:-}" in
