@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// What the clients sent so far, over every connection through the proxy.
@@ -44,32 +44,23 @@ impl CountingProxy {
         let address = listener.local_addr().expect("proxy address");
         let counts = Arc::new(WireCounts::default());
         let stop = CancellationToken::new();
-        let (accepting, counting) = (stop.clone(), counts.clone());
-        tokio::spawn(async move {
-            loop {
-                let client = tokio::select! {
-                    _ = accepting.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((client, _)) => client,
-                        Err(_) => continue,
-                    },
-                };
-                let (stop, counts) = (accepting.clone(), counting.clone());
-                tokio::spawn(async move {
-                    let Ok(upstream) = TcpStream::connect(server).await else {
-                        return;
-                    };
-                    let (client_read, client_write) = client.into_split();
+        let counting = counts.clone();
+        crate::proxy::forward_each_connection(
+            listener,
+            server,
+            stop.clone(),
+            move |client, upstream| {
+                let counts = counting.clone();
+                async move {
+                    let (client_read, mut client_write) = client.into_split();
                     let (mut upstream_read, upstream_write) = upstream.into_split();
-                    let mut client_write = client_write;
                     tokio::select! {
-                        _ = stop.cancelled() => {}
                         _ = forward_counting(client_read, upstream_write, counts) => {}
                         _ = tokio::io::copy(&mut upstream_read, &mut client_write) => {}
                     }
-                });
-            }
-        });
+                }
+            },
+        );
         CountingProxy {
             address,
             counts,

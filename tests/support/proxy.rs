@@ -27,30 +27,15 @@ impl CuttableProxy {
         let listener = TcpListener::from_std(listener).expect("proxy listener");
         let (cut, cut_rx) = watch::channel(false);
         let stop = CancellationToken::new();
-        let accepting = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let client = tokio::select! {
-                    _ = accepting.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((client, _)) => client,
-                        Err(_) => continue,
-                    },
-                };
-                let cut = cut_rx.clone();
-                let stop = accepting.clone();
-                tokio::spawn(async move {
-                    let Ok(upstream) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (upstream_read, upstream_write) = upstream.into_split();
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = pipe(client_read, upstream_write, cut.clone()) => {}
-                        _ = pipe(upstream_read, client_write, cut) => {}
-                    }
-                });
+        forward_each_connection(listener, target, stop.clone(), move |client, upstream| {
+            let cut = cut_rx.clone();
+            async move {
+                let (client_read, client_write) = client.into_split();
+                let (upstream_read, upstream_write) = upstream.into_split();
+                tokio::select! {
+                    _ = pipe(client_read, upstream_write, cut.clone()) => {}
+                    _ = pipe(upstream_read, client_write, cut) => {}
+                }
             }
         });
         CuttableProxy { port, cut, stop }
@@ -71,6 +56,41 @@ impl Drop for CuttableProxy {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Accept `listener`'s connections until `stop`, connect each to `target` and hand both
+/// streams to `relay` (ended by `stop` too); a connection `target` refuses is closed.
+pub(crate) fn forward_each_connection<F, Fut>(
+    listener: TcpListener,
+    target: SocketAddr,
+    stop: CancellationToken,
+    relay: F,
+) where
+    F: Fn(TcpStream, TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let relay = std::sync::Arc::new(relay);
+    tokio::spawn(async move {
+        loop {
+            let client = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((client, _)) => client,
+                    Err(_) => continue,
+                },
+            };
+            let (relay, stop) = (relay.clone(), stop.clone());
+            tokio::spawn(async move {
+                let Ok(upstream) = TcpStream::connect(target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = relay(client, upstream) => {}
+                }
+            });
+        }
+    });
 }
 
 /// Copy bytes one way; while cut, hold them (neither read nor write, nor close).
