@@ -16,8 +16,8 @@ pub const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 /// database is down answers 503 quickly.
 ///
 /// Why no ping per checkout: sqlx pings a pooled connection (a round trip) before handing it
-/// out, and — unpatched — again when it comes back; with one or two statements per checkout
-/// on the hot path that was a third of all round trips. Here a connection that sat idle for
+/// out, and — unpatched — again when it comes back: two round trips that run nothing per
+/// transaction, and per statement sent straight to a pool. Here a connection that sat idle for
 /// [`PING_WHEN_IDLE_FOR`] is still pinged (it may have died with a server restart: a dead one
 /// is replaced, not handed out); a busy one is not — if it broke in the last second, the
 /// caller's statement fails as unavailable ([`is_unavailable`]) and is retried like any other

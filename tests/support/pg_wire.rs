@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 pub struct WireCounts {
     /// `Sync` messages with nothing before them since the last `Sync` or query: a client
     /// asking "are you there?" (sqlx's ping), one round trip that runs nothing.
-    pub bare_syncs: AtomicU64,
+    bare_syncs: AtomicU64,
     /// Statements run: `Execute` (extended protocol) and `Query` (simple protocol).
-    pub statements: AtomicU64,
+    statements: AtomicU64,
 }
 
 impl WireCounts {
