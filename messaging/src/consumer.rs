@@ -7,13 +7,18 @@
 //! exactly once even though delivery is at-least-once.
 //!
 //! Concurrency: messages of one partition are applied one after the other, in offset order
-//! (keys — order ids — are partition-affine, so one saga's messages never race); partitions
-//! are applied concurrently, each on its own lane task. A consumer's throughput is therefore
-//! not bounded by one commit round trip per message but by one per message *per partition*.
-//! Handlers that touch rows shared across keys (stock) lock them in a fixed order. The fetch
-//! loop never waits for a lane: when one partition's lane is full (a slow provider, a lock
-//! wait) that partition is paused and its messages wait in order, while the other
-//! partitions keep moving.
+//! (keys — order ids — are partition-affine, so one saga's messages never race). A lane task
+//! applies partition *p* of every topic the consumer reads (lane = partition number): keys
+//! are partition-affine across topics too (the same key, partitioner and partition count),
+//! so one saga's events — OrderPlaced, InventoryReserved, … on three topics — meet in one
+//! lane, where they batch together instead of waiting on each other's locks from three
+//! lanes; and a consumer of several topics forms batches as a one-topic consumer does, with
+//! three times the messages per lane. Lanes run concurrently. A consumer's throughput is
+//! therefore not bounded by one commit round trip per message but by one per message *per
+//! lane*. Handlers that touch rows shared across keys (stock) lock them in a fixed order. The
+//! fetch loop never waits for a lane: when a lane is full (a slow provider, a lock wait) the
+//! partitions whose messages no longer fit are paused and their messages wait in order,
+//! while the other lanes keep moving.
 //!
 //! Batches: a lane applies the messages already queued on it (at most the handler's
 //! [`Handler::max_batch`]; never waiting for more to arrive, so at low load a batch is one
@@ -27,7 +32,9 @@
 //! serialises per order needs no lock statement of its own. A batch that fails in any way — a
 //! poison message in it, a handler error, a conflict, the database gone — is rolled back as a
 //! whole and its messages are applied again one at a time, each with the retries and
-//! dead-lettering below: one bad message never takes its neighbours' effects with it.
+//! dead-lettering below: one bad message never takes its neighbours' effects with it. A batch
+//! may hold messages of several topics (one partition number): the offset stored after its
+//! commit is each topic-partition's last.
 //!
 //! Failures:
 //! - the database unreachable: retried with backoff for as long as it takes (never
@@ -454,9 +461,10 @@ async fn prune_inbox_every(
     .await
 }
 
-/// The fetch loop's side of one partition's lane: its queue, and the messages that did not
-/// fit (while there are any, the partition is paused and every newer message queues behind
-/// them, so offset order is kept).
+/// The fetch loop's side of one partition: its lane's queue (shared with the same partition
+/// number of the consumer's other topics), and the messages that did not fit (while there are
+/// any, the partition is paused and every newer message queues behind them, so offset order
+/// is kept).
 struct LaneFeed {
     queue: mpsc::Sender<OwnedMessage>,
     overflow: VecDeque<OwnedMessage>,
@@ -532,6 +540,61 @@ impl LaneFeed {
             }
         }
         Ok(Some(partition))
+    }
+}
+
+/// The fetch loop's side of every lane: a [`LaneFeed`] per topic-partition, and one lane —
+/// a queue and the task applying it — per partition number, shared by that partition of
+/// every topic the consumer reads.
+struct Lanes {
+    feeds: HashMap<(String, i32), LaneFeed>,
+    queues: HashMap<i32, mpsc::Sender<OwnedMessage>>,
+    /// Messages a lane's queue holds.
+    depth: usize,
+}
+
+impl Lanes {
+    fn new(depth: usize) -> Self {
+        Lanes {
+            feeds: HashMap::new(),
+            queues: HashMap::new(),
+            depth,
+        }
+    }
+
+    /// The feed of `topic`/`partition`; `start` is given the queue of a partition number not
+    /// seen before, to start its lane.
+    fn feed(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        start: impl FnOnce(mpsc::Receiver<OwnedMessage>),
+    ) -> &mut LaneFeed {
+        let (queues, depth) = (&mut self.queues, self.depth);
+        self.feeds
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| {
+                let queue = queues.entry(partition).or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(depth);
+                    start(rx);
+                    tx
+                });
+                LaneFeed::new(queue.clone())
+            })
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.feeds.values().any(LaneFeed::has_overflow)
+    }
+
+    /// Move overflowed messages into their lanes; the partitions whose overflow emptied (to
+    /// be resumed).
+    fn drain_overflows(&mut self) -> Result<Vec<(String, i32)>, Closed> {
+        let mut emptied = Vec::new();
+        for feed in self.feeds.values_mut().filter(|f| f.has_overflow()) {
+            emptied.extend(feed.drain()?);
+        }
+        Ok(emptied)
     }
 }
 
@@ -628,25 +691,12 @@ impl MessageMetrics {
 }
 
 impl<H: Handler> Worker<H> {
-    /// Move overflowed messages into their lanes; resume partitions whose overflow emptied.
-    fn drain_overflows(
-        lanes: &mut HashMap<(String, i32), LaneFeed>,
-        consumer: &kafka::GroupConsumer,
-    ) -> Result<(), Closed> {
-        for lane in lanes.values_mut().filter(|l| l.has_overflow()) {
-            if let Some((topic, partition)) = lane.drain()? {
-                pause(consumer, &topic, partition, false);
-            }
-        }
-        Ok(())
-    }
-
     /// The consumer group: the metrics label (prefixed, so deployments sharing a process differ).
     fn group(&self) -> String {
         self.kafka_config.group(&self.settings.name)
     }
 
-    /// The fetch loop: hands each message to its partition's lane, spawning lanes as
+    /// The fetch loop: hands each message to its partition number's lane, spawning lanes as
     /// partitions show up, and watches group membership. It never waits for a lane: a lane
     /// whose queue is full (a slow handler, a lock wait) gets its partition paused, and its
     /// messages wait in the lane's overflow, so every other partition keeps moving. On return
@@ -654,12 +704,12 @@ impl<H: Handler> Worker<H> {
     /// be dropped.
     async fn consume(this: &Arc<Self>, consumer: &Arc<kafka::GroupConsumer>) -> Ended {
         let stop_lanes = this.shutdown.child_token();
-        let mut lanes: HashMap<(String, i32), LaneFeed> = HashMap::new();
+        let mut lanes = Lanes::new(this.settings.lane_depth);
         let mut running = JoinSet::new();
         let mut watch = tokio::time::interval(Duration::from_secs(1));
         let mut drain = tokio::time::interval(Duration::from_millis(20));
         let ended = loop {
-            let backlog = lanes.values().any(LaneFeed::has_overflow);
+            let backlog = lanes.has_backlog();
             let received = tokio::select! {
                 _ = this.shutdown.cancelled() => break Ended::Stopped,
                 // A lane ends early only when shutdown interrupted its retries — or when it
@@ -680,8 +730,13 @@ impl<H: Handler> Worker<H> {
                     continue;
                 }
                 _ = drain.tick(), if backlog => {
-                    if Self::drain_overflows(&mut lanes, consumer).is_err() {
-                        break Ended::Stopped;
+                    match lanes.drain_overflows() {
+                        Ok(emptied) => {
+                            for (topic, partition) in emptied {
+                                pause(consumer, &topic, partition, false);
+                            }
+                        }
+                        Err(Closed) => break Ended::Stopped,
                     }
                     continue;
                 }
@@ -694,19 +749,15 @@ impl<H: Handler> Worker<H> {
                     continue;
                 }
             };
-            let lane = lanes
-                .entry((raw.topic().to_string(), raw.partition()))
-                .or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(this.settings.lane_depth);
-                    running.spawn(Self::lane(
-                        this.clone(),
-                        consumer.clone(),
-                        rx,
-                        stop_lanes.clone(),
-                    ));
-                    LaneFeed::new(tx)
-                });
-            match lane.offer(raw) {
+            let feed = lanes.feed(raw.topic(), raw.partition(), |queue| {
+                running.spawn(Self::lane(
+                    this.clone(),
+                    consumer.clone(),
+                    queue,
+                    stop_lanes.clone(),
+                ));
+            });
+            match feed.offer(raw) {
                 Ok(Offered::Queued) => {}
                 Ok(Offered::Overflowed { topic, partition }) => {
                     pause(consumer, &topic, partition, true);
@@ -722,8 +773,8 @@ impl<H: Handler> Worker<H> {
         ended
     }
 
-    /// Applies one partition's messages in order, a batch of what is queued at a time, and
-    /// stores the offsets after their commit.
+    /// Applies one partition number's messages (of every topic) in order, a batch of what is
+    /// queued at a time, and stores the offsets after their commit.
     async fn lane(
         self: Arc<Self>,
         consumer: Arc<kafka::GroupConsumer>,
@@ -793,8 +844,8 @@ impl<H: Handler> Worker<H> {
         true
     }
 
-    /// Apply a lane's batch in one transaction and store its last offset; when anything about
-    /// it fails, roll it back and apply its messages one at a time instead.
+    /// Apply a lane's batch in one transaction and store each topic-partition's last offset;
+    /// when anything about it fails, roll it back and apply its messages one at a time instead.
     async fn consume_batch(&self, consumer: &kafka::GroupConsumer, batch: &[OwnedMessage]) -> bool {
         let started = Instant::now();
         let mut parsed = Vec::with_capacity(batch.len());
@@ -838,8 +889,10 @@ impl<H: Handler> Worker<H> {
             };
             self.metrics.record(outcome, per_message);
         }
-        // librdkafka commits the stored offset + 1, which covers the whole batch.
-        self.store_offset(consumer, batch.last().expect("a batch is never empty"));
+        // librdkafka commits the stored offset + 1, which covers each partition's part of it.
+        for raw in last_of_each_partition(batch) {
+            self.store_offset(consumer, raw);
+        }
         true
     }
 
@@ -1066,6 +1119,21 @@ impl<H: Handler> Worker<H> {
 /// The advisory-lock keys of `names`: hashed, sorted, each once — the one order every
 /// transaction of a batching consumer takes its locks in. Two names with the same hash share
 /// a lock, which only makes one wait for the other.
+/// The last message of each topic-partition in `batch` (a lane's batch: each partition's
+/// messages in offset order), in the order of those last messages.
+fn last_of_each_partition(batch: &[OwnedMessage]) -> Vec<&OwnedMessage> {
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(i, raw)| {
+            !batch[i + 1..]
+                .iter()
+                .any(|later| later.partition() == raw.partition() && later.topic() == raw.topic())
+        })
+        .map(|(_, raw)| raw)
+        .collect()
+}
+
 fn lock_order(names: impl Iterator<Item = String>) -> Vec<i32> {
     let mut keys: Vec<i32> = names.map(|name| lock_key(&name)).collect();
     keys.sort_unstable();
@@ -1168,6 +1236,84 @@ mod tests {
             offset,
             None,
         )
+    }
+
+    fn message_of(topic: &str, partition: i32, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            topic.into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn the_same_partition_of_every_topic_shares_one_lane_in_arrival_order() {
+        let mut lanes = Lanes::new(8);
+        let mut started = Vec::new();
+        let arrivals = [
+            ("orders.events", 3, 10),
+            ("inventory.events", 3, 7),
+            ("orders.events", 1, 4),
+            ("orders.events", 3, 11),
+            ("payment.events", 3, 2),
+        ];
+        for (topic, partition, offset) in arrivals {
+            let offered = lanes
+                .feed(topic, partition, |queue| started.push((partition, queue)))
+                .offer(message_of(topic, partition, offset));
+            assert_eq!(offered, Ok(Offered::Queued));
+        }
+        let mut queued = |partition: i32| -> Vec<(String, i64)> {
+            let (_, queue) = started.iter_mut().find(|(p, _)| *p == partition).unwrap();
+            std::iter::from_fn(|| queue.try_recv().ok())
+                .map(|m| (m.topic().to_string(), m.offset()))
+                .collect()
+        };
+        let lane_3 = queued(3);
+        let lane_1 = queued(1);
+        assert_eq!(started.len(), 2, "one lane per partition number");
+        assert_eq!(
+            lane_3,
+            [
+                ("orders.events".to_string(), 10),
+                ("inventory.events".to_string(), 7),
+                ("orders.events".to_string(), 11),
+                ("payment.events".to_string(), 2)
+            ]
+        );
+        assert_eq!(lane_1, [("orders.events".to_string(), 4)]);
+        assert_eq!(
+            lanes.feeds.len(),
+            4,
+            "a feed (pause, overflow) per topic-partition"
+        );
+    }
+
+    #[test]
+    fn a_batch_of_several_topics_stores_each_topic_partitions_last_offset() {
+        let batch = [
+            message_of("orders.events", 3, 10),
+            message_of("inventory.events", 3, 7),
+            message_of("orders.events", 3, 11),
+            message_of("payment.events", 3, 2),
+            message_of("inventory.events", 3, 8),
+        ];
+        let stored: Vec<(&str, i64)> = last_of_each_partition(&batch)
+            .into_iter()
+            .map(|raw| (raw.topic(), raw.offset()))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                ("orders.events", 11),
+                ("payment.events", 2),
+                ("inventory.events", 8)
+            ]
+        );
     }
 
     #[test]

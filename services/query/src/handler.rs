@@ -65,8 +65,8 @@ impl Handler for QueryHandler {
         Ok(())
     }
 
-    /// How far the transaction has read: one statement per batch (a lane's batch is one
-    /// partition), not one per event.
+    /// How far the transaction has read: one statement per batch (a lane's batch holds one
+    /// partition number of up to four topics), not one per event.
     async fn finish(&self, tx: &mut Tx, batch: &[&Incoming]) -> Result<(), HandlerError> {
         // (logical topic, partition) -> (next offset, newest event time)
         let mut read: BTreeMap<(&str, i32), (i64, DateTime<Utc>)> = BTreeMap::new();
