@@ -322,3 +322,6 @@ mod consumer;
 
 #[path = "infra/pool.rs"]
 mod pool;
+
+#[path = "infra/transactions.rs"]
+mod transactions;

@@ -16,7 +16,7 @@ use sagaflow_tests::{database, wait};
 
 /// A pool of `size` connections to a fresh database, through a proxy that counts what the
 /// pool sends.
-async fn pool_through_proxy(size: u32) -> (PgPool, CountingProxy, String) {
+pub(crate) async fn pool_through_proxy(size: u32) -> (PgPool, CountingProxy, String) {
     let test_db = database("order").await;
     let options: PgConnectOptions = test_db.url.parse().expect("test database URL");
     let server: SocketAddr = (options.get_host(), options.get_port())

@@ -18,6 +18,9 @@ pub struct WireCounts {
     bare_syncs: AtomicU64,
     /// Statements run: `Execute` (extended protocol) and `Query` (simple protocol).
     statements: AtomicU64,
+    /// `Sync` and `Query` messages: each asks for a `ReadyForQuery`, and sqlx waits for it
+    /// before it sends anything more — the client's round trips.
+    round_trips: AtomicU64,
 }
 
 impl WireCounts {
@@ -27,6 +30,10 @@ impl WireCounts {
 
     pub fn statements(&self) -> u64 {
         self.statements.load(Ordering::SeqCst)
+    }
+
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::SeqCst)
     }
 }
 
@@ -136,12 +143,14 @@ impl Parser {
     fn count(&mut self, kind: u8, counts: &WireCounts) {
         match kind {
             b'S' => {
+                counts.round_trips.fetch_add(1, Ordering::SeqCst);
                 if !self.since_sync {
                     counts.bare_syncs.fetch_add(1, Ordering::SeqCst);
                 }
                 self.since_sync = false;
             }
             b'Q' => {
+                counts.round_trips.fetch_add(1, Ordering::SeqCst);
                 counts.statements.fetch_add(1, Ordering::SeqCst);
                 self.since_sync = false;
             }

@@ -17,6 +17,7 @@ impl TransactionManager for PgTransactionManager {
     async fn begin(conn: &mut PgConnection, statement: Option<SqlStr>) -> Result<(), Error> {
         let depth = conn.inner.transaction_depth;
 
+        let is_plain_begin = statement.is_none();
         let statement = match statement {
             // custom `BEGIN` statements are not allowed if we're already in
             // a transaction (we need to issue a `SAVEPOINT` instead)
@@ -24,6 +25,20 @@ impl TransactionManager for PgTransactionManager {
             Some(statement) => statement,
             None => begin_ansi_transaction_sql(depth),
         };
+
+        // PATCHED (sagaflow, vendor/README.md row 14): a plain `BEGIN` on a connection with
+        // nothing queued or owed is not sent now but with the transaction's first statement,
+        // in its round trip (the snapshot is taken by that statement either way). A
+        // transaction that ends before any statement sends nothing at all.
+        if depth == 0
+            && is_plain_begin
+            && conn.inner.pending_ready_for_query_count == 0
+            && conn.inner.stream.write_buffer().is_empty()
+        {
+            conn.inner.begin_deferred = true;
+            conn.inner.transaction_depth += 1;
+            return Ok(());
+        }
 
         let rollback = Rollback::new(conn);
         rollback.conn.queue_simple_query(statement.as_str())?;
@@ -38,6 +53,9 @@ impl TransactionManager for PgTransactionManager {
     }
 
     async fn commit(conn: &mut PgConnection) -> Result<(), Error> {
+        if ended_before_its_begin_was_sent(conn) {
+            return Ok(());
+        }
         if conn.inner.transaction_depth > 0 {
             conn.execute(commit_ansi_transaction_sql(conn.inner.transaction_depth))
                 .await?;
@@ -49,6 +67,9 @@ impl TransactionManager for PgTransactionManager {
     }
 
     async fn rollback(conn: &mut PgConnection) -> Result<(), Error> {
+        if ended_before_its_begin_was_sent(conn) {
+            return Ok(());
+        }
         if conn.inner.transaction_depth > 0 {
             conn.execute(rollback_ansi_transaction_sql(conn.inner.transaction_depth))
                 .await?;
@@ -60,6 +81,9 @@ impl TransactionManager for PgTransactionManager {
     }
 
     fn start_rollback(conn: &mut PgConnection) {
+        if ended_before_its_begin_was_sent(conn) {
+            return;
+        }
         if conn.inner.transaction_depth > 0 {
             conn.queue_simple_query(
                 rollback_ansi_transaction_sql(conn.inner.transaction_depth).as_str(),
@@ -72,6 +96,17 @@ impl TransactionManager for PgTransactionManager {
 
     fn get_transaction_depth(conn: &<Self::Database as Database>::Connection) -> usize {
         conn.inner.transaction_depth
+    }
+}
+
+// PATCHED (sagaflow, vendor/README.md row 14): a transaction that ran no statement ends
+// without a round trip: its `BEGIN` was never sent, so there is nothing to commit or roll back.
+fn ended_before_its_begin_was_sent(conn: &mut PgConnection) -> bool {
+    if std::mem::take(&mut conn.inner.begin_deferred) {
+        conn.inner.transaction_depth -= 1;
+        true
+    } else {
+        false
     }
 }
 

@@ -147,7 +147,32 @@ impl PgConnection {
     }
 
     #[inline(always)]
+    // PATCHED (sagaflow, vendor/README.md row 14): `BEGIN` as an unnamed statement, bound and
+    // executed, with no `Sync`: the caller's statement and `Sync` follow it.
+    fn write_begin(&mut self) -> Result<(), Error> {
+        self.inner.stream.write_msg(Parse {
+            param_types: &[],
+            query: "BEGIN",
+            statement: StatementId::UNNAMED,
+        })?;
+        self.inner.stream.write_msg(Bind {
+            portal: PortalId::UNNAMED,
+            statement: StatementId::UNNAMED,
+            formats: &[],
+            num_params: 0,
+            params: &[],
+            result_formats: &[],
+        })?;
+        self.inner.stream.write_msg(message::Execute {
+            portal: PortalId::UNNAMED,
+            limit: 0,
+        })?;
+        Ok(())
+    }
+
     pub(crate) fn write_sync(&mut self) {
+        self.send_deferred_begin()
+            .expect("BUG: BEGIN should not be too big for protocol");
         self.inner
             .stream
             .write_msg(message::Sync)
@@ -207,7 +232,12 @@ impl PgConnection {
         let sql = logger.sql().as_str();
 
         // before we continue, wait until we are "ready" to accept more queries
-        self.wait_until_ready().await?;
+        // PATCHED (sagaflow, vendor/README.md row 14): not when this statement is the first of
+        // a transaction whose `BEGIN` is deferred: `begin` deferred it only on a connection with
+        // nothing queued or owed, and nothing was sent since.
+        if !self.inner.begin_deferred {
+            self.wait_until_ready().await?;
+        }
 
         let mut metadata: Arc<PgStatementMetadata>;
 
@@ -237,7 +267,18 @@ impl PgConnection {
             arguments.apply_patches(self, &metadata.parameters).await?;
 
             // consume messages till `ReadyForQuery` before bind and execute
-            self.wait_until_ready().await?;
+            // PATCHED (sagaflow, vendor/README.md row 14): or, when this is the first statement
+            // of a transaction whose `BEGIN` is still deferred (nothing was sent since it began:
+            // the statement was prepared before, its types known), send the `BEGIN` in front of
+            // it, in the same extended-protocol sequence up to one `Sync`: one round trip for
+            // both, and if `BEGIN` failed the server would skip the statement until the `Sync`
+            // rather than run it outside a transaction. Its `CommandComplete` reaches the
+            // stream below as a result with no rows affected.
+            if std::mem::take(&mut self.inner.begin_deferred) {
+                self.write_begin()?;
+            } else {
+                self.wait_until_ready().await?;
+            }
 
             // bind to attach the arguments to the statement and create a portal
             self.inner.stream.write_msg(Bind {
@@ -281,7 +322,14 @@ impl PgConnection {
             PgValueFormat::Binary
         } else {
             // Query will trigger a ReadyForQuery
-            self.queue_simple_query(sql)?;
+            // PATCHED (sagaflow, vendor/README.md row 14): a deferred `BEGIN` goes in the same
+            // simple query, ahead of this one (a failing statement of a multi-statement query
+            // stops the rest of it).
+            if std::mem::take(&mut self.inner.begin_deferred) {
+                self.queue_simple_query(&format!("BEGIN;{sql}"))?;
+            } else {
+                self.queue_simple_query(sql)?;
+            }
 
             // metadata starts out as "nothing"
             metadata = Arc::new(PgStatementMetadata::default());

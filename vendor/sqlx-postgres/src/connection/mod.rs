@@ -75,6 +75,11 @@ pub struct PgConnectionInner {
     transaction_status: TransactionStatus,
     pub(crate) transaction_depth: usize,
 
+    // PATCHED (sagaflow, vendor/README.md row 14): a transaction was begun and its `BEGIN` is
+    // not sent yet: it goes out in front of the transaction's first statement, in the same
+    // round trip (see `send_deferred_begin`, `PgConnection::run`).
+    pub(crate) begin_deferred: bool,
+
     log_settings: LogSettings,
 }
 
@@ -90,8 +95,22 @@ impl PgConnection {
         self.inner.stream.server_version_num
     }
 
+    // PATCHED (sagaflow, vendor/README.md row 14): a deferred `BEGIN` is queued (as a simple
+    // query, waited for like one) before anything else is written that it must precede.
+    // Called by every path that writes to the server except `PgConnection::run`'s, which
+    // sends it in the same round trip as the transaction's first statement.
+    pub(crate) fn send_deferred_begin(&mut self) -> Result<(), Error> {
+        if std::mem::take(&mut self.inner.begin_deferred) {
+            self.inner.stream.write_msg(Query("BEGIN"))?;
+            self.inner.pending_ready_for_query_count += 1;
+        }
+        Ok(())
+    }
+
     // will return when the connection is ready for another query
     pub(crate) async fn wait_until_ready(&mut self) -> Result<(), Error> {
+        self.send_deferred_begin()?;
+
         if !self.inner.stream.write_buffer_mut().is_empty() {
             self.inner.stream.flush().await?;
         }
@@ -134,6 +153,7 @@ impl PgConnection {
     /// Used for rolling back transactions and releasing advisory locks.
     #[inline(always)]
     pub(crate) fn queue_simple_query(&mut self, query: &str) -> Result<(), Error> {
+        self.send_deferred_begin()?;
         self.inner.stream.write_msg(Query(query))?;
         self.inner.pending_ready_for_query_count += 1;
 
