@@ -4,7 +4,8 @@
 //! runs inside it, in order, savepoints included; a transaction that ran nothing costs
 //! nothing (`vendor/sqlx-postgres`, vendor/README.md row 14).
 
-use sqlx::{Acquire, Executor, PgPool, Row};
+use sqlx::postgres::PgArguments;
+use sqlx::{Acquire, Executor, PgPool, Postgres, Row};
 
 use super::pool::pool_through_proxy;
 
@@ -13,6 +14,10 @@ async fn table(pool: &PgPool) {
         .execute(pool)
         .await
         .unwrap();
+}
+
+fn insert(id: i32) -> sqlx::query::Query<'static, Postgres, PgArguments> {
+    sqlx::query("INSERT INTO items VALUES ($1)").bind(id)
 }
 
 async fn ids(pool: &PgPool) -> Vec<i32> {
@@ -30,11 +35,7 @@ async fn a_transaction_costs_a_round_trip_per_statement_and_one_for_its_commit()
         let pool = pool.clone();
         async move {
             let mut tx = pool.begin().await.unwrap();
-            sqlx::query("INSERT INTO items VALUES ($1)")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            insert(id).execute(&mut *tx).await.unwrap();
             sqlx::query("SELECT count(*) FROM items")
                 .fetch_one(&mut *tx)
                 .await
@@ -72,11 +73,7 @@ async fn the_first_statement_runs_inside_its_transaction_prepared_or_not() {
     // then from the statement cache (BEGIN in the same round trip): both rolled back.
     for id in [1, 2] {
         let mut tx = pool.begin().await.unwrap();
-        sqlx::query("INSERT INTO items VALUES ($1)")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        insert(id).execute(&mut *tx).await.unwrap();
         tx.rollback().await.unwrap();
     }
     // A simple-protocol statement first: `SET LOCAL` only lasts inside a transaction.
@@ -108,7 +105,6 @@ async fn a_failing_first_statement_aborts_its_transaction_and_leaves_the_connect
         .execute(&pool)
         .await
         .unwrap();
-    let insert = |id: i32| sqlx::query("INSERT INTO items VALUES ($1)").bind(id);
 
     let mut tx = pool.begin().await.unwrap();
     let duplicate = insert(1).execute(&mut *tx).await;
