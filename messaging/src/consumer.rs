@@ -551,6 +551,8 @@ struct Lanes {
     queues: HashMap<i32, mpsc::Sender<OwnedMessage>>,
     /// Messages a lane's queue holds.
     depth: usize,
+    /// Which overflowing feed goes first in the next drain (see [`Lanes::drain_overflows`]).
+    drain_turn: usize,
 }
 
 impl Lanes {
@@ -559,6 +561,7 @@ impl Lanes {
             feeds: HashMap::new(),
             queues: HashMap::new(),
             depth,
+            drain_turn: 0,
         }
     }
 
@@ -588,10 +591,24 @@ impl Lanes {
     }
 
     /// Move overflowed messages into their lanes; the partitions whose overflow emptied (to
-    /// be resumed).
+    /// be resumed). Feeds of one lane compete for its queue, and the first to drain may fill
+    /// it: the overflowing feeds take turns at going first, so a topic whose partition is
+    /// paused behind a busier one of the same lane is never starved.
     fn drain_overflows(&mut self) -> Result<Vec<(String, i32)>, Closed> {
+        let mut waiting: Vec<(&(String, i32), &mut LaneFeed)> = self
+            .feeds
+            .iter_mut()
+            .filter(|(_, feed)| feed.has_overflow())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(Vec::new());
+        }
+        waiting.sort_by(|a, b| a.0.cmp(b.0));
+        let first = self.drain_turn % waiting.len();
+        waiting.rotate_left(first);
+        self.drain_turn = self.drain_turn.wrapping_add(1);
         let mut emptied = Vec::new();
-        for feed in self.feeds.values_mut().filter(|f| f.has_overflow()) {
+        for (_, feed) in waiting {
             emptied.extend(feed.drain()?);
         }
         Ok(emptied)
@@ -1291,6 +1308,46 @@ mod tests {
             4,
             "a feed (pause, overflow) per topic-partition"
         );
+    }
+
+    #[test]
+    fn feeds_of_one_lane_take_turns_when_their_overflows_drain() {
+        let mut lanes = Lanes::new(1);
+        let mut queue = None;
+        for (topic, offsets) in [("orders.events", 0..4), ("payment.events", 0..4)] {
+            for offset in offsets {
+                lanes
+                    .feed(topic, 3, |q| queue = Some(q))
+                    .offer(message_of(topic, 3, offset))
+                    .unwrap();
+            }
+        }
+        let mut queue = queue.expect("one lane");
+        // The lane takes one message at a time; the fetch loop drains after each.
+        let mut taken = Vec::new();
+        while let Ok(raw) = queue.try_recv() {
+            taken.push((raw.topic().to_string(), raw.offset()));
+            lanes.drain_overflows().unwrap();
+        }
+        assert_eq!(taken.len(), 8, "everything arrives: {taken:?}");
+        let at = |topic: &str, offset: i64| {
+            taken
+                .iter()
+                .position(|(t, o)| t == topic && *o == offset)
+                .unwrap()
+        };
+        assert!(
+            at("payment.events", 0) < at("orders.events", 3),
+            "the second feed is not starved until the first one's overflow is gone: {taken:?}"
+        );
+        for topic in ["orders.events", "payment.events"] {
+            let offsets: Vec<i64> = taken
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, o)| *o)
+                .collect();
+            assert_eq!(offsets, [0, 1, 2, 3], "{topic} in offset order");
+        }
     }
 
     #[test]
