@@ -146,7 +146,6 @@ impl PgConnection {
         Ok(())
     }
 
-    #[inline(always)]
     // PATCHED (sagaflow, vendor/README.md row 14): `BEGIN` as an unnamed statement, bound and
     // executed, with no `Sync`: the caller's statement and `Sync` follow it.
     fn write_begin(&mut self) -> Result<(), Error> {
@@ -170,6 +169,7 @@ impl PgConnection {
         Ok(())
     }
 
+    #[inline(always)]
     pub(crate) fn write_sync(&mut self) {
         self.send_deferred_begin()
             .expect("BUG: BEGIN should not be too big for protocol");
