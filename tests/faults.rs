@@ -432,16 +432,6 @@ async fn inventory_fault_view(app: &TestApp) -> serde_json::Value {
     app.get_json("/_control/inventory").await
 }
 
-/// The value of a counter without labels on this process's `/metrics` (0 when not yet
-/// recorded). Counters are process-wide: compare before and after.
-async fn counter(app: &TestApp, name: &str) -> f64 {
-    let metrics = app.metrics().await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The saga's history rows that re-sent the compensation on a deadline.
 fn compensation_retries(saga: &serde_json::Value) -> Vec<serde_json::Value> {
     saga["history"]
@@ -608,7 +598,7 @@ async fn a_compensation_failing_forever_ends_failed_with_an_alert_never_silently
     let sku = "SKU-FC-FOREVER";
     app.set_stock(sku, 10).await;
     let initial = HashMap::from([(sku.to_string(), 10)]);
-    let alerts_before = counter(&app, "saga_failed_total").await;
+    let alerts_before = app.counter("saga_failed_total").await;
     inventory_faults(&app, serde_json::json!({"fail_releases_forever": true})).await;
 
     let order = app.place(&[(sku, 3, 400)], "pm_card_chargeDeclined").await;
@@ -673,7 +663,7 @@ async fn a_compensation_failing_forever_ends_failed_with_an_alert_never_silently
     wait::until(
         "the FAILED alert on /metrics",
         Duration::from_secs(10),
-        || async { (counter(&app, "saga_failed_total").await > alerts_before).then_some(()) },
+        || async { (app.counter("saga_failed_total").await > alerts_before).then_some(()) },
     )
     .await;
     // Not stuck: nothing overdue, and it stays FAILED.
@@ -777,14 +767,14 @@ async fn a_charge_that_timed_out_then_met_409_in_flight_is_uncertain_and_the_mon
         ..Default::default()
     });
     // Counters are process-wide: compare with the value before this test's order.
-    let uncertain_before = counter(&app, "payment_charge_outcome_unknown_total").await;
+    let uncertain_before = app.counter("payment_charge_outcome_unknown_total").await;
     let id = app.place(&[(SKUS[0], 1, 700)], "pm_card_visa").await;
     // The attempt timed out and the retries met 409: the charge is noted as uncertain.
     wait::until(
         "the timed-out charge to be noted as uncertain",
         Duration::from_secs(60),
         || async {
-            (counter(&app, "payment_charge_outcome_unknown_total").await > uncertain_before)
+            (app.counter("payment_charge_outcome_unknown_total").await > uncertain_before)
                 .then_some(())
         },
     )

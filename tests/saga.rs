@@ -9,7 +9,7 @@ use sagaflow_runtime::kafka as clients;
 use sagaflow_schemas::{Message, header_names, topics};
 use sagaflow_tests::broker_lock;
 use sagaflow_tests::kafka_probe::{self, read_all};
-use sagaflow_tests::platform::{Options, TestApp, order_body, spawn_platform};
+use sagaflow_tests::platform::{Options, TestApp, counter_sum, order_body, spawn_platform};
 use sagaflow_tests::wait;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -692,13 +692,6 @@ fn order_deadline(deadline: Duration) -> order_service::OrderConfig {
 }
 
 /// A counter of this process's metrics (0 when it was never incremented).
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 /// Issue 16 item 1: an OrderPlaced the orchestrator cannot read — a schema reference it does
 /// not know, as from a newer writer during a rolling upgrade — is dead-lettered and starts no
 /// saga, yet its order does not stay PENDING: the order deadline rejects it and announces
@@ -842,10 +835,10 @@ async fn an_order_placed_with_an_unknown_schema_ends_rejected_within_the_order_d
     .await;
     let metrics = app.metrics().await;
     assert!(
-        counter(&metrics, "order_deadline_failures_total") >= 1.0,
+        counter_sum(&metrics, "order_deadline_failures_total") >= 1.0,
         "{metrics}"
     );
-    assert!(counter(&metrics, "order_deadline_expired_total") >= 1.0);
+    assert!(counter_sum(&metrics, "order_deadline_expired_total") >= 1.0);
     app.stop().await;
 }
 

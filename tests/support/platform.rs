@@ -191,6 +191,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The sum of every series of counter `name` on `/metrics` (0 before its first
+    /// increment). The metrics recorder is process-wide, shared by every platform of a test
+    /// process: compare a value with one read before the action, not with a constant.
+    pub async fn counter(&self, name: &str) -> f64 {
+        counter_sum(&self.metrics().await, name)
+    }
+
     /// The value of metric `name` for this platform's payment provider (its series labelled
     /// `provider`: platforms of one test process share a metrics recorder). `None` before
     /// the series exists.
@@ -315,4 +322,42 @@ pub fn order_body(lines: &[(&str, i64, i64)], payment_method: &str) -> Value {
         "currency": "EUR",
         "payment_method": payment_method,
     })
+}
+
+/// The sum of every series of `name` in a Prometheus text exposition: `name value` and
+/// `name{labels} value` lines, not those of a longer name sharing its prefix.
+pub fn counter_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            Some(
+                value
+                    .trim()
+                    .parse::<f64>()
+                    .expect("a metric's value is a number"),
+            )
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::counter_sum;
+
+    #[test]
+    fn every_series_of_the_name_counts_and_no_other_name() {
+        let text = "# TYPE http_rate_limited_total counter\n\
+                    http_rate_limited_total{route=\"/orders\"} 3\n\
+                    http_rate_limited_total{route=\"/x\"} 2\n\
+                    http_rate_limited_total_other 100\n\
+                    orders_placed_total 7\n";
+        assert_eq!(counter_sum(text, "http_rate_limited_total"), 5.0);
+        assert_eq!(counter_sum(text, "orders_placed_total"), 7.0);
+        assert_eq!(counter_sum(text, "orders_placed"), 0.0);
+    }
 }
