@@ -59,10 +59,12 @@ async fn platform() -> TestApp {
     app
 }
 
-/// chromedriver on a free port and a headless Chromium session; both end when dropped.
+/// chromedriver on a free port and a headless Chromium session; both end when dropped, and
+/// the browser's profile directory is removed then.
 struct Browser {
     client: Client,
     driver: tokio::process::Child,
+    profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -84,13 +86,18 @@ impl Browser {
             .spawn()
             .unwrap_or_else(|e| panic!("{driver_path}: {e} (run scripts/test-infra.sh prereqs)"));
         let url = format!("http://127.0.0.1:{port}");
+        let profile = tempfile::Builder::new()
+            .prefix("sagaflow-console-chromium-")
+            .tempdir()
+            .unwrap();
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": chromium,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1400,1100", "--user-data-dir=/tmp/sagaflow-console-chromium-".to_string() + &Uuid::new_v4().to_string()],
+                         "--window-size=1400,1100",
+                         format!("--user-data-dir={}", profile.path().display())],
             }),
         );
         let client = wait::until(
@@ -108,12 +115,18 @@ impl Browser {
             },
         )
         .await;
-        Browser { client, driver }
+        Browser {
+            client,
+            driver,
+            profile,
+        }
     }
 
     async fn stop(mut self) {
         let _ = self.client.close().await;
         let _ = self.driver.kill().await;
+        // The browser has exited with its session: its profile can go.
+        drop(self.profile);
     }
 
     async fn goto(&self, url: &str) {
