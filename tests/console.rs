@@ -64,7 +64,8 @@ async fn platform() -> TestApp {
 struct Browser {
     client: Client,
     driver: tokio::process::Child,
-    profile: tempfile::TempDir,
+    /// Held only to be removed with the browser.
+    _profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -118,15 +119,13 @@ impl Browser {
         Browser {
             client,
             driver,
-            profile,
+            _profile: profile,
         }
     }
 
     async fn stop(mut self) {
         let _ = self.client.close().await;
         let _ = self.driver.kill().await;
-        // The browser has exited with its session: its profile can go.
-        drop(self.profile);
     }
 
     async fn goto(&self, url: &str) {

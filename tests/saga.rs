@@ -347,13 +347,7 @@ async fn a_saga_whose_deadline_cannot_fire_does_not_hold_up_the_others() {
         );
     }
     // ...and reported (counted before their deadline is pushed back).
-    let metrics = app.metrics().await;
-    let failures: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("saga_deadline_failures_total "))
-        .unwrap_or_else(|| panic!("saga_deadline_failures_total missing:\n{metrics}"))
-        .parse()
-        .unwrap();
+    let failures = app.counter("saga_deadline_failures_total").await;
     assert!(failures >= 2.0, "{failures}");
     app.provider.set_down(false);
     app.stop().await;
@@ -691,7 +685,6 @@ fn order_deadline(deadline: Duration) -> order_service::OrderConfig {
     }
 }
 
-/// A counter of this process's metrics (0 when it was never incremented).
 /// Issue 16 item 1: an OrderPlaced the orchestrator cannot read — a schema reference it does
 /// not know, as from a newer writer during a rolling upgrade — is dead-lettered and starts no
 /// saga, yet its order does not stay PENDING: the order deadline rejects it and announces
