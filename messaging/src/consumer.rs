@@ -4,7 +4,9 @@
 //! PostgreSQL transaction; its offset is stored (and later auto-committed) only after that
 //! commit. A crash before the commit redelivers the message and applies it once; a crash
 //! after it redelivers it and the inbox row makes it a no-op. So every effect is applied
-//! exactly once even though delivery is at-least-once.
+//! exactly once even though delivery is at-least-once. (A handler whose effects are idempotent
+//! by construction may do without the inbox row, [`Handler::keeps_inbox`]: a redelivery is
+//! then applied again and changes nothing.)
 //!
 //! Concurrency: messages of one partition are applied one after the other, in offset order
 //! (keys — order ids — are partition-affine, so one saga's messages never race). A lane task
@@ -155,6 +157,16 @@ pub trait Handler: Send + Sync + 'static {
     /// (and no round trip for it).
     fn lock_keys(&self, incoming: &Incoming) -> Vec<String> {
         vec![incoming.message.order_id().to_string()]
+    }
+
+    /// Whether each message gets an inbox row, so that a redelivery is recognised and skipped.
+    /// `true` by default. A handler returns `false` only when applying any message twice, in
+    /// any order, changes nothing (the query service's projections are idempotent and
+    /// order-safe by construction). The inbox row is then one write per message for nothing,
+    /// and a redelivery is simply applied again. Within one batch, a repeated message id is
+    /// still applied once. Locks are taken as with an inbox.
+    fn keeps_inbox(&self) -> bool {
+        true
     }
 
     /// What handling one message did that may be told only once its transaction has
@@ -1035,6 +1047,10 @@ impl<H: Handler> Worker<H> {
                 .flat_map(|(incoming, _)| self.handler.lock_keys(incoming)),
         );
         let firsts = first_occurrences(batch.iter().map(|(i, _)| i.envelope.message_id));
+        if !self.handler.keeps_inbox() {
+            take_locks(tx, &locks).await?;
+            return Ok(firsts);
+        }
         let claimed: Vec<&Incoming> = batch
             .iter()
             .zip(&firsts)
@@ -1131,6 +1147,20 @@ impl<H: Handler> Worker<H> {
             }
         }
     }
+}
+
+/// The batch's advisory locks alone, for a handler without inbox rows
+/// ([`Handler::keeps_inbox`]); the same namespace and order as the claiming statement.
+async fn take_locks(tx: &mut Tx, locks: &[i32]) -> Result<(), sqlx::Error> {
+    if locks.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k")
+        .bind(BATCH_LOCK_NAMESPACE)
+        .bind(locks)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The advisory-lock keys of `names`: hashed, sorted, each once — the one order every

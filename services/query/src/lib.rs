@@ -6,9 +6,9 @@
 //! - Every response carries `freshness` (newest event applied, messages not applied yet).
 //!
 //! Guarantees:
-//! - Each event is applied once (inbox) *and* the projections are idempotent and order-safe
-//!   by construction ([`projection`]), so a replay — which has no inbox — builds the same rows,
-//!   and duplicates or reordering across topics never change the result.
+//! - The projections are idempotent and order-safe by construction ([`projection`]): the live
+//!   consumer and a replay need no inbox, build the same rows, and duplicates or reordering
+//!   across topics never change the result.
 //! - The live tables and how far they have read (`projection_positions`) commit together.
 //! - [`replay`] rebuilds a projection into shadow tables and switches them in atomically; the
 //!   live view keeps answering meanwhile.
