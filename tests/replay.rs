@@ -551,6 +551,14 @@ async fn duplicated_and_reordered_events_build_the_same_views_as_an_in_order_run
     }
     let expected = checksums(&in_order.pool).await;
     assert_eq!(checksums(&shuffled.pool).await, expected);
+    // The views absorbed the duplicates themselves: the live consumer wrote no inbox row.
+    for consumer in [&in_order, &shuffled] {
+        let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(&consumer.pool)
+            .await
+            .unwrap();
+        assert_eq!(inbox, 0, "the query consumer keeps no inbox");
+    }
 
     // The order-safety is visible: an order whose terminal event came first is not PENDING.
     let statuses: Vec<(String, i64)> =
