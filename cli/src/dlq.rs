@@ -3,8 +3,9 @@
 //! `list` shows what is parked in `<topic>.dlq` with the reason the consumer gave.
 //! `redrive` republishes parked messages, byte for byte with their envelope headers, to the
 //! topic they came from (`dlq_source_topic`), without the `dlq_*` headers. The message id is
-//! unchanged, so each consumer's inbox applies a redriven message at most once: redriving
-//! twice, or redriving a message some consumers had applied, is harmless. Kafka cannot delete
+//! unchanged, so each consumer's inbox applies a redriven message at most once, and the query
+//! service (no inbox) applies it again to no effect: redriving twice, or redriving a message
+//! some consumers had applied, is harmless. Kafka cannot delete
 //! from the DLQ; a redriven message stays there as history. The reading and redriving are
 //! `sagaflow_messaging::dead_letters`; this module is the command line around them.
 

@@ -4,7 +4,7 @@
 //! written to the audit log, shown on the page. A dead-letter topic keeps what was redriven
 //! (Kafka cannot delete from it), so each message also shows whether the consumer that
 //! dead-lettered it has applied it since (its inbox row, looked up in every configured
-//! database).
+//! database; for the query service, which keeps no inbox, its timeline row).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -79,8 +79,16 @@ pub fn matches(letter: &DeadLetter, filter: &str) -> bool {
     .any(|field| field.to_lowercase().contains(&filter))
 }
 
-/// Who applied each of `ids`, and when: the inbox rows of every database with an inbox.
+/// The query service's consumer name, as its dead letters carry it.
+const QUERY_CONSUMER: &str = "query-service";
+
+/// Who applied each of `ids`, and when: the inbox rows of every database with an inbox, and
+/// the query service's timeline. That service keeps no inbox row per event (its projections
+/// are idempotent by construction), but every event it applies leaves one timeline row, keyed
+/// by message id and stamped `applied_at`. Its inbox is still read for rows written before it
+/// stopped keeping them, until their retention ends.
 pub async fn applied(
+    query: &PgPool,
     databases: &[(String, PgPool)],
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<(String, DateTime<Utc>)>>, sqlx::Error> {
@@ -94,6 +102,21 @@ pub async fn applied(
         .await?;
         for (consumer, id, at) in rows {
             out.entry(id).or_default().push((consumer, at));
+        }
+    }
+    let timeline: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT message_id, applied_at FROM order_timeline WHERE message_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(query)
+    .await?;
+    for (id, at) in timeline {
+        let entries = out.entry(id).or_default();
+        if !entries
+            .iter()
+            .any(|(consumer, _)| consumer == QUERY_CONSUMER)
+        {
+            entries.push((QUERY_CONSUMER.to_string(), at));
         }
     }
     Ok(out)
@@ -174,7 +197,7 @@ async fn render_topic(
         .iter()
         .filter_map(|l| l.message_id().and_then(|id| Uuid::parse_str(&id).ok()))
         .collect();
-    let applied = applied(&console.inbox_databases(), &ids).await?;
+    let applied = applied(&console.query, &console.inbox_databases(), &ids).await?;
     let dlq = console.kafka.topic(&topics::dlq(topic));
     Ok(html! {
         h2 { (topic) ".dlq" }

@@ -7,7 +7,7 @@
 //!   from the outboxes decoded, deadline, trace id).
 //! - **Dead letters** ([`dead_letters`]): `<topic>.dlq` per topic with the reason headers and
 //!   the decoded message, redrive one / the selected / all matching a filter, and whether each
-//!   was applied since (the dead-lettering consumer's inbox). Every redrive is written to the
+//!   was applied since (the dead-lettering consumer's inbox, or the query service's timeline). Every redrive is written to the
 //!   audit log ([`audit`]).
 //! - **Parked outbox rows** ([`outbox`]), each with a retry action (audited too).
 //! - **Health** ([`health`]): relay backlog per database, consumer lag per group and
@@ -99,7 +99,7 @@ const POOL_SIZE: u32 = 2;
 /// What the console reads and how it is protected. Cheap to clone (pools are handles).
 #[derive(Clone)]
 pub struct Console {
-    /// The query database: the audit log, and an inbox (the query service's).
+    /// The query database: the audit log, and the query service's timeline (what it applied).
     pub(crate) query: PgPool,
     /// The saga database, when configured.
     pub(crate) saga: Option<PgPool>,

@@ -915,7 +915,8 @@ async fn checksum_of(
         .iter()
         .map(|table| {
             format!(
-                "(SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY {}), '')) FROM {} t)",
+                "(SELECT md5(coalesce(string_agg({}::text, E'\\n' ORDER BY {}), '')) FROM {} t)",
+                Projection::checksummed_row(table),
                 Projection::order_by(table),
                 target.table(table)
             )
