@@ -7,8 +7,9 @@
 //!    connections — and, beside it, the transaction as implemented; the raw produce rate of
 //!    the idempotent producer on the same broker ([`baseline`]).
 //! 2. The platform in-process (like `sagaflow dev`), scratch databases, plenty of stock.
-//! 3. Probe: short accept-burst steps, judged on HTTP only (the HTTP accept ceiling), then
-//!    the backlog drains (the saga drain rate: where the steady steps start).
+//! 3. Probe: short accept-burst steps, judged on HTTP only (the HTTP accept ceiling; a bad
+//!    step is repeated once, two in a row end it), then the backlog drains (the saga drain
+//!    rate: where the steady steps start).
 //! 4. Steady steps: each a warm-up at its rate, then a steady window of `--step-secs`
 //!    (≥ 15 s); a step is sustainable when HTTP and the sagas kept up and the sagas in flight
 //!    did not grow over the window. The rate moves by small factors and is refined between
@@ -42,7 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::stats::{Limits, next_rate};
+use super::stats::Limits;
 use baseline::Baselines;
 use load::{Load, drain, drive, ended_count, relay_figures, settle};
 use report::{Report, Settings, StepReport, Steps, Window};
@@ -596,6 +597,7 @@ impl Bench<'_> {
         let mut rate = from;
         let mut spent = 0.0;
         let mut driven = 0;
+        let mut accepted = Vec::new();
         while spent + 1.0 <= budget + 1e-9 {
             self.progress(&format!("accept burst: {rate:.0} orders/s for 1 s"));
             let drove = drive(&self.load, rate, 1.0, self.args.json).await;
@@ -608,12 +610,12 @@ impl Bench<'_> {
                 Window::default(),
                 &self.limits,
             );
-            let accept_ok = step.verdict.accept_ok;
+            accepted.push(step.verdict.accept_ok);
             steps.push(step);
-            if !accept_ok {
-                break;
+            match ramp::next_burst(&accepted, rate, self.args.ramp_factor) {
+                ramp::Decision::Step(next) => rate = next,
+                ramp::Decision::Stop => break,
             }
-            rate = next_rate(rate, self.args.ramp_factor);
         }
         Ok((spent, driven))
     }

@@ -79,6 +79,18 @@ impl Bounds {
     }
 }
 
+/// The accept probe's next burst step after the steps so far at `rate` (`true`: HTTP kept up):
+/// the next rate up after a good step; after a bad one the same rate once more, because a
+/// single stalled second (a broker's JIT still compiling, a checkpoint) is not the HTTP
+/// ceiling; the end after two bad steps in a row.
+pub(super) fn next_burst(accepted: &[bool], rate: f64, factor: f64) -> Decision {
+    match accepted {
+        [.., false, false] => Decision::Stop,
+        [.., false] => Decision::Step(rate),
+        _ => Decision::Step(next_rate(rate, factor)),
+    }
+}
+
 /// Replays the decisions over `steps` (each step ran at the rate decided before it).
 fn replay(steps: &[Probe], plan: Plan) -> (Bounds, Decision) {
     let mut bounds = Bounds::default();
@@ -108,6 +120,23 @@ pub(super) fn found(steps: &[Probe], plan: Plan) -> Found {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_accept_probe_climbs_after_a_good_step() {
+        assert_eq!(next_burst(&[true], 50.0, 1.5), Decision::Step(75.0));
+        assert_eq!(
+            next_burst(&[true, false, true], 75.0, 1.5),
+            Decision::Step(113.0)
+        );
+    }
+
+    #[test]
+    fn the_accept_probe_repeats_a_bad_step_once_and_stops_after_two_in_a_row() {
+        assert_eq!(next_burst(&[true, false], 75.0, 1.5), Decision::Step(75.0));
+        assert_eq!(next_burst(&[true, false, false], 75.0, 1.5), Decision::Stop);
+        assert_eq!(next_burst(&[false], 50.0, 1.5), Decision::Step(50.0));
+        assert_eq!(next_burst(&[false, false], 50.0, 1.5), Decision::Stop);
+    }
 
     const PLAN: Plan = Plan {
         start_rate: 50.0,
