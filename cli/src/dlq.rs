@@ -5,8 +5,8 @@
 //! topic they came from (`dlq_source_topic`), without the `dlq_*` headers. The message id is
 //! unchanged, so each consumer's inbox applies a redriven message at most once, and the query
 //! service (no inbox) applies it again to no effect: redriving twice, or redriving a message
-//! some consumers had applied, is harmless. Kafka cannot delete
-//! from the DLQ; a redriven message stays there as history. The reading and redriving are
+//! some consumers had applied, is harmless. Kafka cannot delete from the DLQ; a redriven
+//! message stays there as history. The reading and redriving are
 //! `sagaflow_messaging::dead_letters`; this module is the command line around them.
 
 use std::io::Write;

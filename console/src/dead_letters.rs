@@ -79,7 +79,8 @@ pub fn matches(letter: &DeadLetter, filter: &str) -> bool {
     .any(|field| field.to_lowercase().contains(&filter))
 }
 
-/// The query service's consumer name, as its dead letters carry it.
+/// The query service's consumer name, as its dead letters carry it (`query_service::NAME`;
+/// the console does not depend on that crate, as in `health`).
 const QUERY_CONSUMER: &str = "query-service";
 
 /// Who applied each of `ids`, and when: the inbox rows of every database with an inbox, and

@@ -7,8 +7,8 @@
 //!   from the outboxes decoded, deadline, trace id).
 //! - **Dead letters** ([`dead_letters`]): `<topic>.dlq` per topic with the reason headers and
 //!   the decoded message, redrive one / the selected / all matching a filter, and whether each
-//!   was applied since (the dead-lettering consumer's inbox, or the query service's timeline). Every redrive is written to the
-//!   audit log ([`audit`]).
+//!   was applied since (the dead-lettering consumer's inbox, or the query service's timeline).
+//!   Every redrive is written to the audit log ([`audit`]).
 //! - **Parked outbox rows** ([`outbox`]), each with a retry action (audited too).
 //! - **Health** ([`health`]): relay backlog per database, consumer lag per group and
 //!   partition, outbox throughput of the last minutes as an inline SVG chart.
