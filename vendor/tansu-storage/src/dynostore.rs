@@ -98,6 +98,13 @@ pub struct DynoStore {
     // not list every batch of the partition (which made each fetch O(log length)).
     batch_index: Arc<tokio::sync::Mutex<BTreeMap<Topition, BTreeSet<i64>>>>,
 
+    // PATCHED (sagaflow, vendor/README.md): where each partition's open transactions start
+    // (its last stable offset), computed from `meta` once per change of `meta` that may touch
+    // transactions, tagged with `meta`'s change count as it was read. Upstream recomputed it
+    // on every fetch of every partition, and `meta` changes with every idempotent produce (the
+    // producer's sequence), so nearly every fetch parsed and walked all of `meta` again.
+    open_transactions: Arc<Mutex<Option<(u64, Arc<BTreeMap<Topition, i64>>)>>>,
+
     // PATCHED (sagaflow, vendor/README.md): produces to a partition take turns, so a batch
     // is stored before the high watermark moves past it (see `produce`).
     produce_turns: Arc<Mutex<BTreeMap<Topition, Arc<tokio::sync::Mutex<()>>>>>,
@@ -418,12 +425,77 @@ impl DynoStore {
             watermarks: Arc::new(Mutex::new(BTreeMap::new())),
             meta: OptiCon::<Meta>::new(cluster),
             batch_index: Arc::new(tokio::sync::Mutex::new(BTreeMap::new())),
+            open_transactions: Arc::new(Mutex::new(None)),
             produce_turns: Arc::new(Mutex::new(BTreeMap::new())),
             object_store: Arc::new(Cache::new(
                 Metron::new(object_store, cluster),
                 Duration::from_millis(5_000),
             )),
         }
+    }
+
+    /// PATCHED (sagaflow, vendor/README.md): the partition's shared watermark handle.
+    fn watermark(&self, topition: &Topition) -> Result<OptiCon<Watermark>> {
+        self.watermarks
+            .lock()
+            .map(|mut locked| {
+                locked
+                    .entry(topition.to_owned())
+                    .or_insert_with(|| OptiCon::<Watermark>::new(self.cluster.as_str(), topition))
+                    .to_owned()
+            })
+            .map_err(Into::into)
+    }
+
+    /// PATCHED (sagaflow, vendor/README.md): the first offset of each partition's open
+    /// transactions, from a copy kept until `meta` changes in a way that may touch them (every
+    /// change but a produce's sequence advance, see `OptiCon::with_mut_uncounted`). The count
+    /// is read before `meta`: a change that lands meanwhile counts itself after its write, so
+    /// a copy taken from the older `meta` is never served after that.
+    async fn open_transaction_starts(&self) -> Result<Arc<BTreeMap<Topition, i64>>> {
+        let generation = self.meta.changes();
+        if let Some((seen, starts)) = self.open_transactions.lock()?.as_ref()
+            && *seen == generation
+        {
+            return Ok(starts.clone());
+        }
+
+        let starts = Arc::new(
+            self.meta
+                .with(&self.object_store, |meta| {
+                    Ok(meta
+                        .transactions
+                        .values()
+                        .flat_map(|txn| {
+                            txn.epochs
+                                .values()
+                                .filter(|detail| {
+                                    detail.state.is_some_and(|state| {
+                                        state != TxnState::Committed && state != TxnState::Aborted
+                                    })
+                                })
+                                .map(BTreeMap::<Topition, Offset>::from)
+                                .collect::<Vec<_>>()
+                        })
+                        .fold(BTreeMap::new(), |mut acc, e| {
+                            for (topition, offset_start) in e.iter() {
+                                _ = acc
+                                    .entry(topition.to_owned())
+                                    .and_modify(|existing: &mut i64| {
+                                        if *existing > *offset_start {
+                                            *existing = *offset_start
+                                        }
+                                    })
+                                    .or_insert(*offset_start);
+                            }
+                            acc
+                        }))
+                })
+                .await?,
+        );
+
+        *self.open_transactions.lock()? = Some((generation, starts.clone()));
+        Ok(starts)
     }
 
     pub fn advertised_listener(self, advertised_listener: Url) -> Self {
@@ -686,6 +758,11 @@ impl Storage for DynoStore {
             self.batch_index
                 .lock()
                 .await
+                .retain(|topition, _| topition.topic != metadata.topic.name);
+            // PATCHED (sagaflow): and its watermarks, which `offset_stage` would serve as they
+            // were (the handles are the only copy it reads once a partition was read).
+            self.watermarks
+                .lock()?
                 .retain(|topition, _| topition.topic != metadata.topic.name);
 
             self.meta
@@ -1041,8 +1118,9 @@ impl Storage for DynoStore {
             // After the watermark: a broker killed between the two stores the producer's
             // retry a second time (Kafka's at-least-once), rather than losing the batch.
             if deflated.is_idempotent() {
+                // PATCHED (sagaflow): uncounted, it leaves the transactions as they were.
                 self.meta
-                    .with_mut(&self.object_store, |meta| {
+                    .with_mut_uncounted(&self.object_store, |meta| {
                         advance_sequence(meta, topition, &deflated)
                     })
                     .await
@@ -1180,68 +1258,37 @@ impl Storage for DynoStore {
     }
 
     async fn offset_stage(&self, topition: &Topition) -> Result<OffsetStage> {
-        let stable = self
-            .meta
-            .with(&self.object_store, |meta| {
-                Ok(meta
-                    .transactions
-                    .values()
-                    .flat_map(|txn| {
-                        debug!(?txn);
-
-                        txn.epochs
-                            .values()
-                            .filter(|detail| {
-                                detail.state.is_some_and(|state| {
-                                    state != TxnState::Committed && state != TxnState::Aborted
-                                })
-                            })
-                            .map(BTreeMap::<Topition, Offset>::from)
-                            .collect::<Vec<_>>()
-                    })
-                    .reduce(|mut acc, e| {
-                        debug!(?acc, ?e);
-
-                        for (topition, offset_start) in e.iter() {
-                            _ = acc
-                                .entry(topition.to_owned())
-                                .and_modify(|existing_offset_start| {
-                                    if *existing_offset_start > *offset_start {
-                                        *existing_offset_start = *offset_start
-                                    }
-                                })
-                                .or_insert(*offset_start);
-                        }
-
-                        acc
-                    })
-                    .unwrap_or(BTreeMap::new()))
-            })
-            .await?;
-
+        let stable = self.open_transaction_starts().await?;
         debug!(?stable);
 
-        let watermark = self.watermarks.lock().map(|mut locked| {
-            locked
-                .entry(topition.to_owned())
-                .or_insert(OptiCon::<Watermark>::new(self.cluster.as_str(), topition))
-                .to_owned()
-        })?;
+        let watermark = self.watermark(topition)?;
 
-        watermark
-            .with(&self.object_store, |watermark| {
-                debug!(?watermark);
-                let high_watermark = watermark.high.unwrap_or(0);
-                let log_start = watermark.low.unwrap_or(0);
-                let last_stable = stable.get(topition).copied().unwrap_or(high_watermark);
+        // PATCHED (sagaflow, vendor/README.md): the watermark this process last wrote or read,
+        // without asking the object store whether it changed. One broker process owns the
+        // storage (as `produce_turns` assumes) and every write of a partition's watermark goes
+        // through its one shared handle in `watermarks`, so that copy is current; only a
+        // partition not yet read since the broker started is read from the store.
+        let known = watermark.peek(|watermark| (watermark.high, watermark.low));
+        let (high, low) = match known {
+            Some(known) => known,
+            None => {
+                watermark
+                    .with(&self.object_store, |watermark| {
+                        Ok((watermark.high, watermark.low))
+                    })
+                    .await?
+            }
+        };
 
-                Ok(OffsetStage {
-                    last_stable,
-                    high_watermark,
-                    log_start,
-                })
-            })
-            .await
+        let high_watermark = high.unwrap_or(0);
+        let log_start = low.unwrap_or(0);
+        let last_stable = stable.get(topition).copied().unwrap_or(high_watermark);
+
+        Ok(OffsetStage {
+            last_stable,
+            high_watermark,
+            log_start,
+        })
     }
 
     async fn list_offsets(
@@ -1249,43 +1296,12 @@ impl Storage for DynoStore {
         isolation_level: IsolationLevel,
         offsets: &[(Topition, ListOffset)],
     ) -> Result<Vec<(Topition, ListOffsetResponse)>> {
+        // PATCHED (sagaflow, vendor/README.md): the open transactions' copy `offset_stage`
+        // uses too (was computed here from `meta` on every call).
         let stable = if isolation_level == IsolationLevel::ReadCommitted {
-            self.meta
-                .with(&self.object_store, |meta| {
-                    Ok(meta
-                        .transactions
-                        .values()
-                        .flat_map(|txn| {
-                            txn.epochs
-                                .values()
-                                .filter(|detail| {
-                                    detail.state.is_some_and(|state| {
-                                        state != TxnState::Committed && state != TxnState::Aborted
-                                    })
-                                })
-                                .map(BTreeMap::<Topition, Offset>::from)
-                                .collect::<Vec<_>>()
-                        })
-                        .reduce(|mut acc, e| {
-                            debug!(?acc, ?e);
-                            for (topition, offset_start) in e.iter() {
-                                _ = acc
-                                    .entry(topition.to_owned())
-                                    .and_modify(|existing_offset_start| {
-                                        if *existing_offset_start > *offset_start {
-                                            *existing_offset_start = *offset_start
-                                        }
-                                    })
-                                    .or_insert(*offset_start);
-                            }
-
-                            acc
-                        })
-                        .unwrap_or(BTreeMap::new()))
-                })
-                .await?
+            self.open_transaction_starts().await?
         } else {
-            BTreeMap::new()
+            Arc::new(BTreeMap::new())
         };
 
         let mut responses = vec![];
@@ -3080,7 +3096,7 @@ mod tests {
         /// In memory; a put to a path ending with the armed suffix fails, after writing the
         /// object when `written` (the store may have it even though the put failed).
         #[derive(Clone, Debug, Default)]
-        struct Flaky {
+        pub(super) struct Flaky {
             inner: Arc<InMemory>,
             armed: Arc<Mutex<Option<(&'static str, bool)>>>,
         }
@@ -3179,7 +3195,9 @@ mod tests {
             }
         }
 
-        async fn engine(store: &Flaky) -> Result<(DynoStore, Topition, ProducerIdResponse)> {
+        pub(super) async fn engine(
+            store: &Flaky,
+        ) -> Result<(DynoStore, Topition, ProducerIdResponse)> {
             let engine = DynoStore::new("tansu", 111, store.clone());
 
             _ = engine
@@ -3200,7 +3218,11 @@ mod tests {
             Ok((engine, Topition::new("t", 0), producer))
         }
 
-        fn batch(producer: &ProducerIdResponse, sequence: i32, values: &[&str]) -> deflated::Batch {
+        pub(super) fn batch(
+            producer: &ProducerIdResponse,
+            sequence: i32,
+            values: &[&str],
+        ) -> deflated::Batch {
             values
                 .iter()
                 .enumerate()
@@ -3292,6 +3314,93 @@ mod tests {
         #[tokio::test]
         async fn a_failed_watermark_write_leaves_the_sequence_unchanged() -> Result<()> {
             a_failed_put_then_retry("watermark.json", false).await
+        }
+    }
+
+    /// PATCHED (sagaflow, vendor/README.md): `offset_stage` serves the watermark and the open
+    /// transactions from copies; these check that the copies follow every change.
+    mod offset_stage_copies {
+        use tansu_sans_io::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+
+        use super::produce_order::{Flaky, batch, engine};
+        use super::*;
+
+        async fn stage(engine: &DynoStore, topition: &Topition) -> Result<(i64, i64)> {
+            engine
+                .offset_stage(topition)
+                .await
+                .map(|stage| (stage.last_stable(), stage.high_watermark()))
+        }
+
+        #[tokio::test]
+        async fn every_produce_moves_the_high_watermark_at_once() -> Result<()> {
+            let store = Flaky::default();
+            let (engine, topition, producer) = engine(&store).await?;
+            assert_eq!((0, 0), stage(&engine, &topition).await?);
+
+            for (sequence, values, high) in
+                [(0, &["a"][..], 1), (1, &["b", "c"], 3), (3, &["d"], 4)]
+            {
+                _ = engine
+                    .produce(None, &topition, batch(&producer, sequence, values))
+                    .await?;
+                assert_eq!((high, high), stage(&engine, &topition).await?);
+            }
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn an_open_transaction_holds_the_last_stable_offset_until_it_ends() -> Result<()> {
+            let store = Flaky::default();
+            let (engine, topition, idempotent) = engine(&store).await?;
+            _ = engine
+                .produce(None, &topition, batch(&idempotent, 0, &["a"]))
+                .await?;
+
+            let transactional = engine
+                .init_producer(Some("txn"), 10_000, Some(-1), Some(-1))
+                .await?;
+            assert_eq!(ErrorCode::None, transactional.error);
+            _ = engine
+                .txn_add_partitions(TxnAddPartitionsRequest::VersionZeroToThree {
+                    transaction_id: "txn".into(),
+                    producer_id: transactional.id,
+                    producer_epoch: transactional.epoch,
+                    topics: vec![
+                        AddPartitionsToTxnTopic::default()
+                            .name("t".into())
+                            .partitions(Some(vec![0])),
+                    ],
+                })
+                .await?;
+            // Read (and kept) before the transaction has produced anything.
+            assert_eq!((1, 1), stage(&engine, &topition).await?);
+
+            let mut in_txn = batch(&transactional, 0, &["b", "c"]);
+            in_txn.attributes |= 0b1_0000;
+            assert_eq!(1, engine.produce(Some("txn"), &topition, in_txn).await?);
+            assert_eq!((1, 3), stage(&engine, &topition).await?);
+
+            // Idempotent produces meanwhile do not move it either.
+            _ = engine
+                .produce(None, &topition, batch(&idempotent, 1, &["d"]))
+                .await?;
+            let (last_stable, high) = stage(&engine, &topition).await?;
+            assert_eq!((1, 4), (last_stable, high));
+
+            assert_eq!(
+                ErrorCode::None,
+                engine
+                    .txn_end("txn", transactional.id, transactional.epoch, true)
+                    .await?
+            );
+            let (last_stable, high) = stage(&engine, &topition).await?;
+            assert_eq!(
+                high, last_stable,
+                "committed: stable up to the high watermark"
+            );
+            assert!(high >= 4);
+            Ok(())
         }
     }
 

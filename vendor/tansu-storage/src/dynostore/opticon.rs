@@ -64,6 +64,9 @@ pub(super) struct OptiCon<D> {
     tags: TagSet,
     attributes: Attributes,
     data_version: Arc<Mutex<Option<DataVersion<D>>>>,
+    // PATCHED (sagaflow, vendor/README.md): how many writes through this handle (and its
+    // clones) have completed, but those of `with_mut_uncounted`.
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<D> OptiCon<D> {
@@ -73,6 +76,7 @@ impl<D> OptiCon<D> {
             tags: Default::default(),
             attributes: Default::default(),
             data_version: Default::default(),
+            changes: Default::default(),
         }
     }
 }
@@ -118,6 +122,8 @@ where
                     .lock()
                     .map_err(Into::into)
                     .map(|mut lock| lock.replace(DataVersion { data, version }))
+                    // PATCHED (sagaflow): data written by someone else counts as a change.
+                    .inspect(|_| self.count_change())
                     .and(Ok(()))
             }
 
@@ -130,6 +136,17 @@ where
 
             Err(otherwise) => Err(otherwise.into()),
         }
+    }
+
+    /// PATCHED (sagaflow, vendor/README.md): `f` of the data this handle last wrote or read,
+    /// without asking the object store whether it changed since; `None` before the first.
+    /// Only for data that no other process writes.
+    pub(super) fn peek<E>(&self, f: impl Fn(&D) -> E) -> Option<E> {
+        self.data_version
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|dv| f(&dv.data))
     }
 
     #[instrument(skip_all, fields(path = %self.path))]
@@ -192,6 +209,8 @@ where
                             .map_err(Into::into)
                             .map(|mut guard| guard.replace(DataVersion { data, version }))
                     })
+                    // PATCHED (sagaflow): data written by someone else counts as a change.
+                    .inspect(|_| self.count_change())
                     .and(Ok(()))
             }
 
@@ -228,8 +247,42 @@ where
         )
     }
 
-    #[instrument(skip_all, fields(path = %self.path))]
     pub(super) async fn with_mut<E, F>(&self, object_store: &impl ObjectStore, f: F) -> Result<E>
+    where
+        E: Debug,
+        F: Fn(&mut D) -> Result<E>,
+    {
+        self.write(object_store, f, true).await
+    }
+
+    /// PATCHED (sagaflow, vendor/README.md): `with_mut` without counting the write in
+    /// [`OptiCon::changes`], for a change that nobody keeping a copy by that count depends on.
+    pub(super) async fn with_mut_uncounted<E, F>(
+        &self,
+        object_store: &impl ObjectStore,
+        f: F,
+    ) -> Result<E>
+    where
+        E: Debug,
+        F: Fn(&mut D) -> Result<E>,
+    {
+        self.write(object_store, f, false).await
+    }
+
+    /// PATCHED (sagaflow, vendor/README.md): the number of counted writes so far; read it
+    /// before the data it tags: a write counts itself only once its data is in place.
+    pub(super) fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn count_change(&self) {
+        _ = self
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    #[instrument(skip_all, fields(path = %self.path))]
+    async fn write<E, F>(&self, object_store: &impl ObjectStore, f: F, counted: bool) -> Result<E>
     where
         E: Debug,
         F: Fn(&mut D) -> Result<E>,
@@ -275,7 +328,7 @@ where
                     on_error(error)
                 }) {
                 Ok(put_result) => {
-                    return self
+                    let replaced = self
                         .data_version
                         .lock()
                         .map_err(Into::into)
@@ -287,8 +340,11 @@ where
                                     version: put_result.version,
                                 }),
                             })
-                        })
-                        .and(outcome);
+                        });
+                    if counted {
+                        self.count_change();
+                    }
+                    return replaced.and(outcome);
                 }
 
                 Err(
