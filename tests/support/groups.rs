@@ -3,6 +3,22 @@
 
 use std::collections::BTreeMap;
 
+/// Whether the broker container has Apache Kafka's tools (the embedded broker's image, the
+/// `--embedded-broker` lane of scripts/test.sh, has none).
+pub async fn has_tools(container: &str) -> bool {
+    tokio::process::Command::new("docker")
+        .args([
+            "exec",
+            container,
+            "test",
+            "-x",
+            "/opt/kafka/bin/kafka-consumer-groups.sh",
+        ])
+        .status()
+        .await
+        .is_ok_and(|status| status.success())
+}
+
 /// The members of `group` (`"<client id> <consumer id>"` → partitions held), asked of the
 /// broker in `container` at `bootstrap` (an address valid inside the container); `None` when
 /// that broker does not answer.
