@@ -62,9 +62,10 @@ pub struct StepOutcome {
     /// POST → terminal saga p99 from the intended send time (ms); a saga not finished within
     /// the grace period counts at the grace period.
     pub saga_p99_ms: f64,
-    /// Sagas in flight (accepted, not ended) at the end of the steady window minus at its
-    /// start: a backlog that grows means the sagas are falling behind, whatever the
-    /// latencies of the orders that did finish say. 0 where not measured (burst steps).
+    /// How much the sagas in flight (accepted, not ended) grew over the steady window, by
+    /// their trend ([`backlog_growth`]): a backlog that grows means the sagas are falling
+    /// behind, whatever the latencies of the orders that did finish say. 0 where not
+    /// measured (burst steps).
     pub backlog_growth: i64,
 }
 
@@ -83,6 +84,32 @@ pub struct Verdict {
     pub accept_ok: bool,
     /// The sagas kept up as well: (almost) every accepted order completed, fast enough.
     pub saga_ok: bool,
+}
+
+/// How much the sagas in flight grew over a window of `secs`, from samples `(seconds into the
+/// window, sagas in flight)` taken through it: the least-squares slope times the window.
+///
+/// A trend rather than the last sample minus the first: the count at one instant is rate ×
+/// the latency of that instant, so a single slow moment at the window's close (a checkpoint,
+/// a relay pass that waited) read as a backlog that grew by a hundred, in a step whose sagas
+/// had all completed with a p99 of 560 ms. A backlog that really grows rises through the
+/// window, and its slope says so. Fewer than two distinct sample times give 0.
+pub fn backlog_growth(samples: &[(f64, i64)], secs: f64) -> i64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return 0;
+    }
+    let mean_t = samples.iter().map(|(t, _)| t).sum::<f64>() / n;
+    let mean_c = samples.iter().map(|(_, c)| *c as f64).sum::<f64>() / n;
+    let spread: f64 = samples.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
+    if spread <= f64::EPSILON {
+        return 0;
+    }
+    let covariance: f64 = samples
+        .iter()
+        .map(|(t, c)| (t - mean_t) * (*c as f64 - mean_c))
+        .sum();
+    (covariance / spread * secs).round() as i64
 }
 
 /// How much the in-flight sagas may grow over a steady window before the step counts as
@@ -124,6 +151,43 @@ pub fn ms(value: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One sample a second over a 15 s window.
+    fn each_second(count: impl Fn(usize) -> i64) -> Vec<(f64, i64)> {
+        (0..=15).map(|t| (t as f64, count(t))).collect()
+    }
+
+    #[test]
+    fn a_backlog_rising_through_the_window_grows_by_its_rise() {
+        // 10 more sagas in flight every second: 150 over the window.
+        let rising = each_second(|t| 40 + 10 * t as i64);
+        assert_eq!(backlog_growth(&rising, 15.0), 150);
+        assert!(backlog_growth(&rising, 15.0) > backlog_tolerance(3_000));
+    }
+
+    #[test]
+    fn a_slow_moment_at_the_close_is_not_a_growing_backlog() {
+        // Flat at 40, then 130 at the closing instant: the two snapshots said +90.
+        let spike = each_second(|t| if t == 15 { 130 } else { 40 });
+        let growth = backlog_growth(&spike, 15.0);
+        assert!(growth <= backlog_tolerance(3_000), "growth {growth}");
+        assert!(growth > 0, "the spike still counts for something");
+    }
+
+    #[test]
+    fn a_flat_or_draining_backlog_does_not_grow() {
+        assert_eq!(backlog_growth(&each_second(|_| 40), 15.0), 0);
+        assert!(backlog_growth(&each_second(|t| 200 - 10 * t as i64), 15.0) < 0);
+    }
+
+    #[test]
+    fn too_few_samples_say_nothing() {
+        assert_eq!(backlog_growth(&[], 15.0), 0);
+        assert_eq!(backlog_growth(&[(3.0, 90)], 15.0), 0);
+        assert_eq!(backlog_growth(&[(3.0, 10), (3.0, 90)], 15.0), 0);
+        // Two samples at the ends: the difference, as before.
+        assert_eq!(backlog_growth(&[(0.0, 10), (15.0, 90)], 15.0), 80);
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

@@ -12,7 +12,7 @@
 //!    rate: where the steady steps start).
 //! 4. Steady steps: each a warm-up at its rate, then a steady window of `--step-secs`
 //!    (≥ 15 s); a step is sustainable when HTTP and the sagas kept up and the sagas in flight
-//!    did not grow over the window. The rate moves by small factors and is refined between
+//!    did not grow over the window (their trend, counted once a second). The rate moves by small factors and is refined between
 //!    the last good and the first bad rate ([`ramp`] decides, pure).
 //! 5. Run at half the max sustainable rate: the latency figures ([`report`]).
 //!
@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::stats::Limits;
+use super::stats::{self, Limits};
 use baseline::Baselines;
 use load::{Load, drain, drive, ended_count, relay_figures, settle};
 use report::{Report, Settings, StepReport, Steps, Window};
@@ -140,6 +140,9 @@ const DRAIN: Duration = Duration::from_secs(45);
 const PROBE_SECS: f64 = 10.0;
 /// Seconds at a step's new rate before its steady window opens.
 const WARMUP_SECS: f64 = 2.0;
+/// How often the sagas in flight are counted through a steady window (a count over the
+/// `sagas` table; 16 in a 15 s window).
+const BACKLOG_SAMPLE_SECS: f64 = 1.0;
 /// The shortest measured run.
 const MIN_RUN_SECS: f64 = 15.0;
 /// Growth of the rate between steady steps: the probe's drain rate already says where the
@@ -486,8 +489,8 @@ impl Bench<'_> {
     }
 
     /// One open-loop step at `rate`: `warmup` seconds, then a steady window of `window`
-    /// seconds whose requests are the step's figures. The sagas in flight are counted when the
-    /// window opens and when it closes; then the step's sagas get [`GRACE`] to complete.
+    /// seconds whose requests are the step's figures. The sagas in flight are counted through
+    /// the window, for their trend; then the step's sagas get [`GRACE`] to complete.
     async fn steady_step(
         &self,
         phase: &'static str,
@@ -496,14 +499,28 @@ impl Bench<'_> {
         window: f64,
     ) -> anyhow::Result<(StepReport, load::Drive)> {
         let started = Instant::now();
-        let in_flight_at = |secs: f64| async move {
-            tokio::time::sleep_until(started + Duration::from_secs_f64(secs)).await;
-            load::in_flight(&self.load, &self.sagas).await
-        };
+        // The sagas in flight, once a second through the window (its ends included).
         let counts = async {
-            let opened = in_flight_at(warmup).await?;
-            let closed = in_flight_at(warmup + window).await?;
-            anyhow::Ok(closed - opened)
+            let mut samples = Vec::new();
+            let mut at = 0.0;
+            loop {
+                tokio::time::sleep_until(started + Duration::from_secs_f64(warmup + at)).await;
+                samples.push((at, load::in_flight(&self.load, &self.sagas).await?));
+                if at >= window {
+                    break;
+                }
+                at = (at + BACKLOG_SAMPLE_SECS).min(window);
+            }
+            let growth = stats::backlog_growth(&samples, window);
+            let first_to_last = samples.last().map_or(0, |l| l.1) - samples[0].1;
+            tracing::debug!(
+                rate,
+                growth,
+                first_to_last,
+                ?samples,
+                "sagas in flight through the steady window"
+            );
+            anyhow::Ok(growth)
         };
         let (drove, growth) = tokio::join!(
             drive(&self.load, rate, warmup + window, self.args.json),

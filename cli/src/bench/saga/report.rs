@@ -303,6 +303,9 @@ pub(super) struct StepJson {
     pub saga_p99_ms: Option<f64>,
     pub accept_ok: bool,
     pub saga_ok: bool,
+    /// How much the sagas in flight grew over the steady window, by their trend (0 for
+    /// burst steps): the third reason a step can be unsustainable, beside completions and p99.
+    pub backlog_growth: i64,
 }
 
 impl From<&StepReport> for StepJson {
@@ -323,6 +326,7 @@ impl From<&StepReport> for StepJson {
             saga_p99_ms: ms(s.saga.p99),
             accept_ok: s.verdict.accept_ok,
             saga_ok: s.verdict.saga_ok,
+            backlog_growth: s.outcome.backlog_growth,
         }
     }
 }
@@ -534,8 +538,8 @@ fn print_steps(steps: &[StepReport]) {
     println!("\nsaga benchmark (same database server, same broker, same run)");
     println!("  steps:");
     println!(
-        "    {:<6} {:>7} {:>10} {:>9} {:>10} {:>9} {:>7}  verdict",
-        "phase", "rate", "accepted/s", "accept99", "sagas/s", "saga99", "errors"
+        "    {:<6} {:>7} {:>10} {:>9} {:>10} {:>9} {:>7} {:>8}  verdict",
+        "phase", "rate", "accepted/s", "accept99", "sagas/s", "saga99", "errors", "backlog"
     );
     for s in steps {
         let verdict = match (s.verdict.accept_ok, s.verdict.saga_ok, s.phase) {
@@ -546,7 +550,7 @@ fn print_steps(steps: &[StepReport]) {
             _ => "HTTP behind",
         };
         println!(
-            "    {:<6} {:>7.0} {:>10.0} {:>9} {:>10.0} {:>9} {:>7}  {verdict}",
+            "    {:<6} {:>7.0} {:>10.0} {:>9} {:>10.0} {:>9} {:>7} {:>+8}  {verdict}",
             s.phase,
             s.rate,
             s.accepted_per_s,
@@ -554,6 +558,7 @@ fn print_steps(steps: &[StepReport]) {
             s.sagas_per_s,
             ms(s.saga.p99).map_or("—".into(), |v| format!("{v:.1}")),
             s.outcome.errors,
+            s.outcome.backlog_growth,
         );
     }
 }
@@ -628,6 +633,7 @@ mod tests {
         "steps[].saga_p99_ms: float",
         "steps[].accept_ok: bool",
         "steps[].saga_ok: bool",
+        "steps[].backlog_growth: int",
     ];
 
     /// The keys that may be null (no samples, no ramp, no burst); present all the same.
