@@ -721,12 +721,8 @@ impl Storage for DynoStore {
                 for partition in 0..topic.num_partitions {
                     let topition = Topition::new(topic.name.as_str(), partition);
 
-                    let watermark = self.watermarks.lock().map(|mut locked| {
-                        locked
-                            .entry(topition.to_owned())
-                            .or_insert(OptiCon::<Watermark>::new(self.cluster.as_str(), &topition))
-                            .to_owned()
-                    })?;
+                    // PATCHED (sagaflow): the shared handle, as everywhere.
+                    let watermark = self.watermark(&topition)?;
 
                     watermark
                         .with_mut(&self.object_store, |watermark| {
@@ -885,12 +881,7 @@ impl Storage for DynoStore {
                 .unwrap_or(false)
         {
             // Get watermark to calculate proper offset for lake sink
-            let watermark = self.watermarks.lock().map(|mut locked| {
-                locked
-                    .entry(topition.to_owned())
-                    .or_insert_with(|| OptiCon::<Watermark>::new(self.cluster.as_str(), topition))
-                    .to_owned()
-            })?;
+            let watermark = self.watermark(topition)?;
 
             let offset = watermark
                 .with_mut(&self.object_store, |watermark| {
@@ -985,12 +976,7 @@ impl Storage for DynoStore {
                 }
             }
 
-            let watermark = self.watermarks.lock().map(|mut locked| {
-                locked
-                    .entry(topition.to_owned())
-                    .or_insert_with(|| OptiCon::<Watermark>::new(self.cluster.as_str(), topition))
-                    .to_owned()
-            })?;
+            let watermark = self.watermark(topition)?;
 
             let offset = watermark
                 .with(&self.object_store, |watermark| {

@@ -12,8 +12,9 @@
 //!    rate: where the steady steps start).
 //! 4. Steady steps: each a warm-up at its rate, then a steady window of `--step-secs`
 //!    (≥ 15 s); a step is sustainable when HTTP and the sagas kept up and the sagas in flight
-//!    did not grow over the window (their trend, counted once a second). The rate moves by small factors and is refined between
-//!    the last good and the first bad rate ([`ramp`] decides, pure).
+//!    did not grow over the window (their trend, counted once a second). The rate moves by
+//!    small factors and is refined between the last good and the first bad rate ([`ramp`]
+//!    decides, pure).
 //! 5. Run at half the max sustainable rate: the latency figures ([`report`]).
 //!
 //! Open loop: request i of a step is due at start + i / rate and latency counts from that due
