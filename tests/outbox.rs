@@ -737,6 +737,8 @@ async fn an_unreachable_broker_delays_but_loses_nothing() {
     task.await.unwrap().unwrap();
 }
 
+#[path = "outbox/housekeeping.rs"]
+mod housekeeping;
 #[path = "outbox/late_commit.rs"]
 mod late_commit;
 #[path = "outbox/retention.rs"]

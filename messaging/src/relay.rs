@@ -54,6 +54,13 @@ pub async fn watch_backlog(pool: PgPool, database: String, shutdown: Cancellatio
     .await
 }
 
+/// How often the relay's housekeeping looks whether the outbox's planner statistics are
+/// stale (see [`refresh_planner_stats`]).
+pub const STATS_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the relay's housekeeping deletes published rows past retention.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
 /// Consecutive failed passes after which the relay replaces its producer (see
 /// [`Relay::run`]): a pass fails only after its sends waited `message.timeout.ms`.
 pub const RENEW_PRODUCER_AFTER: u32 = 2;
@@ -137,8 +144,6 @@ pub struct Relay {
     /// since `created`.
     sweep_started_ms: std::sync::atomic::AtomicU64,
     created: Instant,
-    /// When the planner statistics were last checked, in ms since `created`.
-    stats_checked_ms: std::sync::atomic::AtomicU64,
     /// This relay's row in `outbox_relay_sleepers` while it is asleep.
     id: uuid::Uuid,
 }
@@ -256,7 +261,6 @@ impl Relay {
             resume_from: Default::default(),
             sweep_started_ms: Default::default(),
             created: Instant::now(),
-            stats_checked_ms: std::sync::atomic::AtomicU64::new(0),
             id: uuid::Uuid::new_v4(),
         }
     }
@@ -283,7 +287,6 @@ impl Relay {
         }
         let sweep_age =
             Duration::from_millis(now_ms.saturating_sub(self.sweep_started_ms.load(Relaxed)));
-        self.refresh_planner_stats_if_stale().await;
         let pass_started = Instant::now();
         // The relay's own bookkeeping commits asynchronously (no wait for the WAL flush): the
         // marks come after the broker's ack, so a mark lost to a database crash only
@@ -464,41 +467,9 @@ impl Relay {
         }
     }
 
-    /// A backlog that built up faster than autovacuum analyzes the table (a broker outage, a
-    /// burst) leaves the planner believing the outbox is nearly empty; it then picks a nested
-    /// loop for the head query that is quadratic in the backlog (measured: 4 s instead of
-    /// 4 ms per 500-row claim at 50 000 pending rows) — the drain slows down exactly when it
-    /// matters. Checked at most every 2 s; `ANALYZE` samples, so it stays cheap.
-    async fn refresh_planner_stats_if_stale(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        // 0 = never checked: check at once (a relay may start on a backlog).
-        let now_ms = (self.created.elapsed().as_millis() as u64).max(1);
-        let last = self.stats_checked_ms.load(Relaxed);
-        if last != 0 && now_ms.saturating_sub(last) < 2_000
-            || self
-                .stats_checked_ms
-                .compare_exchange(last, now_ms, Relaxed, Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let stale: Result<bool, sqlx::Error> = sqlx::query_scalar(
-            "SELECT s.n_mod_since_analyze > 1000 AND s.n_mod_since_analyze > greatest(c.reltuples, 0)
-               FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid
-              WHERE c.oid = 'outbox'::regclass",
-        )
-        .fetch_one(&self.pool)
-        .await;
-        if let Ok(true) = stale {
-            match sqlx::query("ANALYZE outbox").execute(&self.pool).await {
-                Ok(_) => debug!(relay = %self.config.name, "outbox statistics refreshed"),
-                Err(e) => debug!(relay = %self.config.name, error = %e, "ANALYZE outbox failed"),
-            }
-        }
-    }
-
     /// Publish until nothing is pending (tests and tools; the service uses [`Relay::run`]).
     pub async fn drain(&self) -> anyhow::Result<usize> {
+        refresh_planner_stats(&self.pool, &self.config.name).await;
         let mut total = 0;
         loop {
             let n = self.publish_once().await?;
@@ -514,31 +485,34 @@ impl Relay {
     /// `migrations/messaging/0008_outbox_relay_sleepers.sql`; it deregisters only after
     /// [`DEREGISTER_AFTER_BUSY_PASSES`] busy passes in a row) or the fallback poll. A pass that
     /// is likely to find nothing looks first ([`Relay::anything_pending`]). Back off
-    /// on errors, refresh backlog metrics and delete published rows past retention.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// on errors. Its [`Housekeeping`] runs beside the passes, never between them.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(relay = %self.config.name, "outbox relay started");
+        // Before the first pass: a relay may start on a backlog the planner does not know of.
+        refresh_planner_stats(&self.pool, &self.config.name).await;
+        let housekeeping = Housekeeping {
+            pool: self.pool.clone(),
+            name: self.config.name.clone(),
+            retention: self.config.retention,
+        };
+        let (_, published) = tokio::join!(
+            housekeeping.run(shutdown.clone()),
+            self.publish_until(shutdown)
+        );
+        info!(relay = %published.name(), "outbox relay stopped");
+        Ok(())
+    }
+
+    /// The passes of [`Relay::run`], until `shutdown`; returns the relay for its last words.
+    async fn publish_until(mut self, shutdown: CancellationToken) -> Self {
         let mut listener = self.listen().await;
         let mut failures = 0u32;
-        let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
-        let mut last_metrics = Instant::now() - Duration::from_secs(3600);
         let mut asleep = false;
         // Look before claiming (see `anything_pending`): after a pass that was not full,
         // unless a writer's notification says a row is there.
         let mut look_first = false;
         let mut busy_passes = 0u32;
         while !shutdown.is_cancelled() {
-            if last_metrics.elapsed() >= Duration::from_secs(1) {
-                last_metrics = Instant::now();
-                if let Err(e) = self.record_backlog().await {
-                    debug!(relay = %self.config.name, error = %e, "backlog query failed");
-                }
-            }
-            if last_housekeeping.elapsed() >= Duration::from_secs(60) {
-                last_housekeeping = Instant::now();
-                if let Err(e) = self.delete_expired().await {
-                    debug!(relay = %self.config.name, error = %e, "retention cleanup failed");
-                }
-            }
             // Whatever a writer committed before this point, the pass below sees: the
             // notifications already received would only cause empty passes after it (46 % of
             // one relay's claims found nothing at 60 sagas/s, docs/benchmarks.md).
@@ -604,8 +578,11 @@ impl Relay {
             }
         }
         self.wake_up(&mut asleep).await;
-        info!(relay = %self.config.name, "outbox relay stopped");
-        Ok(())
+        self
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
     }
 
     /// From now on writers notify. Best effort: without the registration this relay still
@@ -666,34 +643,98 @@ impl Relay {
         Some(listener)
     }
 
-    async fn record_backlog(&self) -> Result<(), sqlx::Error> {
-        record_backlog(&self.pool, &self.config.name).await
-    }
-
-    /// One housekeeping round: delete every published row past retention, in batches of
-    /// [`RETENTION_BATCH`] until none is left (a round keeps up with any write rate the relay
-    /// can publish; one statement per batch keeps each delete's locks and WAL burst short).
-    /// Returns how many rows went.
+    /// One retention round of this relay's outbox ([`delete_expired`]).
     pub async fn delete_expired(&self) -> Result<u64, sqlx::Error> {
-        let retention_secs = self.config.retention.as_secs_f64();
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox WHERE id IN (
+        delete_expired(&self.pool, &self.config.name, self.config.retention).await
+    }
+}
+
+/// A relay's housekeeping: the backlog gauges every [`BACKLOG_EVERY`], the planner statistics
+/// every [`STATS_CHECK_EVERY`], retention every [`RETENTION_EVERY`] — each on its own period
+/// and its own pooled connection, beside the relay's passes. Run between passes, they stalled
+/// publishing for as long as they took: an `ANALYZE` of the outbox held every row committed
+/// meanwhile for 160 ms in a `sagaflow bench` run (docs/benchmarks.md), and a retention round
+/// deletes in batches of [`RETENTION_BATCH`] for as long as rows are past retention.
+struct Housekeeping {
+    pool: PgPool,
+    name: String,
+    retention: Duration,
+}
+
+impl Housekeeping {
+    async fn run(self, shutdown: CancellationToken) {
+        let Housekeeping {
+            pool,
+            name,
+            retention,
+        } = &self;
+        let backlog =
+            sagaflow_runtime::periodic::every(BACKLOG_EVERY, shutdown.clone(), || async {
+                if let Err(e) = record_backlog(pool, name).await {
+                    debug!(relay = %name, error = %e, "backlog query failed");
+                }
+            });
+        let stats = sagaflow_runtime::periodic::every(STATS_CHECK_EVERY, shutdown.clone(), || {
+            refresh_planner_stats(pool, name)
+        });
+        let expired = sagaflow_runtime::periodic::every(RETENTION_EVERY, shutdown, || async {
+            if let Err(e) = delete_expired(pool, name, *retention).await {
+                debug!(relay = %name, error = %e, "retention cleanup failed");
+            }
+        });
+        tokio::join!(backlog, stats, expired);
+    }
+}
+
+/// A backlog that built up faster than autovacuum analyzes the table (a broker outage, a
+/// burst) leaves the planner believing the outbox is nearly empty; it then picks a nested
+/// loop for the head query that is quadratic in the backlog (measured: 4 s instead of 4 ms
+/// per 500-row claim at 50 000 pending rows) — the drain slows down exactly when it matters.
+/// `ANALYZE` samples, so it stays cheap; it runs only when the table changed by more than its
+/// size since the last one. Errors are logged: the next check tries again.
+async fn refresh_planner_stats(pool: &PgPool, relay: &str) {
+    let stale: Result<bool, sqlx::Error> = sqlx::query_scalar(
+        "SELECT s.n_mod_since_analyze > 1000 AND s.n_mod_since_analyze > greatest(c.reltuples, 0)
+           FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid
+          WHERE c.oid = 'outbox'::regclass",
+    )
+    .fetch_one(pool)
+    .await;
+    if let Ok(true) = stale {
+        match sqlx::query("ANALYZE outbox").execute(pool).await {
+            Ok(_) => debug!(relay, "outbox statistics refreshed"),
+            Err(e) => debug!(relay, error = %e, "ANALYZE outbox failed"),
+        }
+    }
+}
+
+/// One retention round: delete every published row past `retention`, in batches of
+/// [`RETENTION_BATCH`] until none is left (a round keeps up with any write rate the relay can
+/// publish; one statement per batch keeps each delete's locks and WAL burst short). Returns
+/// how many rows went.
+pub async fn delete_expired(
+    pool: &PgPool,
+    relay: &str,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
+    let retention_secs = retention.as_secs_f64();
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
                     SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1)
                     LIMIT $2)",
-            )
-            .bind(retention_secs)
-            .bind(RETENTION_BATCH)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            total += deleted;
-            metrics::counter!("outbox_rows_deleted_total", "database" => self.config.name.clone())
-                .increment(deleted);
-            if deleted < RETENTION_BATCH as u64 {
-                return Ok(total);
-            }
+        )
+        .bind(retention_secs)
+        .bind(RETENTION_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        metrics::counter!("outbox_rows_deleted_total", "database" => relay.to_string())
+            .increment(deleted);
+        if deleted < RETENTION_BATCH as u64 {
+            return Ok(total);
         }
     }
 }

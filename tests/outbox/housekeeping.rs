@@ -1,0 +1,89 @@
+//! A relay's housekeeping (retention, planner statistics, backlog gauges) runs beside its
+//! passes, never between them: a retention round that cannot finish does not hold back what
+//! writers commit meanwhile. Run between passes, an `ANALYZE` of the outbox held every row
+//! committed during it for 160 ms in a bench run (docs/benchmarks.md).
+
+use std::time::Duration;
+
+use sagaflow_messaging::RelayConfig;
+use sagaflow_tests::wait;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{relay_with, setup, wait_published, write};
+
+/// Whether a relay's retention `DELETE` is waiting for a lock.
+async fn retention_blocked(pool: &PgPool) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'
+                           AND query LIKE 'DELETE FROM outbox%')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_relay_publishes_while_its_retention_round_waits_for_a_lock() {
+    let (pool, config) = setup().await;
+    // A row published two days ago, past the relay's one-hour retention, locked by a
+    // transaction that stays open: the relay's retention round waits for it.
+    let expired: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, published_at)
+         VALUES (gen_random_uuid(), 'RejectOrder', 'orders.commands', 'expired', '\\x00', '{}',
+                 now() - interval '2 days')
+         RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM outbox WHERE id = $1 FOR UPDATE")
+        .bind(expired)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let mut relay_config = RelayConfig::new("housekeeping-test");
+    relay_config.retention = Duration::from_secs(3600);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(relay_with(&pool, &config, relay_config).run(shutdown.clone()));
+    wait::until(
+        "the relay's retention round waits for the locked row",
+        Duration::from_secs(15),
+        || async { retention_blocked(&pool).await.then_some(()) },
+    )
+    .await;
+
+    // Committed while the round waits: published all the same.
+    let message_id = write(&pool, Uuid::now_v7(), 0).await;
+    wait_published(
+        &pool,
+        message_id,
+        "a row committed during the retention round",
+    )
+    .await;
+    assert!(
+        retention_blocked(&pool).await,
+        "the round was still waiting when the row went out"
+    );
+
+    // Once the lock goes, the round finishes: the expired row is deleted.
+    holder.rollback().await.unwrap();
+    wait::until(
+        "the expired row is deleted",
+        Duration::from_secs(15),
+        || async {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE id = $1")
+                .bind(expired)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    shutdown.cancel();
+    relay.await.unwrap().unwrap();
+}
