@@ -288,6 +288,7 @@ impl Relay {
         let sweep_age =
             Duration::from_millis(now_ms.saturating_sub(self.sweep_started_ms.load(Relaxed)));
         let pass_started = Instant::now();
+        let pass_started_at = Utc::now();
         // The relay's own bookkeeping commits asynchronously (no wait for the WAL flush): the
         // marks come after the broker's ack, so a mark lost to a database crash only
         // republishes its rows — at least once, as ever; consumers apply each message once
@@ -413,9 +414,18 @@ impl Relay {
         }
         tx.commit().await?;
         let done = pass_started.elapsed();
-        // Where a pass spends its time: claim (query + locks), send (until the last ack),
-        // mark (update + commit).
+        // Where a row's time goes: wait (from its insert to the start of the pass that claimed
+        // it — its writer's commit, the relay's wake-up, a pass still running; the pass's
+        // oldest row), claim (query + locks), send (until the last ack), mark (update +
+        // commit).
+        let waited = rows
+            .iter()
+            .map(|r| pass_started_at - r.created_at)
+            .max()
+            .and_then(|w| w.to_std().ok())
+            .unwrap_or_default();
         for (phase, seconds) in [
+            ("wait", waited.as_secs_f64()),
             ("claim", claimed.as_secs_f64()),
             ("send", (sent - claimed).as_secs_f64()),
             ("mark", (done - sent).as_secs_f64()),
@@ -423,7 +433,8 @@ impl Relay {
             metrics::histogram!("outbox_pass_phase_seconds", "database" => self.config.name.clone(), "phase" => phase)
                 .record(seconds);
         }
-        debug!(relay = %self.config.name, rows = rows.len(), claim_ms = claimed.as_millis() as u64, send_ms = (sent - claimed).as_millis() as u64, mark_ms = (done - sent).as_millis() as u64, "relay pass");
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        debug!(relay = %self.config.name, rows = rows.len(), wait_ms = ms(waited), claim_ms = ms(claimed), send_ms = ms(sent - claimed), mark_ms = ms(done - sent), "relay pass");
         let label = self.config.name.clone();
         metrics::counter!("outbox_published_total", "database" => label.clone())
             .increment(published.len() as u64);
