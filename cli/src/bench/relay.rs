@@ -194,6 +194,8 @@ pub async fn run(args: RelayBenchArgs, shutdown: CancellationToken) -> anyhow::R
     );
     let progress = bar(args.drain_rows as u64, "drain");
     let started = Instant::now();
+    // As `Relay::run` does before its first pass (timed: it is part of draining).
+    relay.refresh_planner_stats().await;
     let mut drained = 0;
     loop {
         let n = relay.publish_once().await?;
