@@ -503,7 +503,8 @@ impl Relay {
     /// `migrations/messaging/0008_outbox_relay_sleepers.sql`; it deregisters only after
     /// [`DEREGISTER_AFTER_BUSY_PASSES`] busy passes in a row) or the fallback poll. A pass that
     /// is likely to find nothing looks first ([`Relay::anything_pending`]). Back off
-    /// on errors. Its [`Housekeeping`] runs beside the passes, never between them.
+    /// on errors. Its housekeeping (retention, planner statistics, backlog gauges) runs beside
+    /// the passes, never between them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(relay = %self.config.name, "outbox relay started");
         // Before the first pass: a relay may start on a backlog the planner does not know of.
