@@ -514,16 +514,17 @@ impl Relay {
             name: self.config.name.clone(),
             retention: self.config.retention,
         };
-        let (_, published) = tokio::join!(
+        let name = self.config.name.clone();
+        tokio::join!(
             housekeeping.run(shutdown.clone()),
             self.publish_until(shutdown)
         );
-        info!(relay = %published.name(), "outbox relay stopped");
+        info!(relay = %name, "outbox relay stopped");
         Ok(())
     }
 
-    /// The passes of [`Relay::run`], until `shutdown`; returns the relay for its last words.
-    async fn publish_until(mut self, shutdown: CancellationToken) -> Self {
+    /// The passes of [`Relay::run`], until `shutdown`.
+    async fn publish_until(mut self, shutdown: CancellationToken) {
         let mut listener = self.listen().await;
         let mut failures = 0u32;
         let mut asleep = false;
@@ -597,11 +598,6 @@ impl Relay {
             }
         }
         self.wake_up(&mut asleep).await;
-        self
-    }
-
-    fn name(&self) -> &str {
-        &self.config.name
     }
 
     /// From now on writers notify. Best effort: without the registration this relay still
