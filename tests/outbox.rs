@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sagaflow_messaging::{Origin, Relay, RelayConfig, RelayHooks, enqueue};
@@ -178,42 +178,61 @@ async fn a_late_committing_writer_is_published_and_rolled_back_writers_never_are
 
 #[tokio::test]
 async fn a_relay_killed_repeatedly_loses_nothing() {
+    // A writer commits a steady stream of rows until the last kill, so every relay has rows
+    // arriving while it runs; each relay is killed only after it has marked a row, at a random
+    // point a little later, so it dies amid its passes: mid-claim, mid-publish, before marking.
+    // (Killing on a timer alone once left every relay dead before its first ack, and a fast
+    // writer once committed all its rows before the second kill: the test proved nothing.)
+    const KILLS: u32 = 5;
     let _broker = broker_lock().read().await;
     let (pool, config) = setup().await;
-    let done = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     let writer = {
-        let (pool, done) = (pool.clone(), done.clone());
+        let (pool, stop) = (pool.clone(), stop.clone());
         tokio::spawn(async move {
             let mut committed = BTreeSet::new();
-            for i in 0..400 {
-                committed.insert(write(&pool, Uuid::now_v7(), i).await);
-                if i % 20 == 0 {
-                    tokio::task::yield_now().await;
-                }
+            while !stop.is_cancelled() {
+                committed.insert(write(&pool, Uuid::now_v7(), committed.len()).await);
+                tokio::time::sleep(Duration::from_millis(2)).await; // a steady stream, not a flood
             }
-            done.store(true, Ordering::SeqCst);
             committed
         })
     };
-    // Abort the relay task at arbitrary points: mid-claim, mid-publish, before marking.
-    let mut kills = 0;
-    while !done.load(Ordering::SeqCst) {
+    for _ in 0..KILLS {
+        let marked_before = marked_count(&pool).await;
         let (_, task) = spawn_relay(&pool, &config);
-        tokio::time::sleep(Duration::from_millis(40 + rand::random::<u64>() % 120)).await;
+        wait::until(
+            "the relay about to be killed marks a row",
+            Duration::from_secs(30),
+            || async { (marked_count(&pool).await > marked_before).then_some(()) },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 50)).await;
         task.abort();
         let _ = task.await;
-        kills += 1;
     }
+    stop.cancel();
     let committed = writer.await.unwrap();
-    assert!(kills >= 3, "the relay was killed {kills} times");
+    eprintln!(
+        "the killed relays marked {} of {} rows",
+        marked_count(&pool).await,
+        committed.len()
+    );
     let (shutdown, task) = spawn_relay(&pool, &config);
     let published = published_ids(&config, &committed, Duration::from_secs(60)).await;
     assert!(
         published.is_superset(&committed),
-        "every committed row is on the topic after {kills} kills"
+        "every committed row is on the topic after {KILLS} kills"
     );
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+async fn marked_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
