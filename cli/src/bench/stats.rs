@@ -67,6 +67,10 @@ pub struct StepOutcome {
     /// behind, whatever the latencies of the orders that did finish say. 0 where not
     /// measured (burst steps).
     pub backlog_growth: i64,
+    /// How much the read side's backlog (verdicts not yet in the read model or not yet
+    /// notified) grew over the steady window, by its trend: a rate the sagas keep up with but
+    /// the read side does not is not sustainable either. 0 where not measured.
+    pub read_side_growth: i64,
 }
 
 /// Bounds of a sustainable step.
@@ -120,8 +124,8 @@ pub fn backlog_tolerance(accepted: u64) -> i64 {
 }
 
 /// Whether a step's rate is sustainable: accepted ≥ (1 − loss) × offered with p99 under the
-/// bound, and completed ≥ (1 − loss) × accepted with saga p99 under its bound and a backlog
-/// that did not grow.
+/// bound, and completed ≥ (1 − loss) × accepted with saga p99 under its bound and neither the
+/// sagas in flight nor the read side's backlog growing.
 pub fn judge(step: &StepOutcome, limits: &Limits) -> Verdict {
     let offered = step.offered.max(1) as f64;
     let accept_ok = step.accepted as f64 >= (1.0 - limits.max_loss) * offered
@@ -130,7 +134,8 @@ pub fn judge(step: &StepOutcome, limits: &Limits) -> Verdict {
     let saga_ok = accept_ok
         && step.completed as f64 >= (1.0 - limits.max_loss) * step.accepted.max(1) as f64
         && step.saga_p99_ms <= limits.max_saga_p99_ms
-        && step.backlog_growth <= backlog_tolerance(step.accepted);
+        && step.backlog_growth <= backlog_tolerance(step.accepted)
+        && step.read_side_growth <= backlog_tolerance(step.accepted);
     Verdict { accept_ok, saga_ok }
 }
 
@@ -225,6 +230,7 @@ mod tests {
             completed: 1000,
             saga_p99_ms: 200.0,
             backlog_growth: 0,
+            read_side_growth: 0,
         }
     }
 
@@ -302,6 +308,26 @@ mod tests {
             }
         );
         assert_eq!(backlog_tolerance(10_000), 200);
+    }
+
+    #[test]
+    fn a_read_side_falling_behind_is_not_sustainable_even_when_the_sagas_keep_up() {
+        let read_side_behind = StepOutcome {
+            read_side_growth: 26,
+            ..step()
+        };
+        assert_eq!(
+            judge(&read_side_behind, &LIMITS),
+            Verdict {
+                accept_ok: true,
+                saga_ok: false
+            }
+        );
+        let jitter = StepOutcome {
+            read_side_growth: 25,
+            ..step()
+        };
+        assert!(judge(&jitter, &LIMITS).saga_ok);
     }
 
     #[test]

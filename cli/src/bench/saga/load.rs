@@ -275,6 +275,69 @@ pub(super) async fn drain(load: &Load, sagas: &PgPool, bound: Duration) -> anyho
     }
 }
 
+/// Wait (up to `bound`) until the platform has finished the work of earlier load: no saga in
+/// flight, no outbox row waiting for the relay, and the read side and the notifications have
+/// every verdict. A step that starts while the read side still catches up with the step
+/// before it measures that catch-up, not its own rate: the first seconds of a measured run
+/// after the steps at the ceiling held its slowest sagas. The seconds waited, or None when the
+/// bound passed first (the step then starts anyway).
+pub(super) async fn quiesce(
+    load: &Load,
+    pools: &Pools,
+    bound: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    let started = Instant::now();
+    loop {
+        if is_quiet(load, pools).await? {
+            return Ok(Some(started.elapsed()));
+        }
+        if started.elapsed() >= bound {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One look at what [`quiesce`] waits for.
+async fn is_quiet(load: &Load, pools: &Pools) -> anyhow::Result<bool> {
+    if in_flight(load, &pools.saga).await? > 0 {
+        return Ok(false);
+    }
+    for pool in pools.outbox_databases() {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL AND parked_at IS NULL)",
+        )
+        .fetch_one(pool)
+        .await
+        .context("looking for unpublished outbox rows")?;
+        if waiting {
+            return Ok(false);
+        }
+    }
+    Ok(read_side_behind(pools).await? == 0)
+}
+
+/// Verdicts (sagas APPROVED or REJECTED) that the read model does not show yet or that were
+/// not notified yet: the read side's backlog. The read side is counted first, so a verdict
+/// applied between the reads cannot make the figure negative.
+pub(super) async fn read_side_behind(pools: &Pools) -> anyhow::Result<i64> {
+    let viewed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders_view WHERE status IN ('APPROVED', 'REJECTED')",
+    )
+    .fetch_one(&pools.query)
+    .await
+    .context("counting verdicts in the read model")?;
+    let notified: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&pools.notification)
+        .await
+        .context("counting notifications")?;
+    let verdicts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sagas WHERE state IN ('APPROVED', 'REJECTED')")
+            .fetch_one(&pools.saga)
+            .await?;
+    Ok((verdicts - viewed.min(notified)).max(0))
+}
+
 /// What the outbox tables say about the relay during one step.
 pub(super) struct RelayFigures {
     pub commit_to_ack: Percentiles,

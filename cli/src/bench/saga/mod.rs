@@ -10,12 +10,16 @@
 //! 3. Probe: short accept-burst steps, judged on HTTP only (the HTTP accept ceiling; a bad
 //!    step is repeated once, two in a row end it), then the backlog drains (the saga drain
 //!    rate: where the steady steps start).
-//! 4. Steady steps: each a warm-up at its rate, then a steady window of `--step-secs`
+//! 4. Steady steps: each begins once the work of earlier load is done — no saga in flight, no
+//!    outbox row unpublished, every verdict in the read model and notified ([`load::quiesce`],
+//!    at most 60 s) — so that a step does not measure its predecessor's catch-up; then a
+//!    warm-up at its rate, then a steady window of `--step-secs`
 //!    (≥ 15 s); a step is sustainable when HTTP and the sagas kept up and the sagas in flight
 //!    did not grow over the window (their trend, counted once a second). The rate moves by
 //!    small factors and is refined between the last good and the first bad rate ([`ramp`]
 //!    decides, pure).
-//! 5. Run at half the max sustainable rate: the latency figures ([`report`]).
+//! 5. Run at half the max sustainable rate, begun the same way: the latency figures
+//!    ([`report`]).
 //!
 //! Open loop: request i of a step is due at start + i / rate and latency counts from that due
 //! time, so a stall cannot hide by delaying the requests behind it ([`load`]). A saga is
@@ -37,7 +41,7 @@ use std::time::Duration;
 use order_service::OrderConfig;
 use payment_service::{PaymentConfig, ProviderFaults, spawn_provider};
 use saga_orchestrator::SagaConfig;
-use sagaflow_platform::{self as platform, DatabaseUrls, Platform, PlatformConfig};
+use sagaflow_platform::{self as platform, DatabaseUrls, Platform, PlatformConfig, Pools};
 use sagaflow_runtime::KafkaConfig;
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -46,7 +50,7 @@ use uuid::Uuid;
 
 use super::stats::{self, Limits};
 use baseline::Baselines;
-use load::{Load, drain, drive, ended_count, relay_figures, settle};
+use load::{Load, drain, drive, ended_count, quiesce, relay_figures, settle};
 use report::{Report, Settings, StepReport, Steps, Window};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -134,6 +138,8 @@ pub struct SagaBenchArgs {
 const SKUS: usize = 64;
 /// Longest wait for a step's sagas after its last request.
 const GRACE: Duration = Duration::from_secs(3);
+/// Longest wait, before a steady step, for the work of earlier load to finish ([`quiesce`]).
+const QUIET_BOUND: Duration = Duration::from_secs(60);
 /// Longest wait for a backlog to drain between phases.
 const DRAIN: Duration = Duration::from_secs(45);
 /// At most this many seconds of the accept-burst probe (1 s steps, × `--ramp-factor` each:
@@ -211,6 +217,7 @@ async fn bench(args: SagaBenchArgs, shutdown: CancellationToken) -> anyhow::Resu
     let bench = Bench {
         args: &args,
         sagas: platform.pools.saga.clone(),
+        pools: platform.pools.clone(),
         load,
         limits: Limits {
             max_accept_p99_ms: args.max_accept_p99_ms,
@@ -424,6 +431,8 @@ struct Bench<'a> {
     args: &'a SagaBenchArgs,
     load: Load,
     sagas: PgPool,
+    /// Every platform database, for [`quiesce`].
+    pools: Pools,
     limits: Limits,
 }
 
@@ -489,7 +498,8 @@ impl Bench<'_> {
         Ok((report, steps))
     }
 
-    /// One open-loop step at `rate`: `warmup` seconds, then a steady window of `window`
+    /// One open-loop step at `rate`, once the platform is quiet ([`quiesce`]): `warmup`
+    /// seconds, then a steady window of `window`
     /// seconds whose requests are the step's figures. The sagas in flight are counted through
     /// the window, for their trend; then the step's sagas get [`GRACE`] to complete.
     async fn steady_step(
@@ -499,38 +509,51 @@ impl Bench<'_> {
         warmup: f64,
         window: f64,
     ) -> anyhow::Result<(StepReport, load::Drive)> {
+        let quiet_wait = quiesce(&self.load, &self.pools, QUIET_BOUND).await?;
+        if quiet_wait.is_none() {
+            self.progress(&format!(
+                "the work of earlier load did not finish within {} s; the step begins anyway",
+                QUIET_BOUND.as_secs()
+            ));
+        }
         let started = Instant::now();
-        // The sagas in flight, once a second through the window (its ends included).
+        // The sagas in flight and the read side's backlog, once a second through the window
+        // (its ends included).
         let counts = async {
-            let mut samples = Vec::new();
+            let (mut in_flight, mut read_side) = (Vec::new(), Vec::new());
             let mut at = 0.0;
             loop {
                 tokio::time::sleep_until(started + Duration::from_secs_f64(warmup + at)).await;
-                samples.push((at, load::in_flight(&self.load, &self.sagas).await?));
+                in_flight.push((at, load::in_flight(&self.load, &self.sagas).await?));
+                read_side.push((at, load::read_side_behind(&self.pools).await?));
                 if at >= window {
                     break;
                 }
                 at = (at + BACKLOG_SAMPLE_SECS).min(window);
             }
-            let growth = stats::backlog_growth(&samples, window);
-            let first_to_last = samples.last().map_or(0, |l| l.1) - samples[0].1;
+            let growth = stats::backlog_growth(&in_flight, window);
+            let read_side_growth = stats::backlog_growth(&read_side, window);
             tracing::debug!(
                 rate,
                 growth,
-                first_to_last,
-                ?samples,
-                "sagas in flight through the steady window"
+                read_side_growth,
+                ?in_flight,
+                ?read_side,
+                "sagas in flight and the read side's backlog through the steady window"
             );
-            anyhow::Ok(growth)
+            anyhow::Ok((growth, read_side_growth))
         };
-        let (drove, growth) = tokio::join!(
+        let (drove, growths) = tokio::join!(
             drive(&self.load, rate, warmup + window, self.args.json),
             counts
         );
+        let (backlog_growth, read_side_growth) = growths?;
         let settled = settle(&self.sagas, &drove, GRACE).await?;
         let window = Window {
             from: Duration::from_secs_f64(warmup),
-            backlog_growth: growth?,
+            backlog_growth,
+            read_side_growth,
+            quiet_wait,
         };
         let step = StepReport::new(phase, &drove, &settled, window, &self.limits);
         Ok((step, drove))

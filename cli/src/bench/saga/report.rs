@@ -15,7 +15,9 @@ use serde_json::Value;
 use super::baseline::{Baselines, CommitBaseline};
 use super::load::{Drive, RelayFigures, Settled};
 use super::{SagaBenchArgs, Search};
-use crate::bench::stats::{Limits, Percentiles, StepOutcome, Verdict, judge, ms, ratio, summary};
+use crate::bench::stats::{
+    Limits, Percentiles, StepOutcome, Verdict, backlog_tolerance, judge, ms, ratio, summary,
+};
 
 /// The figures of one step, unrounded.
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub(super) struct StepReport {
     pub approved: u64,
     pub rejected: u64,
     pub error_kinds: BTreeMap<String, u64>,
+    /// Seconds the step waited for the work of earlier load to finish before it began.
+    pub quiet_wait_secs: Option<f64>,
 }
 
 /// What the answers of a step say: accept latencies, when each accepted order was due, the
@@ -115,11 +119,15 @@ impl Sagas {
 }
 
 /// The steady window of a step: the requests due from `from` on count (the ones before are
-/// the warm-up at the new rate), and how much the sagas in flight grew over it.
+/// the warm-up at the new rate), how much the sagas in flight and the read side's backlog
+/// grew over it, and how long the
+/// step waited for the platform to go quiet before it began ([`super::load::quiesce`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Window {
     pub from: Duration,
     pub backlog_growth: i64,
+    pub read_side_growth: i64,
+    pub quiet_wait: Option<Duration>,
 }
 
 impl StepReport {
@@ -158,6 +166,7 @@ impl StepReport {
                 saga.p99
             },
             backlog_growth: window.backlog_growth,
+            read_side_growth: window.read_side_growth,
         };
         let secs = (drove.secs - window.from.as_secs_f64()).max(1e-3);
         let window_start = drove.start_wall
@@ -184,6 +193,7 @@ impl StepReport {
             approved: sagas.approved,
             rejected: sagas.rejected,
             error_kinds: answers.error_kinds,
+            quiet_wait_secs: window.quiet_wait.map(|d| d.as_secs_f64()),
         }
     }
 }
@@ -306,6 +316,15 @@ pub(super) struct StepJson {
     /// How much the sagas in flight grew over the steady window, by their trend (0 for
     /// burst steps): the third reason a step can be unsustainable, beside completions and p99.
     pub backlog_growth: i64,
+    /// How much the read side's backlog (verdicts not yet in the read model or not yet
+    /// notified) grew over the steady window, by its trend (0 for burst steps): the fourth
+    /// reason.
+    pub read_side_growth: i64,
+    /// Seconds the step waited, before it began, for the platform to finish the work of
+    /// earlier load (no saga in flight, no outbox row unpublished, every verdict in the read
+    /// model and notified); null for burst steps, which do not wait, and for a step that gave
+    /// up waiting after 60 s and began anyway.
+    pub quiet_wait_secs: Option<f64>,
 }
 
 impl From<&StepReport> for StepJson {
@@ -327,6 +346,8 @@ impl From<&StepReport> for StepJson {
             accept_ok: s.verdict.accept_ok,
             saga_ok: s.verdict.saga_ok,
             backlog_growth: s.outcome.backlog_growth,
+            read_side_growth: s.outcome.read_side_growth,
+            quiet_wait_secs: s.quiet_wait_secs.map(|w| (w * 100.0).round() / 100.0),
         }
     }
 }
@@ -538,19 +559,33 @@ fn print_steps(steps: &[StepReport]) {
     println!("\nsaga benchmark (same database server, same broker, same run)");
     println!("  steps:");
     println!(
-        "    {:<6} {:>7} {:>10} {:>9} {:>10} {:>9} {:>7} {:>8}  verdict",
-        "phase", "rate", "accepted/s", "accept99", "sagas/s", "saga99", "errors", "backlog"
+        "    {:<6} {:>7} {:>10} {:>9} {:>10} {:>9} {:>7} {:>8} {:>9} {:>6}  verdict",
+        "phase",
+        "rate",
+        "accepted/s",
+        "accept99",
+        "sagas/s",
+        "saga99",
+        "errors",
+        "backlog",
+        "read side",
+        "quiet"
     );
     for s in steps {
         let verdict = match (s.verdict.accept_ok, s.verdict.saga_ok, s.phase) {
             (_, _, "run") => "",
             (true, true, _) => "sustainable",
             (true, false, "burst") => "accept ok",
+            (true, false, _)
+                if s.outcome.read_side_growth > backlog_tolerance(s.outcome.accepted) =>
+            {
+                "read side behind"
+            }
             (true, false, _) => "sagas behind",
             _ => "HTTP behind",
         };
         println!(
-            "    {:<6} {:>7.0} {:>10.0} {:>9} {:>10.0} {:>9} {:>7} {:>+8}  {verdict}",
+            "    {:<6} {:>7.0} {:>10.0} {:>9} {:>10.0} {:>9} {:>7} {:>+8} {:>+9} {:>6}  {verdict}",
             s.phase,
             s.rate,
             s.accepted_per_s,
@@ -559,6 +594,8 @@ fn print_steps(steps: &[StepReport]) {
             ms(s.saga.p99).map_or("—".into(), |v| format!("{v:.1}")),
             s.outcome.errors,
             s.outcome.backlog_growth,
+            s.outcome.read_side_growth,
+            s.quiet_wait_secs.map_or("—".into(), |w| format!("{w:.1}s")),
         );
     }
 }
@@ -634,6 +671,8 @@ mod tests {
         "steps[].accept_ok: bool",
         "steps[].saga_ok: bool",
         "steps[].backlog_growth: int",
+        "steps[].read_side_growth: int",
+        "steps[].quiet_wait_secs: float",
     ];
 
     /// The keys that may be null (no samples, no ramp, no burst); present all the same.
@@ -653,6 +692,7 @@ mod tests {
         "steps[].accept_p99_ms",
         "steps[].saga_p50_ms",
         "steps[].saga_p99_ms",
+        "steps[].quiet_wait_secs",
     ];
 
     fn kind(value: &Value) -> &'static str {
@@ -713,6 +753,7 @@ mod tests {
                 completed: 190,
                 saga_p99_ms: latency * 30.0,
                 backlog_growth: 0,
+                read_side_growth: 0,
             },
             verdict: Verdict {
                 accept_ok: true,
@@ -725,6 +766,7 @@ mod tests {
             approved: 150,
             rejected: 40,
             error_kinds: BTreeMap::from([("timeout".to_string(), 2)]),
+            quiet_wait_secs: latency.is_finite().then_some(1.25),
         }
     }
 
@@ -835,6 +877,8 @@ mod tests {
         let window = Window {
             from: Duration::from_secs(1),
             backlog_growth: 0,
+            read_side_growth: 0,
+            quiet_wait: None,
         };
         let limits = Limits {
             max_accept_p99_ms: 100.0,
