@@ -1257,3 +1257,59 @@ async fn publish_poison(producer: &FutureProducer, kafka: &KafkaConfig) {
         .expect("publish");
     publish(producer, kafka, &rejected).await;
 }
+
+/// The lag sampler keeps its Kafka clients from one sample to the next (it used to make seven
+/// every second); each sample must still read the partitions as they are now: messages
+/// published after the first samples show up in `topic_watermarks` (which the read
+/// responses' `freshness` is computed from).
+#[tokio::test]
+async fn the_lag_sampler_reads_fresh_watermarks_on_every_sample() {
+    let _broker = broker_lock().read().await;
+    let kafka = kafka();
+    clients::ensure_topics(&kafka, &query_service::topics())
+        .await
+        .unwrap();
+    let db = database("query").await;
+    let shutdown = CancellationToken::new();
+    let sampler = tokio::spawn(query_service::lag::run(
+        db.pool.clone(),
+        kafka.clone(),
+        vec![Group::new("lag-test-idle-group", &[topics::ORDERS_EVENTS])],
+        Duration::from_millis(200),
+        shutdown.clone(),
+    ));
+    let producer = clients::producer(&kafka).unwrap();
+    let topic = kafka.topic(topics::ORDERS_EVENTS);
+    let high_watermark = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT high_watermark FROM topic_watermarks WHERE topic = $1 AND kafka_partition = 0",
+        )
+        .bind(topics::ORDERS_EVENTS)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    };
+    for (round, range) in [(1, 0..3), (2, 3..7)] {
+        let published = range.end;
+        for i in range {
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .partition(0)
+                        .key("lag-test")
+                        .payload(&format!("not an event {i}")),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        wait::until(
+            &format!("round {round}: the sampled high watermark reaches {published}"),
+            Duration::from_secs(30),
+            || async { (high_watermark().await? >= published).then_some(()) },
+        )
+        .await;
+    }
+    shutdown.cancel();
+    sampler.await.unwrap().unwrap();
+}

@@ -6,6 +6,7 @@
 //!
 //! Watermarks are stored in `topic_watermarks` so the HTTP handlers never call Kafka.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -48,15 +49,25 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut clients: Option<Arc<Clients>> = None;
     loop {
-        let (kafka_config, groups_now) = (kafka.clone(), groups.clone());
-        match tokio::task::spawn_blocking(move || sample(&kafka_config, &groups_now)).await? {
-            Ok(sample) => {
-                if let Err(e) = record(&pool, &sample).await {
-                    debug!(error = %e, "recording lag failed");
-                }
+        if clients.is_none() {
+            let (kafka, groups) = (kafka.clone(), groups.clone());
+            match tokio::task::spawn_blocking(move || Clients::new(&kafka, groups)).await? {
+                Ok(made) => clients = Some(Arc::new(made)),
+                Err(e) => debug!(error = %e, "lag clients not created"),
             }
-            Err(e) => debug!(error = %e, "lag sample failed"),
+        }
+        if let Some(clients) = &clients {
+            let (kafka_config, clients) = (kafka.clone(), clients.clone());
+            match tokio::task::spawn_blocking(move || sample(&kafka_config, &clients)).await? {
+                Ok(sample) => {
+                    if let Err(e) = record(&pool, &sample).await {
+                        debug!(error = %e, "recording lag failed");
+                    }
+                }
+                Err(e) => debug!(error = %e, "lag sample failed"),
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -65,22 +76,68 @@ pub async fn run(
     }
 }
 
-fn sample(kafka: &KafkaConfig, groups: &[Group]) -> anyhow::Result<Sample> {
+/// The clients the samples ask through, made once and kept: a librdkafka client is its own
+/// threads and broker connections, and making one per group and a probe for every sample was
+/// seven clients created and destroyed every second on the query service's host.
+struct Clients {
+    /// Reads watermarks and metadata (its group is never joined).
+    probe: BaseConsumer,
+    /// Each group with a client in that group, to read its committed offsets.
+    groups: Vec<(Group, BaseConsumer)>,
+}
+
+impl Clients {
+    fn new(kafka: &KafkaConfig, groups: Vec<Group>) -> Result<Self, rdkafka::error::KafkaError> {
+        let client = |group: &str| -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+            ClientConfig::new()
+                .set("bootstrap.servers", &kafka.brokers)
+                .set("broker.address.family", "v4")
+                .set("group.id", kafka.group(group))
+                .set("enable.auto.commit", "false")
+                .set("log_level", "3")
+                .create()
+        };
+        let probe = client("sagaflow-lag")?;
+        let mut with_clients = Vec::with_capacity(groups.len());
+        for group in groups {
+            let consumer = client(&group.name)?;
+            with_clients.push((group, consumer));
+        }
+        Ok(Clients {
+            probe,
+            groups: with_clients,
+        })
+    }
+}
+
+impl Clients {
+    /// Serve the events the clients queued since the last sample (errors such as a lost
+    /// connection; they never join a group, so there are no messages): a kept client that is
+    /// never polled would hold them for ever.
+    fn serve_events(&self) {
+        for client in std::iter::once(&self.probe).chain(self.groups.iter().map(|(_, c)| c)) {
+            while let Some(event) = client.poll(Duration::ZERO) {
+                if let Err(e) = event {
+                    debug!(error = %e, "lag client event");
+                }
+            }
+        }
+    }
+}
+
+fn sample(kafka: &KafkaConfig, clients: &Clients) -> anyhow::Result<Sample> {
     let timeout = Duration::from_secs(5);
-    let client = |group: &str| -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("broker.address.family", "v4")
-            .set("group.id", kafka.group(group))
-            .set("enable.auto.commit", "false")
-            .set("log_level", "3")
-            .create()
-    };
-    let probe = client("sagaflow-lag")?;
+    clients.serve_events();
+    let probe = &clients.probe;
     let mut topics: Vec<&'static str> = Projection::ALL
         .iter()
         .flat_map(|p| p.topics().iter().copied())
-        .chain(groups.iter().flat_map(|g| g.topics.iter().copied()))
+        .chain(
+            clients
+                .groups
+                .iter()
+                .flat_map(|(g, _)| g.topics.iter().copied()),
+        )
         .collect();
     topics.sort_unstable();
     topics.dedup();
@@ -90,13 +147,12 @@ fn sample(kafka: &KafkaConfig, groups: &[Group]) -> anyhow::Result<Sample> {
         let metadata = probe.fetch_metadata(Some(&topic), timeout)?;
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
             let (low, high) =
-                sagaflow_runtime::kafka::watermarks(&probe, &topic, partition.id(), timeout)?;
+                sagaflow_runtime::kafka::watermarks(probe, &topic, partition.id(), timeout)?;
             watermarks.push((logical.to_string(), partition.id(), low, high, None));
         }
     }
     let mut group_lag = Vec::new();
-    for group in groups {
-        let consumer = client(&group.name)?;
+    for (group, consumer) in &clients.groups {
         for logical in &group.topics {
             let mut query = TopicPartitionList::new();
             let parts: Vec<_> = watermarks.iter().filter(|w| w.0 == *logical).collect();
