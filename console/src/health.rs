@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
 use sagaflow_runtime::KafkaConfig;
 use sagaflow_schemas::topics;
 use sqlx::PgPool;
@@ -112,15 +112,7 @@ pub async fn lag(kafka: &KafkaConfig) -> anyhow::Result<Vec<PartitionLag>> {
     let kafka = kafka.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let timeout = Duration::from_secs(5);
-        let client = |group: &str| -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-            ClientConfig::new()
-                .set("bootstrap.servers", &kafka.brokers)
-                .set("broker.address.family", "v4")
-                .set("group.id", kafka.group(group))
-                .set("enable.auto.commit", "false")
-                .set("log_level", "3")
-                .create()
-        };
+        let client = |group: &str| sagaflow_runtime::kafka::offsets_reader(&kafka, group);
         let probe = client("sagaflow-console")?;
         let mut marks: BTreeMap<&'static str, Vec<(i32, i64, i64)>> = BTreeMap::new();
         for logical in topics::ALL.iter().copied() {

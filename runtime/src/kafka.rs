@@ -193,6 +193,19 @@ pub fn consumer(
         .create_with_context(GroupContext::new(group))
 }
 
+/// A client in `group` (logical name) that only reads: committed offsets, watermarks and
+/// metadata. It never joins the group nor commits, so it can read a group's offsets beside
+/// that group's members (lag samplers, the console). Errors only in its log.
+pub fn offsets_reader(config: &KafkaConfig, group: &str) -> KafkaResult<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("broker.address.family", "v4")
+        .set("group.id", config.group(group))
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+}
+
 /// An admin client.
 pub fn admin(
     config: &KafkaConfig,

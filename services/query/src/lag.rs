@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use sagaflow_runtime::KafkaConfig;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -88,15 +88,7 @@ struct Clients {
 
 impl Clients {
     fn new(kafka: &KafkaConfig, groups: Vec<Group>) -> Result<Self, rdkafka::error::KafkaError> {
-        let client = |group: &str| -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-            ClientConfig::new()
-                .set("bootstrap.servers", &kafka.brokers)
-                .set("broker.address.family", "v4")
-                .set("group.id", kafka.group(group))
-                .set("enable.auto.commit", "false")
-                .set("log_level", "3")
-                .create()
-        };
+        let client = |group: &str| sagaflow_runtime::kafka::offsets_reader(kafka, group);
         let probe = client("sagaflow-lag")?;
         let mut with_clients = Vec::with_capacity(groups.len());
         for group in groups {
