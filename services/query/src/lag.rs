@@ -100,9 +100,7 @@ impl Clients {
             groups: with_clients,
         })
     }
-}
 
-impl Clients {
     /// Serve the events the clients queued since the last sample (errors such as a lost
     /// connection; they never join a group, so there are no messages): a kept client that is
     /// never polled would hold them for ever.
