@@ -3,9 +3,9 @@
 //! `_sqlx_migrations` table.
 //!
 //! The two folders share one version sequence per database: `migrations/messaging` owns
-//! versions 1, 2, 5, 6 and 8, and a service's own migrations take the others (3, 4, 7, 9, …). A
-//! collision is refused when the migrator is built (every component and test builds it at
-//! start). Versions, descriptions and SQL are those the per-service copies had, so databases
+//! versions 1, 2, 5, 6, 8 and 12, and a service's own migrations take the others (3, 4, 7, 9,
+//! …). A collision is refused when the migrator is built (every component and test builds it
+//! at start). Versions, descriptions and SQL are those the per-service copies had, so databases
 //! migrated before the copies were merged validate unchanged.
 
 use std::collections::BTreeSet;
@@ -83,6 +83,7 @@ mod tests {
                 (5, "inbox processed at".to_string()),
                 (6, "outbox retry at".to_string()),
                 (8, "outbox relay sleepers".to_string()),
+                (12, "outbox statistics".to_string()),
             ]
         );
     }

@@ -201,3 +201,32 @@ async fn a_refreshed_outbox_is_not_analyzed_again_until_it_changes_again() {
         "nothing changed since the refresh: no check may analyze again"
     );
 }
+
+/// Every `ANALYZE` of the outbox — autovacuum's, the relay's refresh — skips the message
+/// itself (`migrations/messaging/0012_outbox_statistics.sql`): statistics over the payloads
+/// and headers were half its CPU, and no query filters on them.
+#[tokio::test]
+async fn an_analyze_of_the_outbox_skips_the_message_columns() {
+    let (pool, config) = unanalyzed_outbox().await;
+    relay_with(&pool, &config, RelayConfig::new("columns-test"))
+        .refresh_planner_stats()
+        .await;
+    let analyzed: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_stats WHERE tablename = 'outbox' ORDER BY attname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for filtered_on in ["id", "msg_key", "published_at", "parked_at", "retry_at"] {
+        assert!(
+            analyzed.iter().any(|c| c == filtered_on),
+            "{filtered_on} keeps its statistics: {analyzed:?}"
+        );
+    }
+    for message in ["payload", "headers"] {
+        assert!(
+            !analyzed.iter().any(|c| c == message),
+            "{message} has no statistics: {analyzed:?}"
+        );
+    }
+}
