@@ -730,8 +730,8 @@ async fn refresh_planner_stats(pool: &PgPool, relay: &str) {
 /// Every column, not only those the relay's queries filter on: PostgreSQL resets a table's
 /// count of changes since its last analyze (`n_mod_since_analyze`, which the check above
 /// reads) only when an `ANALYZE` covered every column. A column list left it as it was, so
-/// the check stayed true and the outbox was analyzed again every [`STATS_CHECK_EVERY`] — 19
-/// times in a 42 s bench run, on each of the five outboxes — until autovacuum's own analyze.
+/// the check stayed true and the outbox was analyzed again every [`STATS_CHECK_EVERY`] — 11
+/// to 19 times per outbox in a 42 s bench run — until autovacuum's own analyze.
 async fn analyze_outbox(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL default_statistics_target = 10")
