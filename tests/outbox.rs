@@ -69,7 +69,23 @@ fn spawn_relay(
     (shutdown, handle)
 }
 
-async fn setup() -> (PgPool, KafkaConfig) {
+/// A test's share of the harness broker, held for the whole test. Every test of this binary
+/// shares one broker, and `an_unreachable_broker_delays_but_loses_nothing` pauses it for 20 s
+/// under the exclusive lock. Taking the share in [`setup`] means no test can forget it: three
+/// housekeeping tests once did, ran into the pause, and failed in CI with a metadata timeout in
+/// `ensure_topics`.
+type BrokerShare = tokio::sync::RwLockReadGuard<'static, ()>;
+
+/// A fresh order database and the broker's topic, with this test's share of the broker.
+async fn setup() -> (PgPool, KafkaConfig, BrokerShare) {
+    let share = broker_lock().read().await;
+    let (pool, config) = fresh_outbox().await;
+    (pool, config, share)
+}
+
+/// A fresh order database and the broker's topic, for a caller that already holds the broker
+/// lock.
+async fn fresh_outbox() -> (PgPool, KafkaConfig) {
     let db = database("order").await;
     let config = kafka();
     clients::ensure_topics(&config, &[topics::ORDERS_COMMANDS])
@@ -110,8 +126,7 @@ fn seq_of(record: &Record) -> usize {
 
 #[tokio::test]
 async fn a_late_committing_writer_is_published_and_rolled_back_writers_never_are() {
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let (shutdown, relay_task) = spawn_relay(&pool, &config);
 
     // The slow writer takes its id first, then holds its transaction open while later ids
@@ -184,8 +199,7 @@ async fn a_relay_killed_repeatedly_loses_nothing() {
     // (Killing on a timer alone once left every relay dead before its first ack, and a fast
     // writer once committed all its rows before the second kill: the test proved nothing.)
     const KILLS: u32 = 5;
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let stop = CancellationToken::new();
     let writer = {
         let (pool, stop) = (pool.clone(), stop.clone());
@@ -237,8 +251,7 @@ async fn marked_count(pool: &PgPool) -> i64 {
 
 #[tokio::test]
 async fn a_failure_after_the_ack_republishes_instead_of_losing() {
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let order = Uuid::now_v7();
     let id = write(&pool, order, 1).await;
 
@@ -278,8 +291,7 @@ async fn a_failure_after_the_ack_republishes_instead_of_losing() {
 
 #[tokio::test]
 async fn three_relays_keep_per_key_order() {
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let keys: Vec<Uuid> = (0..30).map(|_| Uuid::now_v7()).collect();
     let relays: Vec<_> = (0..3).map(|_| spawn_relay(&pool, &config)).collect();
     // Each key's messages are written in sequence (as an aggregate's transactions are),
@@ -377,8 +389,7 @@ async fn wait_published(pool: &PgPool, message_id: Uuid, what: &str) {
 
 #[tokio::test]
 async fn an_unpublishable_row_is_parked_and_holds_back_only_its_own_key() {
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let huge_order = Uuid::now_v7();
     let huge_id = write_huge(&pool, huge_order).await;
     // The next message of the same key must not overtake the parked one.
@@ -457,8 +468,7 @@ async fn a_configuration_error_is_retried_with_backoff_and_the_key_published_in_
         eprintln!("skipped on the embedded broker: it does not answer InvalidTopic");
         return;
     }
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let order = Uuid::now_v7();
     let first = write(&pool, order, 0).await;
     let second = write(&pool, order, 1).await;
@@ -709,7 +719,7 @@ async fn an_unreachable_broker_delays_but_loses_nothing() {
     };
     // Alone on the broker: the other tests of this binary wait.
     let _broker = broker_lock().write().await;
-    let (pool, config) = setup().await;
+    let (pool, config) = fresh_outbox().await;
     let (shutdown, task) = spawn_relay(&pool, &config);
     let written = Arc::new(AtomicUsize::new(0));
     let writer = {

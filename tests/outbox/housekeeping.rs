@@ -13,7 +13,7 @@ use sagaflow_tests::wait;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{relay_with, setup, wait_published, write};
+use super::{BrokerShare, relay_with, setup, wait_published, write};
 
 /// Whether a relay's retention `DELETE` is waiting for a lock.
 async fn retention_blocked(pool: &PgPool) -> bool {
@@ -29,7 +29,7 @@ async fn retention_blocked(pool: &PgPool) -> bool {
 
 #[tokio::test]
 async fn a_relay_publishes_while_its_retention_round_waits_for_a_lock() {
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     // A row published two days ago, past the relay's one-hour retention, locked by a
     // transaction that stays open: the relay's retention round waits for it.
     let expired: i64 = sqlx::query_scalar(
@@ -111,8 +111,8 @@ async fn changes_since_analyze(pool: &PgPool) -> i64 {
 
 /// An outbox of 5 000 rows that autovacuum leaves alone, never analyzed, whose inserts the
 /// statistics system has counted as changes since the last analyze.
-async fn unanalyzed_outbox() -> (PgPool, sagaflow_runtime::KafkaConfig) {
-    let (pool, config) = setup().await;
+async fn unanalyzed_outbox() -> (PgPool, sagaflow_runtime::KafkaConfig, BrokerShare) {
+    let (pool, config, broker) = setup().await;
     // Autovacuum must not do it for the relay.
     sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)")
         .execute(&pool)
@@ -134,12 +134,12 @@ async fn unanalyzed_outbox() -> (PgPool, sagaflow_runtime::KafkaConfig) {
     )
     .await;
     assert!(planner_rows(&pool).await < 0.0, "never analyzed yet");
-    (pool, config)
+    (pool, config, broker)
 }
 
 #[tokio::test]
 async fn a_relay_starting_on_an_outbox_the_planner_has_not_seen_analyzes_it() {
-    let (pool, config) = unanalyzed_outbox().await;
+    let (pool, config, _broker) = unanalyzed_outbox().await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let relay = tokio::spawn(
         relay_with(&pool, &config, RelayConfig::new("planner-test")).run(shutdown.clone()),
@@ -167,7 +167,7 @@ async fn analyze_count(pool: &PgPool) -> i64 {
 /// count of changes since the last analyze as it was.
 #[tokio::test]
 async fn a_refreshed_outbox_is_not_analyzed_again_until_it_changes_again() {
-    let (pool, config) = unanalyzed_outbox().await;
+    let (pool, config, _broker) = unanalyzed_outbox().await;
     // Every row of an outbox is written twice, its insert and the relay's mark: so there are
     // more changes since the last analyze than rows, until an analyze resets the count.
     sqlx::query("UPDATE outbox SET published_at = clock_timestamp()")
@@ -207,7 +207,7 @@ async fn a_refreshed_outbox_is_not_analyzed_again_until_it_changes_again() {
 /// and headers were half its CPU, and no query filters on them.
 #[tokio::test]
 async fn an_analyze_of_the_outbox_skips_the_message_columns() {
-    let (pool, config) = unanalyzed_outbox().await;
+    let (pool, config, _broker) = unanalyzed_outbox().await;
     relay_with(&pool, &config, RelayConfig::new("columns-test"))
         .refresh_planner_stats()
         .await;

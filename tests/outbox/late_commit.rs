@@ -9,15 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sagaflow_messaging::{RelayConfig, enqueue};
-use sagaflow_tests::{broker_lock, wait};
+use sagaflow_tests::wait;
 use uuid::Uuid;
 
 use super::{message, origin, relay_with, setup, write};
 
 #[tokio::test]
 async fn a_late_low_id_commit_is_published_while_full_passes_go_on() {
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let mut relay_config = RelayConfig::new("late");
     relay_config.batch_size = 5;
     let shutdown = tokio_util::sync::CancellationToken::new();

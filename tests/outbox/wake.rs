@@ -8,7 +8,7 @@ use std::time::Duration;
 use sagaflow_messaging::RelayConfig;
 use sagaflow_messaging::relay::ASLEEP_RECHECK;
 use sagaflow_runtime::KafkaConfig;
-use sagaflow_tests::{broker_lock, wait};
+use sagaflow_tests::wait;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
@@ -52,7 +52,7 @@ async fn asleep_relay(
 
 #[tokio::test]
 async fn writers_notify_only_while_a_relay_sleeps() {
-    let (pool, _config) = setup().await;
+    let (pool, _config, _broker) = setup().await;
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("sagaflow_outbox").await.unwrap();
     let quiet = Duration::from_millis(500);
@@ -89,8 +89,7 @@ async fn writers_notify_only_while_a_relay_sleeps() {
 
 #[tokio::test]
 async fn a_sleeping_relay_is_woken_by_the_writer_not_by_its_poll() {
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let (relay, shutdown) = asleep_relay(&pool, &config, "wake").await;
     // Let the relay's one re-check after registering go by (it would find a row written
     // before it): from then on only a notification wakes it within the next minute. Not a
@@ -119,8 +118,7 @@ async fn a_sleeping_relay_is_woken_by_the_writer_not_by_its_poll() {
 /// stays registered — `DEREGISTER_AFTER_BUSY_PASSES` — which saves statements, not shown here.)
 #[tokio::test]
 async fn a_busy_relay_stops_the_writers_notifying_and_an_idle_one_starts_them_again() {
-    let _broker = broker_lock().read().await;
-    let (pool, config) = setup().await;
+    let (pool, config, _broker) = setup().await;
     let (relay, shutdown) = asleep_relay(&pool, &config, "busy").await;
 
     // Four writers, each committing rows back to back: passes keep finding rows.
