@@ -2,6 +2,7 @@
 //! the at-least-once consumer with inbox and dead-letter topic, and the HTTP plumbing
 //! (health, readiness, metrics, Problem JSON errors).
 
+mod allocator;
 pub mod auth;
 pub mod config;
 pub mod db;
