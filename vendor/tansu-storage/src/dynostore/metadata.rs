@@ -280,17 +280,28 @@ where
 
                     let replacement = CacheEntry::from(get_result);
 
-                    let outcome = match guard
-                        .deref_mut()
-                        .insert_evict(location.to_owned(), replacement.clone(), true)
-                        .ok()
-                        .flatten()
-                    {
-                        None => "add",
+                    // PATCHED (sagaflow, vendor/README.md): a read never replaces an entry.
+                    // The store can be written between this read and this line: on a store
+                    // whose reads yield (`file://`), a put of a newer version can complete
+                    // in between. Its entry is newer than what this read saw, and replacing
+                    // it made the cache answer "not modified" to a caller holding the older
+                    // version: the broker then checked idempotent producers' sequences
+                    // against stale metadata (OutOfOrderSequenceNumber in CI).
+                    let outcome = if guard.deref_mut().get(location).is_some() {
+                        "kept"
+                    } else {
+                        match guard
+                            .deref_mut()
+                            .insert_evict(location.to_owned(), replacement.clone(), true)
+                            .ok()
+                            .flatten()
+                        {
+                            None => "add",
 
-                        Some(existing) if existing == replacement => "existing",
+                            Some(existing) if existing == replacement => "existing",
 
-                        Some(_) => "replace",
+                            Some(_) => "replace",
+                        }
                     };
 
                     debug!(outcome);
@@ -725,6 +736,123 @@ mod tests {
         ));
         assert_eq!(1, cache.inner().get_opts()?);
 
+        Ok(())
+    }
+
+    /// An inner store whose reads wait, after reading, until released: the interleaving of
+    /// a `file://` read (it yields to the blocking pool) with a put that completes meanwhile.
+    #[derive(Debug)]
+    struct SlowReads {
+        inner: InMemory,
+        release: tokio::sync::Notify,
+        read: tokio::sync::Notify,
+    }
+
+    impl Display for SlowReads {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SlowReads").finish()
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for SlowReads {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> Result<PutResult, object_store::Error> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>, object_store::Error> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> Result<GetResult, object_store::Error> {
+            let result = self.inner.get_opts(location, options).await;
+            self.read.notify_one();
+            self.release.notified().await;
+            result
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, Result<Path, object_store::Error>>,
+        ) -> BoxStream<'static, Result<Path, object_store::Error>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, Result<ObjectMeta, object_store::Error>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> Result<ListResult, object_store::Error> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            opts: CopyOptions,
+        ) -> Result<(), object_store::Error> {
+            self.inner.copy_opts(from, to, opts).await
+        }
+    }
+
+    // PATCHED (sagaflow, vendor/README.md): fails unpatched — the late read's entry replaced
+    // the put's, and the cache answered "not modified" to the holder of the old version.
+    #[tokio::test]
+    async fn a_read_finishing_after_a_newer_put_does_not_hide_it() -> Result<()> {
+        let path = Path::from("/abc/meta.json");
+        let payload = |x| serde_json::to_vec(&X(x)).map(Bytes::from).map(PutPayload::from);
+        let cache = Arc::new(Cache::new(
+            SlowReads {
+                inner: InMemory::new(),
+                release: tokio::sync::Notify::new(),
+                read: tokio::sync::Notify::new(),
+            },
+            Duration::from_secs(60),
+        ));
+        let old = cache.put(&path, payload(1)?).await?;
+
+        // A reader holding no version reads version 1 ...
+        let reader = {
+            let (cache, path) = (cache.clone(), path.clone());
+            tokio::spawn(async move { cache.get_opts(&path, GetOptions::default()).await })
+        };
+        cache.inner().read.notified().await;
+        // ... and before its answer is back, version 2 is written.
+        let new = cache.put(&path, payload(2)?).await?;
+        assert_ne!(old.e_tag, new.e_tag);
+        cache.inner().release.notify_one();
+        _ = reader.await.expect("reader")?;
+
+        // Whoever still holds version 1 must get version 2, not "not modified". (The read
+        // is released in advance: unpatched, the cache answers without reading.)
+        cache.inner().release.notify_one();
+        let options = GetOptions {
+            if_none_match: old.e_tag.clone(),
+            ..Default::default()
+        };
+        let latest = cache.get_opts(&path, options).await?;
+        assert_eq!(new.e_tag, latest.meta.e_tag);
+        assert_eq!(X(2), serde_json::from_slice(&latest.bytes().await?)?);
         Ok(())
     }
 }
