@@ -73,6 +73,9 @@ use uuid::Uuid;
 
 mod metadata;
 mod opticon;
+// PATCHED (sagaflow, vendor/README.md): a test store for read/write interleavings.
+#[cfg(test)]
+mod slow_reads;
 
 use crate::{
     BrokerRegistrationRequest, Error, GroupDetail, ListOffsetResponse, METER, MetadataResponse,

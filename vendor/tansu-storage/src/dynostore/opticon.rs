@@ -58,6 +58,11 @@ static ERRORS: LazyLock<Counter<u64>> = LazyLock::new(|| {
         .build()
 });
 
+/// PATCHED (sagaflow, vendor/README.md): the version a handle's copy holds, if any.
+fn current_version<D>(copy: &Option<DataVersion<D>>) -> Option<UpdateVersion> {
+    copy.as_ref().and_then(|dv| dv.version.clone())
+}
+
 #[derive(Clone, Debug, Default)]
 pub(super) struct OptiCon<D> {
     path: Path,
@@ -172,6 +177,7 @@ where
             .lock()
             .map(|guard| guard.as_ref().and_then(|dv| dv.version.clone()))?;
         debug!(?version);
+        let presented = version.clone();
 
         match object_store
             .get_opts(
@@ -207,10 +213,20 @@ where
                         self.data_version
                             .lock()
                             .map_err(Into::into)
-                            .map(|mut guard| guard.replace(DataVersion { data, version }))
+                            // PATCHED (sagaflow, vendor/README.md): only over the version
+                            // this read presented; a write that completed while it was out
+                            // holds newer data than it read.
+                            .map(|mut guard| {
+                                (current_version(&guard) == presented)
+                                    .then(|| guard.replace(DataVersion { data, version }))
+                            })
                     })
                     // PATCHED (sagaflow): data written by someone else counts as a change.
-                    .inspect(|_| self.count_change())
+                    .inspect(|replaced| {
+                        if replaced.is_some() {
+                            self.count_change()
+                        }
+                    })
                     .and(Ok(()))
             }
 
@@ -219,8 +235,12 @@ where
                 self.data_version
                     .lock()
                     .map_err(Into::into)
-                    .map(|mut guard| guard.take())
-                    .and(Ok(()))
+                    // PATCHED (sagaflow, vendor/README.md): as above.
+                    .map(|mut guard| {
+                        if current_version(&guard) == presented {
+                            _ = guard.take();
+                        }
+                    })
             }
 
             Err(object_store::Error::NotModified { .. }) => {
@@ -400,6 +420,53 @@ mod tests {
                 )
                 .finish(),
         ))
+    }
+
+    // PATCHED (sagaflow, vendor/README.md): fails unpatched — the read put version 1 back
+    // over the write's version 2, and `peek` (the fetch path's high watermark) served it.
+    #[tokio::test]
+    async fn a_read_finishing_after_a_write_through_the_handle_keeps_the_write() -> Result<()> {
+        use crate::dynostore::slow_reads::SlowReads;
+
+        let path = Path::from("/abc/watermark.json");
+        let store = SlowReads::default();
+        _ = store
+            .inner()
+            .put(
+                &path,
+                serde_json::to_vec(&X(1))
+                    .map(Bytes::from)
+                    .map(PutPayload::from)?,
+            )
+            .await?;
+        let handle = OptiCon::<X>::path(path.clone());
+
+        // The handle's first read (it holds no version) reads version 1 ...
+        let reader = handle.with(&store, |x| Ok(x.0));
+        // ... and before its answer is back, a write through the same handle makes version 2.
+        let writer = async {
+            store.read.notified().await;
+            store.stop_holding();
+            let written = handle
+                .with_mut(&store, |x| {
+                    x.0 += 1;
+                    Ok(x.0)
+                })
+                .await;
+            store.release.notify_one();
+            written
+        };
+        let (read, written) = tokio::join!(reader, writer);
+        assert_eq!(2, written?);
+
+        assert_eq!(2, read?, "the read answers from the newer copy");
+        assert_eq!(
+            Some(2),
+            handle.peek(|x| x.0),
+            "the handle's copy is the write's"
+        );
+        assert_eq!(2, handle.with(&store, |x| Ok(x.0)).await?);
+        Ok(())
     }
 
     #[tokio::test]
