@@ -272,6 +272,46 @@ impl Meta {
 #[derive(Clone, Debug, Default, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 struct ProducerDetail {
     sequences: BTreeMap<ProducerEpoch, BTreeMap<String, BTreeMap<i32, Sequence>>>,
+    // PATCHED (sagaflow, vendor/README.md): when the producer last stored a batch, in ms since
+    // the epoch; `None` until then (and in metadata written before the patch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    written_at_ms: Option<i64>,
+}
+
+/// PATCHED (sagaflow, vendor/README.md): how long an idempotent producer's state (its
+/// sequences, in `meta`) is kept after its last write: Kafka's `producer.id.expiration.ms`
+/// default. Upstream kept every producer id ever handed out, and `meta` is written whole on
+/// every idempotent produce, so a long-lived broker's produce cost grew with every client
+/// that ever connected.
+const PRODUCER_ID_EXPIRATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// PATCHED (sagaflow, vendor/README.md): forgets the producers that have not stored a batch
+/// for [`PRODUCER_ID_EXPIRATION`], as Kafka does: an expired producer's next produce is
+/// answered `UnknownProducerId`, and the client starts a new sequence. Kept whatever their
+/// age: the producers of a transaction (a transaction ends or times out on its own terms),
+/// and the newest producer, since the next id handed out is the newest + 1 and an id must
+/// never be handed out twice. A producer with no time yet starts its clock at `now_ms`.
+/// Returns how many producers were forgotten.
+fn expire_idle_producers(meta: &mut Meta, now_ms: i64) -> usize {
+    let newest = meta.producers.last_key_value().map(|(id, _)| *id);
+    let transactional = meta
+        .transactions
+        .values()
+        .map(|txn| txn.producer)
+        .collect::<BTreeSet<_>>();
+    let cutoff = now_ms.saturating_sub(PRODUCER_ID_EXPIRATION.as_millis() as i64);
+    let before = meta.producers.len();
+    meta.producers.retain(|id, detail| {
+        let written_at = *detail.written_at_ms.get_or_insert(now_ms);
+        written_at >= cutoff || Some(*id) == newest || transactional.contains(id)
+    });
+    before - meta.producers.len()
+}
+
+/// PATCHED (sagaflow, vendor/README.md): milliseconds since the epoch.
+fn epoch_millis(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
 }
 
 // PATCHED (sagaflow, vendor/README.md): upstream's sequence check and advance from `produce`,
@@ -1108,9 +1148,15 @@ impl Storage for DynoStore {
             // retry a second time (Kafka's at-least-once), rather than losing the batch.
             if deflated.is_idempotent() {
                 // PATCHED (sagaflow): uncounted, it leaves the transactions as they were.
+                let written_at = epoch_millis(SystemTime::now());
                 self.meta
                     .with_mut_uncounted(&self.object_store, |meta| {
-                        advance_sequence(meta, topition, &deflated)
+                        advance_sequence(meta, topition, &deflated)?;
+                        // PATCHED (sagaflow, vendor/README.md): for `expire_idle_producers`.
+                        if let Some(detail) = meta.producers.get_mut(&deflated.producer_id) {
+                            detail.written_at_ms = Some(written_at);
+                        }
+                        Ok(())
                     })
                     .await
                     .inspect(|outcome| debug!(transaction_id, ?topition, ?outcome))
@@ -2733,7 +2779,30 @@ impl Storage for DynoStore {
         Ok(ErrorCode::None)
     }
 
-    async fn maintain(&self, _now: SystemTime) -> Result<()> {
+    async fn maintain(&self, now: SystemTime) -> Result<()> {
+        // PATCHED (sagaflow, vendor/README.md): producer ids expire. `meta` is written only
+        // when something changes; a produce racing the write is retried by `OptiCon`'s
+        // conditional put. (A producer idle for the whole expiration whose batch lands
+        // between its sequence check and its advance gets `UnknownProducerId` for a batch
+        // that was stored: its client's retry stores it again — at least once, never lost.)
+        let now_ms = epoch_millis(now);
+        let stale = self
+            .meta
+            .with(&self.object_store, |meta| {
+                let mut expired = meta.clone();
+                Ok(expire_idle_producers(&mut expired, now_ms) > 0 || expired != *meta)
+            })
+            .await?;
+        if stale {
+            let expired = self
+                .meta
+                .with_mut_uncounted(&self.object_store, |meta| {
+                    Ok(expire_idle_producers(meta, now_ms))
+                })
+                .await?;
+            debug!(expired, "idle producers forgotten");
+        }
+
         if let Some(ref lake) = self.lake {
             return lake
                 .maintain()
@@ -3303,6 +3372,135 @@ mod tests {
         #[tokio::test]
         async fn a_failed_watermark_write_leaves_the_sequence_unchanged() -> Result<()> {
             a_failed_put_then_retry("watermark.json", false).await
+        }
+    }
+
+    /// PATCHED (sagaflow, vendor/README.md): producer ids expire after
+    /// `PRODUCER_ID_EXPIRATION` without a write, as in Kafka.
+    mod producer_expiry {
+        use super::produce_order::{Flaky, batch, engine};
+        use super::*;
+
+        const DAY_MS: i64 = 24 * 60 * 60 * 1_000;
+
+        async fn producer_ids(engine: &DynoStore) -> Result<Vec<ProducerId>> {
+            engine
+                .meta
+                .with(&engine.object_store, |meta| {
+                    Ok(meta.producers.keys().copied().collect())
+                })
+                .await
+        }
+
+        #[tokio::test]
+        async fn a_producer_idle_longer_than_the_expiration_is_forgotten() -> Result<()> {
+            let store = Flaky::default();
+            let (engine, topition, idle) = engine(&store).await?;
+            assert_eq!(
+                0,
+                engine
+                    .produce(None, &topition, batch(&idle, 0, &["a"]))
+                    .await?
+            );
+            let busy = engine.init_producer(None, 0, Some(-1), Some(-1)).await?;
+            assert_eq!(
+                1,
+                engine
+                    .produce(None, &topition, batch(&busy, 0, &["b"]))
+                    .await?
+            );
+            let newest = engine.init_producer(None, 0, Some(-1), Some(-1)).await?;
+
+            // `idle` last wrote two days ago.
+            engine
+                .meta
+                .with_mut(&engine.object_store, |meta| {
+                    let detail = meta.producers.get_mut(&idle.id).expect("idle's state");
+                    detail.written_at_ms = Some(epoch_millis(SystemTime::now()) - 2 * DAY_MS);
+                    Ok(())
+                })
+                .await?;
+            engine.maintain(SystemTime::now()).await?;
+
+            assert_eq!(vec![busy.id, newest.id], producer_ids(&engine).await?);
+            assert!(matches!(
+                engine
+                    .produce(None, &topition, batch(&idle, 1, &["c"]))
+                    .await,
+                Err(Error::Api(ErrorCode::UnknownProducerId))
+            ));
+            assert_eq!(
+                2,
+                engine
+                    .produce(None, &topition, batch(&busy, 1, &["d"]))
+                    .await?
+            );
+            assert_eq!(
+                3,
+                engine
+                    .produce(None, &topition, batch(&newest, 0, &["e"]))
+                    .await?
+            );
+
+            // Ids are never handed out twice.
+            let next = engine.init_producer(None, 0, Some(-1), Some(-1)).await?;
+            assert!(next.id > newest.id, "{} after {}", next.id, newest.id);
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn nothing_is_written_while_no_producer_expires() -> Result<()> {
+            let store = Flaky::default();
+            let (engine, topition, producer) = engine(&store).await?;
+            assert_eq!(
+                0,
+                engine
+                    .produce(None, &topition, batch(&producer, 0, &["a"]))
+                    .await?
+            );
+            let meta = Path::from("clusters/tansu/meta.json");
+            let before = store.head(&meta).await?;
+
+            engine.maintain(SystemTime::now()).await?;
+
+            assert_eq!(before.e_tag, store.head(&meta).await?.e_tag);
+            Ok(())
+        }
+
+        fn idle_since(at_ms: i64) -> ProducerDetail {
+            ProducerDetail {
+                written_at_ms: Some(at_ms),
+                ..ProducerDetail::default()
+            }
+        }
+
+        #[test]
+        fn transactional_and_newest_producers_are_kept_whatever_their_age() {
+            let now = 10 * DAY_MS;
+            let mut meta = Meta::default();
+            for (id, written_at) in [(1, 0), (2, 0), (3, now - 1_000), (4, 0)] {
+                _ = meta.producers.insert(id, idle_since(written_at));
+            }
+            _ = meta.producers.insert(5, ProducerDetail::default());
+            _ = meta.producers.insert(6, idle_since(0));
+            _ = meta.transactions.insert(
+                "t".into(),
+                Txn {
+                    producer: 2,
+                    ..Txn::default()
+                },
+            );
+
+            assert_eq!(2, expire_idle_producers(&mut meta, now));
+
+            // 1 and 4 idle: gone; 2 in a transaction, 3 recent, 5 with no time yet (its clock
+            // starts now), 6 the newest: kept.
+            assert_eq!(
+                vec![2, 3, 5, 6],
+                meta.producers.keys().copied().collect::<Vec<_>>()
+            );
+            assert_eq!(Some(now), meta.producers[&5].written_at_ms);
+            assert_eq!(0, expire_idle_producers(&mut meta, now + DAY_MS - 1_000));
         }
     }
 
