@@ -2789,8 +2789,10 @@ impl Storage for DynoStore {
         let stale = self
             .meta
             .with(&self.object_store, |meta| {
+                // Something expires, or a producer's clock starts.
                 let mut expired = meta.clone();
-                Ok(expire_idle_producers(&mut expired, now_ms) > 0 || expired != *meta)
+                _ = expire_idle_producers(&mut expired, now_ms);
+                Ok(expired != *meta)
             })
             .await?;
         if stale {

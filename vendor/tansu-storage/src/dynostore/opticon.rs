@@ -175,7 +175,7 @@ where
         let version = self
             .data_version
             .lock()
-            .map(|guard| guard.as_ref().and_then(|dv| dv.version.clone()))?;
+            .map(|guard| current_version(&guard))?;
         debug!(?version);
         let presented = version.clone();
 

@@ -24,7 +24,7 @@ pub(crate) struct SlowReads {
     /// Lets one held read go.
     pub(crate) release: Notify,
     /// Whether reads are held (from the start); reads made while it is off go straight on.
-    pub(crate) holding: AtomicBool,
+    holding: AtomicBool,
 }
 
 impl Default for SlowReads {
