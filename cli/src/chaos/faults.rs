@@ -81,7 +81,7 @@ async fn freeze_broker(fleet: &Fleet, rng: &mut StdRng, faults: &Shared, at: f64
     let Some(pid) = fleet.broker_pid().await else {
         return;
     };
-    println!("[{at:>6.1}s] fault: broker frozen (SIGSTOP) for {pause:.1?}");
+    eprintln!("[{at:>6.1}s] fault: broker frozen (SIGSTOP) for {pause:.1?}");
     signal("-STOP", pid).await;
     tokio::time::sleep(pause).await;
     signal("-CONT", pid).await;
@@ -104,7 +104,7 @@ async fn kill_and_restart(
     if !fleet.kill(target).await {
         return;
     }
-    println!("[{at:>6.1}s] fault: {target} killed (SIGKILL), restart in {down:.1?}");
+    eprintln!("[{at:>6.1}s] fault: {target} killed (SIGKILL), restart in {down:.1?}");
     *faults.lock().unwrap().kills.entry(target).or_default() += 1;
     tokio::time::sleep(down).await;
     fleet.restart(target).await;
@@ -124,7 +124,7 @@ pub(super) async fn watchdog(
         }
         fleet
             .restart_crashed(|name, status| {
-                println!(
+                eprintln!(
                     "[{:>6.1}s] {name} exited on its own ({status}); restarting",
                     started.elapsed().as_secs_f64(),
                 );

@@ -262,7 +262,7 @@ impl Fleet {
             if let Some(status) = proc.exited() {
                 exited(proc.name, status);
                 if let Err(e) = proc.start() {
-                    println!("could not restart {}: {e:#}", proc.name);
+                    eprintln!("could not restart {}: {e:#}", proc.name);
                 }
             }
         }
@@ -293,7 +293,7 @@ impl Fleet {
         if let Some(proc) = fleet.iter_mut().find(|p| p.name == name)
             && let Err(e) = proc.start()
         {
-            println!("could not restart {name}: {e:#}");
+            eprintln!("could not restart {name}: {e:#}");
         }
     }
 }
@@ -305,7 +305,7 @@ pub(super) async fn signal(which: &str, pid: u32) {
         .status()
         .await;
     if !status.is_ok_and(|s| s.success()) {
-        println!("kill {which} {pid} failed");
+        eprintln!("kill {which} {pid} failed");
     }
 }
 

@@ -14,6 +14,9 @@
 //! The broker keeps its log in `file://` storage, so a killed broker comes back with its
 //! topics, records and committed offsets, as a Kafka broker with a disk would.
 //!
+//! Output: the progress (the run folder, every fault, the load each 10 s) goes to stderr and
+//! the report alone to stdout, so `sagaflow chaos --json | jq` reads one JSON object.
+//!
 //! This file holds the arguments, the services and their databases, and the orchestration.
 
 mod faults;
@@ -57,7 +60,7 @@ pub struct ChaosArgs {
     /// Folder of the throwaway PostgreSQL cluster and of the run folders (logs).
     #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = ".sagaflow")]
     pub data_dir: PathBuf,
-    /// Print the report as JSON.
+    /// Print the report as JSON (stdout holds that object only; progress goes to stderr).
     #[arg(long)]
     pub json: bool,
 }
@@ -204,7 +207,7 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
     for (sku, available) in STOCK {
         load::seed_stock(&client, &inventory, sku, available).await?;
     }
-    println!(
+    eprintln!(
         "  every component is up (broker {}, orders http://{}); load and faults start",
         ports.broker,
         ports.http_of(Service::Order.binary())
@@ -233,11 +236,11 @@ impl RunInfo {
         let id = format!("{:08x}", rand::random::<u32>());
         let dir = std::path::absolute(args.data_dir.join("chaos").join(&id))?;
         std::fs::create_dir_all(&dir)?;
-        println!(
+        eprintln!(
             "sagaflow chaos: {} min at {} orders/s, seed {seed}",
             args.minutes, args.rate
         );
-        println!("  run folder (logs): {}", dir.display());
+        eprintln!("  run folder (logs): {}", dir.display());
         Ok(RunInfo {
             seed,
             started,
@@ -268,7 +271,7 @@ async fn databases(args: &ChaosArgs, run_id: &str) -> anyhow::Result<Urls> {
         let name = ensure_database(&server_url, &format!("{base}_chaos_{run_id}_{db}")).await?;
         urls.insert(service, crate::dev::database_url(&server_url, &name));
     }
-    println!(
+    eprintln!(
         "  databases: {base}_chaos_{run_id}_* on {}",
         redact(&server_url)
     );
@@ -319,7 +322,7 @@ async fn soak(
         give_up.cancel();
         bail!("interrupted; every child process is stopped");
     }
-    println!(
+    eprintln!(
         "[{:>6.1}s] load and faults stop; restoring every component and draining the retries",
         run.elapsed()
     );
@@ -360,7 +363,7 @@ async fn progress(
             _ = ticker.tick() => {
                 let elapsed = load_started.elapsed().as_secs_f64();
                 let acked = load.acknowledged.load(Ordering::Relaxed);
-                println!(
+                eprintln!(
                     "[{:>6.1}s] sent {} acknowledged {} ({:.1}/s) retried {} faults {}",
                     run.elapsed(),
                     load.sent.load(Ordering::Relaxed),
@@ -390,7 +393,7 @@ async fn settle(db: Databases<'_>, shutdown: &CancellationToken) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("not settled after {SETTLE:?}: {last:?}");
+    eprintln!("not settled after {SETTLE:?}: {last:?}");
     Ok(None)
 }
 
