@@ -930,15 +930,15 @@ async fn a_chaos_soak_with_broker_and_relay_kills_passes_and_prints_its_report_a
         (out, err, child.wait().await.expect("reaped"))
     };
     // 45 s of load and faults, then at most 120 s to settle: 5 minutes is a hang.
-    let (out, err, status) = match tokio::time::timeout(Duration::from_secs(300), read).await {
-        Ok(done) => done,
-        Err(_) => {
-            // SIGTERM: it stops its children (SIGKILL would leave them running).
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status();
-            panic!("sagaflow chaos did not end within 5 minutes")
-        }
+    let outcome = tokio::time::timeout(Duration::from_secs(300), read).await;
+    let Ok((out, err, status)) = outcome else {
+        // SIGTERM, and time to stop its children: dropping the handle would SIGKILL it
+        // (`kill_on_drop`) and leave them running.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        panic!("sagaflow chaos did not end within 5 minutes")
     };
     assert!(status.success(), "sagaflow chaos: {status}\n{err}\n{out}");
     let report: serde_json::Value = serde_json::from_str(&out)
