@@ -905,7 +905,7 @@ async fn a_chaos_soak_with_broker_and_relay_kills_passes_and_prints_its_report_a
     // lock alone.
     let _shared = broker_lock().read().await;
     let data = tempfile::tempdir().expect("temporary folder");
-    let mut child = tokio::process::Command::new(sagaflow_tests::sagaflow_binary())
+    let child = tokio::process::Command::new(sagaflow_tests::sagaflow_binary())
         .args(["chaos", "--minutes", "0.75", "--seed", "1", "--json"])
         .arg("--data-dir")
         .arg(data.path())
@@ -913,33 +913,24 @@ async fn a_chaos_soak_with_broker_and_relay_kills_passes_and_prints_its_report_a
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start sagaflow chaos");
     let pid = child.id().expect("running").to_string();
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let read = async {
-        use tokio::io::AsyncReadExt;
-        let (mut out, mut err) = (String::new(), String::new());
-        let (o, e) = tokio::join!(
-            stdout.read_to_string(&mut out),
-            stderr.read_to_string(&mut err)
-        );
-        o.and(e).expect("read the output");
-        (out, err, child.wait().await.expect("reaped"))
-    };
     // 45 s of load and faults, then at most 120 s to settle: 5 minutes is a hang.
-    let outcome = tokio::time::timeout(Duration::from_secs(300), read).await;
-    let Ok((out, err, status)) = outcome else {
-        // SIGTERM, and time to stop its children: dropping the handle would SIGKILL it
-        // (`kill_on_drop`) and leave them running.
+    let Ok(output) = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await
+    else {
+        // SIGTERM: it stops its children (SIGKILL would leave them running).
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status();
-        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
         panic!("sagaflow chaos did not end within 5 minutes")
     };
+    let output = output.expect("sagaflow chaos's output");
+    let (status, out, err) = (
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
     assert!(status.success(), "sagaflow chaos: {status}\n{err}\n{out}");
     let report: serde_json::Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{out}"));
