@@ -618,12 +618,16 @@ async fn malformed_path_parameters_get_problem_json() {
     let _broker = broker_lock().read().await;
     let app = spawn_platform(Options::default()).await;
     let client = reqwest::Client::new();
-    for (path, expected) in [
-        ("/views/stock/%00", 422),
-        ("/views/stock/SKU%20ONE", 422),
-        ("/orders/%FF", 400),
-        ("/payments/%FF", 422),
-        ("/sagas/%FF", 400),
+    // One mistake, one answer, whichever service owns the path: 422 naming the parameter.
+    for (path, expected, field) in [
+        ("/views/stock/%00", 422, "sku"),
+        ("/views/stock/SKU%20ONE", 422, "sku"),
+        ("/orders/%FF", 422, "id"),
+        ("/orders/not-a-uuid", 422, "id"),
+        ("/payments/%FF", 422, "order_id"),
+        ("/sagas/%FF", 422, "id"),
+        ("/sagas/not-a-uuid", 422, "id"),
+        ("/views/orders/not-a-uuid", 422, "id"),
     ] {
         let response = client
             .get(format!("{}{path}", app.base_url))
@@ -640,6 +644,7 @@ async fn malformed_path_parameters_get_problem_json() {
         assert_eq!(ct, "application/problem+json", "{path}: {body}");
         let problem: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(problem["status"], expected, "{path}: {body}");
+        assert_eq!(problem["field"], field, "{path}: {body}");
     }
     app.stop().await;
 }

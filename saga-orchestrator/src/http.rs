@@ -2,7 +2,6 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,7 +10,6 @@ use sagaflow_runtime::http::Problem;
 use sagaflow_runtime::openapi::AdminOnly;
 use serde::Serialize;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::store::{self, HistoryView, SagaView};
 
@@ -63,8 +61,8 @@ pub fn router(pool: PgPool) -> Router {
     params(("id" = Uuid, Path, description = "The order (saga) id")),
     responses(
         (status = 200, description = "The saga and its history.", body = SagaDetail),
-        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No saga for this order (yet).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         AdminOnly,
     )
 )]
@@ -72,11 +70,7 @@ async fn saga(
     State(pool): State<PgPool>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    // A segment that is not UTF-8 is as bad an id as any (axum would answer it in plain text).
-    let id = id
-        .ok()
-        .and_then(|Path(id)| Uuid::parse_str(&id).ok())
-        .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "bad-id", "saga id must be a UUID"))?;
+    let id = sagaflow_runtime::http::uuid_in_path(id, "id")?;
     let (saga, history) = store::view(&pool, id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;

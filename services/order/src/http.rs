@@ -55,8 +55,9 @@ pub enum ApiError {
     /// 403: a caller that is not an admin placed an order for another customer.
     #[error("an order can only be placed for the caller's own customer id (the token's sub)")]
     NotYourCustomer,
-    /// 400: the order id in the path is not a UUID.
-    #[error("order id must be a UUID")]
+    /// 422: the order id in the path is not a UUID; names `id`, as every service's path ids do
+    /// (`sagaflow_runtime::http::uuid_in_path`).
+    #[error("id must be a UUID")]
     BadId,
     /// 404
     #[error("no order {0}")]
@@ -90,7 +91,7 @@ impl IntoResponse for ApiError {
                 Problem::new(StatusCode::FORBIDDEN, "forbidden", self.to_string())
                     .with_field("customer_id")
             }
-            ApiError::BadId => Problem::new(StatusCode::BAD_REQUEST, "bad-id", self.to_string()),
+            ApiError::BadId => Problem::invalid("id", self.to_string()),
             ApiError::NotFound(_) => Problem::not_found(self.to_string()),
             ApiError::Database(e) => Problem::from(e),
             ApiError::Intake(IntakeError::Unavailable) => Problem::unavailable(),
@@ -264,8 +265,8 @@ async fn place_order_in_span(
     params(("id" = Uuid, Path, description = "The order id")),
     responses(
         (status = 200, description = "The order.", body = OrderRow),
-        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or not the caller's).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         Protected,
     )
 )]
@@ -274,11 +275,7 @@ async fn get_order(
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    // A segment that is not UTF-8 is as bad an id as any (axum would answer it in plain text).
-    let Ok(Path(id)) = id else {
-        return Err(ApiError::BadId);
-    };
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::BadId)?;
+    let id = sagaflow_runtime::http::uuid_in_path(id, "id").map_err(|_| ApiError::BadId)?;
     // Another customer's order is as absent as one that does not exist.
     let order = store::find(&orders.pool, id)
         .await?
