@@ -270,23 +270,12 @@ impl Relay {
         self
     }
 
-    /// One pass: claim up to `batch_size` heads, publish them, mark the acknowledged ones.
-    /// Returns how many rows were claimed.
+    /// One pass: claim up to `batch_size` heads, publish them, mark the acknowledged ones —
+    /// in one transaction that holds the claimed rows' locks across the sends, so no other
+    /// replica publishes them meanwhile, and that commits the marks only after the broker's
+    /// acks. Returns how many rows were claimed.
     pub async fn publish_once(&self) -> anyhow::Result<usize> {
-        use std::sync::atomic::Ordering::Relaxed;
-        // While a backlog drains (full batches), each pass starts after the previous one's
-        // claims instead of walking again through the index entries of rows just published.
-        // Any pass that is not full starts from 0 again, so rows skipped meanwhile (a late
-        // commit, a row locked by another replica) are found as soon as the backlog is gone —
-        // and under a load that keeps every pass full, a sweep older than RESCAN_EVERY starts
-        // over too, so such a row waits at most about that long, not until the load stops.
-        let from = self.resume_from.load(Relaxed);
-        let now_ms = self.created.elapsed().as_millis() as u64;
-        if from == 0 {
-            self.sweep_started_ms.store(now_ms, Relaxed);
-        }
-        let sweep_age =
-            Duration::from_millis(now_ms.saturating_sub(self.sweep_started_ms.load(Relaxed)));
+        let (from, sweep_age) = self.sweep_position();
         let pass_started = Instant::now();
         let pass_started_at = Utc::now();
         // The relay's own bookkeeping commits asynchronously (no wait for the WAL flush): the
@@ -302,21 +291,101 @@ impl Relay {
             .bind(from)
             .fetch_all(&mut *tx)
             .await?;
-        let full = rows.len() as i64 >= self.config.batch_size;
-        let next = if full && sweep_age < RESCAN_EVERY {
-            rows.last().map_or(0, |r| r.id + 1)
-        } else {
-            0
-        };
-        self.resume_from.store(next, Relaxed);
+        self.advance_sweep(&rows, sweep_age);
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);
         }
+        let claimed = pass_started.elapsed();
+        let results = self.send(&rows).await;
+        let acked_at = Utc::now();
+        let sent = pass_started.elapsed();
+
+        self.record_publish_latency(
+            rows.iter()
+                .zip(&results)
+                .filter(|(_, result)| result.is_ok())
+                .map(|(row, _)| row),
+            acked_at,
+        );
+        let outcome = PassOutcome::sort(
+            rows.iter()
+                .zip(results)
+                .map(|(row, result)| (row.id, result.map(|_| ()).map_err(|(error, _)| error))),
+        );
+        if outcome.poisons_producer {
+            self.producer_poisoned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(hook) = &self.hooks.after_ack {
+            hook()?; // dropping `tx` rolls back: the rows stay pending
+        }
+        self.warn_of_refusals(&outcome);
+        mark(&mut tx, &outcome, acked_at, &self.config).await?;
+        tx.commit().await?;
+
+        let phases = PassPhases {
+            waited: rows
+                .iter()
+                .map(|r| pass_started_at - r.created_at)
+                .max()
+                .and_then(|w| w.to_std().ok())
+                .unwrap_or_default(),
+            claimed,
+            sent,
+            done: pass_started.elapsed(),
+        };
+        self.record_pass(rows.len(), &phases, &outcome);
+        if let Some((_, error)) = outcome.failed.first() {
+            anyhow::bail!(
+                "{} of {} rows not acknowledged: {error}",
+                outcome.failed.len(),
+                rows.len()
+            );
+        }
+        Ok(rows.len())
+    }
+
+    /// Where this pass's claim starts, and how old the current sweep is. While a backlog
+    /// drains (full batches), each pass starts after the previous one's claims instead of
+    /// walking again through the index entries of rows just published.
+    fn sweep_position(&self) -> (i64, Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let from = self.resume_from.load(Relaxed);
+        let now_ms = self.created.elapsed().as_millis() as u64;
+        if from == 0 {
+            self.sweep_started_ms.store(now_ms, Relaxed);
+        }
+        let sweep_age =
+            Duration::from_millis(now_ms.saturating_sub(self.sweep_started_ms.load(Relaxed)));
+        (from, sweep_age)
+    }
+
+    /// After a claim: a full pass lets the next one resume after it. Any pass that is not full
+    /// starts the next from 0 again, so rows skipped meanwhile (a late commit, a row locked by
+    /// another replica) are found as soon as the backlog is gone — and under a load that keeps
+    /// every pass full, a sweep older than [`RESCAN_EVERY`] starts over too, so such a row
+    /// waits at most about that long, not until the load stops.
+    fn advance_sweep(&self, claimed: &[Pending], sweep_age: Duration) {
+        let full = claimed.len() as i64 >= self.config.batch_size;
+        let next = if full && sweep_age < RESCAN_EVERY {
+            claimed.last().map_or(0, |r| r.id + 1)
+        } else {
+            0
+        };
+        self.resume_from
+            .store(next, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Send every claimed row and wait for each one's ack or error. `join_all` polls the sends
+    /// in order, so they are enqueued in id order: a key's rows reach its partition in order.
+    async fn send(
+        &self,
+        rows: &[Pending],
+    ) -> Vec<rdkafka::producer::future_producer::OwnedDeliveryResult> {
         let topics: Vec<String> = rows.iter().map(|r| self.kafka.topic(&r.topic)).collect();
         let header_pairs: Vec<Vec<(String, String)>> =
             rows.iter().map(|r| headers_of(&r.headers)).collect();
-        // join_all polls the sends in order, so they are enqueued in id order.
         let sends = rows
             .iter()
             .zip(&topics)
@@ -330,128 +399,49 @@ impl Relay {
                     ));
                 self.producer.send(record, self.config.send_timeout)
             });
-        let claimed = pass_started.elapsed();
-        let results = join_all(sends).await;
-        let acked_at = Utc::now();
-        let sent = pass_started.elapsed();
+        join_all(sends).await
+    }
 
+    /// `outbox_publish_latency_seconds`: from each acknowledged row's insert to its ack.
+    fn record_publish_latency<'a>(
+        &self,
+        acknowledged: impl Iterator<Item = &'a Pending>,
+        acked_at: DateTime<Utc>,
+    ) {
         // One handle per pass: a label built per row was an allocation per message.
-        let publish_latency = metrics::histogram!("outbox_publish_latency_seconds", "database" => self.config.name.clone());
-        let mut published = Vec::with_capacity(rows.len());
-        let mut parked: Vec<(i64, String)> = Vec::new();
-        let mut deferred: Vec<(i64, String)> = Vec::new();
-        let mut failed: Vec<(i64, String)> = Vec::new();
-        for (row, result) in rows.iter().zip(results) {
-            match result {
-                Ok(_) => {
-                    published.push(row.id);
-                    let latency =
-                        (acked_at - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                    publish_latency.record(latency.max(0.0));
-                }
-                Err((error, _)) => match classify(&error) {
-                    Failure::Unpublishable => parked.push((row.id, error.to_string())),
-                    Failure::Configuration => deferred.push((row.id, error.to_string())),
-                    Failure::Transient => {
-                        if poisons_producer(&error) {
-                            self.producer_poisoned
-                                .store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        failed.push((row.id, error.to_string()));
-                    }
-                },
-            }
+        let histogram = metrics::histogram!("outbox_publish_latency_seconds", "database" => self.config.name.clone());
+        for row in acknowledged {
+            let latency = (acked_at - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            histogram.record(latency.max(0.0));
         }
-        if let Some(hook) = &self.hooks.after_ack {
-            hook()?; // dropping `tx` rolls back: the rows stay pending
-        }
-        sqlx::query("UPDATE outbox SET published_at = $2 WHERE id = ANY($1)")
-            .bind(&published)
-            .bind(acked_at)
-            .execute(&mut *tx)
-            .await?;
-        for (id, reason) in &parked {
+    }
+
+    fn warn_of_refusals(&self, outcome: &PassOutcome) {
+        for (id, reason) in &outcome.parked {
             warn!(relay = %self.config.name, id, %reason, "parking outbox row that cannot be published; it holds back the later rows of its key until `sagaflow outbox retry`");
         }
-        if let Some((_, error)) = deferred.first() {
-            warn!(relay = %self.config.name, rows = deferred.len(), %error, "the broker refused rows for a configuration error (topic missing, not authorised, invalid name); retrying each with backoff");
+        if let Some((_, error)) = outcome.deferred.first() {
+            warn!(relay = %self.config.name, rows = outcome.deferred.len(), %error, "the broker refused rows for a configuration error (topic missing, not authorised, invalid name); retrying each with backoff");
         }
-        if !parked.is_empty() {
-            let (ids, errors): (Vec<i64>, Vec<String>) = parked.iter().cloned().unzip();
-            sqlx::query(
-                "UPDATE outbox o SET parked_at = now(), parked_reason = f.error, last_error = f.error,
-                        retry_at = NULL, attempts = o.attempts + 1
-                   FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
-            )
-            .bind(&ids)
-            .bind(&errors)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Not before retry_backoff * 2^(earlier attempts), at most retry_backoff_max, from now
-        // (clock_timestamp: `now()` is when this pass began, before the sends).
-        if !deferred.is_empty() {
-            let (ids, errors): (Vec<i64>, Vec<String>) = deferred.iter().cloned().unzip();
-            sqlx::query(
-                "UPDATE outbox o SET last_error = f.error, attempts = o.attempts + 1,
-                        retry_at = clock_timestamp() + make_interval(secs =>
-                            least($4, $3 * power(2, least(o.attempts, 30)::float8)))
-                   FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
-            )
-            .bind(&ids)
-            .bind(&errors)
-            .bind(self.config.retry_backoff.as_secs_f64())
-            .bind(self.config.retry_backoff_max.as_secs_f64())
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (id, error) in &failed {
-            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
-                .bind(id)
-                .bind(error)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let done = pass_started.elapsed();
-        // Where a row's time goes: wait (from its insert to the start of the pass that claimed
-        // it — its writer's commit, the relay's wake-up, a pass still running; the pass's
-        // oldest row), claim (query + locks), send (until the last ack), mark (update +
-        // commit).
-        let waited = rows
-            .iter()
-            .map(|r| pass_started_at - r.created_at)
-            .max()
-            .and_then(|w| w.to_std().ok())
-            .unwrap_or_default();
-        for (phase, seconds) in [
-            ("wait", waited.as_secs_f64()),
-            ("claim", claimed.as_secs_f64()),
-            ("send", (sent - claimed).as_secs_f64()),
-            ("mark", (done - sent).as_secs_f64()),
-        ] {
-            metrics::histogram!("outbox_pass_phase_seconds", "database" => self.config.name.clone(), "phase" => phase)
+    }
+
+    /// A pass's phases (`outbox_pass_phase_seconds{phase}` and a debug line) and its counts.
+    fn record_pass(&self, rows: usize, phases: &PassPhases, outcome: &PassOutcome) {
+        let name = &self.config.name;
+        for (phase, seconds) in phases.seconds() {
+            metrics::histogram!("outbox_pass_phase_seconds", "database" => name.clone(), "phase" => phase)
                 .record(seconds);
         }
         let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
-        debug!(relay = %self.config.name, rows = rows.len(), wait_ms = ms(waited), claim_ms = ms(claimed), send_ms = ms(sent - claimed), mark_ms = ms(done - sent), "relay pass");
-        let label = self.config.name.clone();
-        metrics::counter!("outbox_published_total", "database" => label.clone())
-            .increment(published.len() as u64);
-        metrics::counter!("outbox_parked_total", "database" => label.clone())
-            .increment(parked.len() as u64);
-        metrics::counter!("outbox_configuration_errors_total", "database" => label.clone())
-            .increment(deferred.len() as u64);
-        metrics::counter!("outbox_publish_failures_total", "database" => label)
-            .increment(failed.len() as u64);
-        if let Some((_, error)) = failed.first() {
-            anyhow::bail!(
-                "{} of {} rows not acknowledged: {error}",
-                failed.len(),
-                rows.len()
-            );
+        debug!(relay = %name, rows, wait_ms = ms(phases.waited), claim_ms = ms(phases.claimed), send_ms = ms(phases.sent - phases.claimed), mark_ms = ms(phases.done - phases.sent), "relay pass");
+        for (counter, n) in [
+            ("outbox_published_total", outcome.published.len()),
+            ("outbox_parked_total", outcome.parked.len()),
+            ("outbox_configuration_errors_total", outcome.deferred.len()),
+            ("outbox_publish_failures_total", outcome.failed.len()),
+        ] {
+            metrics::counter!(counter, "database" => name.clone()).increment(n as u64);
         }
-        Ok(rows.len())
     }
 
     /// Whether any row is waiting to be claimed: one read-only statement, no transaction. A
@@ -792,6 +782,118 @@ async fn recv(listener: &mut Option<PgListener>) -> bool {
     }
 }
 
+/// What the broker said about one pass's rows, sorted by what becomes of each row.
+#[derive(Debug, Default)]
+struct PassOutcome {
+    /// Acknowledged: marked published.
+    published: Vec<i64>,
+    /// Can never be published as they are: parked with the reason.
+    parked: Vec<(i64, String)>,
+    /// Refused for a configuration error: each tried again after a backoff of its own.
+    deferred: Vec<(i64, String)>,
+    /// Not acknowledged (broker unreachable, timeouts): they stay pending and the pass fails.
+    failed: Vec<(i64, String)>,
+    /// One of the failures leaves the producer unusable: only a new one recovers.
+    poisons_producer: bool,
+}
+
+impl PassOutcome {
+    /// Sort `(row id, send result)` pairs, in the order given.
+    fn sort(results: impl IntoIterator<Item = (i64, Result<(), KafkaError>)>) -> Self {
+        let mut outcome = PassOutcome::default();
+        for (id, result) in results {
+            let Err(error) = result else {
+                outcome.published.push(id);
+                continue;
+            };
+            let entry = (id, error.to_string());
+            match classify(&error) {
+                Failure::Unpublishable => outcome.parked.push(entry),
+                Failure::Configuration => outcome.deferred.push(entry),
+                Failure::Transient => {
+                    outcome.poisons_producer |= poisons_producer(&error);
+                    outcome.failed.push(entry);
+                }
+            }
+        }
+        outcome
+    }
+}
+
+/// Where a pass's time went: `waited` from its oldest row's insert to the pass's start (its
+/// writer's commit, the relay's wake-up, a pass still running); then, from the pass's start,
+/// until the claim returned, the last ack came and the marks committed.
+struct PassPhases {
+    waited: Duration,
+    claimed: Duration,
+    sent: Duration,
+    done: Duration,
+}
+
+impl PassPhases {
+    fn seconds(&self) -> [(&'static str, f64); 4] {
+        [
+            ("wait", self.waited.as_secs_f64()),
+            ("claim", self.claimed.as_secs_f64()),
+            ("send", (self.sent - self.claimed).as_secs_f64()),
+            ("mark", (self.done - self.sent).as_secs_f64()),
+        ]
+    }
+}
+
+/// Write a pass's outcome into its claim transaction: acknowledged rows published at
+/// `acked_at`; unpublishable ones parked; refused ones given their next attempt's time; failed
+/// ones an attempt more. Nothing here is marked before the broker acknowledged it.
+async fn mark(
+    tx: &mut sqlx::PgConnection,
+    outcome: &PassOutcome,
+    acked_at: DateTime<Utc>,
+    config: &RelayConfig,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE outbox SET published_at = $2 WHERE id = ANY($1)")
+        .bind(&outcome.published)
+        .bind(acked_at)
+        .execute(&mut *tx)
+        .await?;
+    if !outcome.parked.is_empty() {
+        let (ids, errors): (Vec<i64>, Vec<String>) = outcome.parked.iter().cloned().unzip();
+        sqlx::query(
+            "UPDATE outbox o SET parked_at = now(), parked_reason = f.error, last_error = f.error,
+                    retry_at = NULL, attempts = o.attempts + 1
+               FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
+        )
+        .bind(&ids)
+        .bind(&errors)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Not before retry_backoff * 2^(earlier attempts), at most retry_backoff_max, from now
+    // (clock_timestamp: `now()` is when this pass began, before the sends).
+    if !outcome.deferred.is_empty() {
+        let (ids, errors): (Vec<i64>, Vec<String>) = outcome.deferred.iter().cloned().unzip();
+        sqlx::query(
+            "UPDATE outbox o SET last_error = f.error, attempts = o.attempts + 1,
+                    retry_at = clock_timestamp() + make_interval(secs =>
+                        least($4, $3 * power(2, least(o.attempts, 30)::float8)))
+               FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
+        )
+        .bind(&ids)
+        .bind(&errors)
+        .bind(config.retry_backoff.as_secs_f64())
+        .bind(config.retry_backoff_max.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (id, error) in &outcome.failed {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+            .bind(id)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 fn headers_of(value: &serde_json::Value) -> Vec<(String, String)> {
     value
         .as_object()
@@ -869,6 +971,37 @@ mod tests {
 
     fn failure(code: RDKafkaErrorCode) -> Failure {
         classify(&KafkaError::MessageProduction(code))
+    }
+
+    #[test]
+    fn a_pass_outcome_sorts_each_row_by_what_becomes_of_it_in_id_order() {
+        let error = |code| Err(KafkaError::MessageProduction(code));
+        let outcome = PassOutcome::sort([
+            (1, Ok(())),
+            (2, error(RDKafkaErrorCode::MessageSizeTooLarge)),
+            (3, Ok(())),
+            (4, error(RDKafkaErrorCode::UnknownTopicOrPartition)),
+            (5, error(RDKafkaErrorCode::MessageTimedOut)),
+            (6, Ok(())),
+        ]);
+        assert_eq!(outcome.published, [1, 3, 6]);
+        let ids = |rows: &[(i64, String)]| rows.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+        assert_eq!(ids(&outcome.parked), [2]);
+        assert_eq!(ids(&outcome.deferred), [4]);
+        assert_eq!(ids(&outcome.failed), [5]);
+        assert!(
+            outcome.failed[0].1.contains("timed out"),
+            "{:?}",
+            outcome.failed
+        );
+        assert!(!outcome.poisons_producer);
+
+        let fenced = PassOutcome::sort([(7, error(RDKafkaErrorCode::ProducerFenced))]);
+        assert_eq!(ids(&fenced.failed), [7]);
+        assert!(
+            fenced.poisons_producer,
+            "a fenced producer must be replaced"
+        );
     }
 
     #[test]

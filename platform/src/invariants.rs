@@ -140,8 +140,21 @@ pub async fn check(
         money_conserved: true,
         ..Findings::default()
     };
+    check_terminal_states(&mut f, db, failed).await?;
+    check_stock(&mut f, db, initial_stock, failed).await?;
+    check_money(&mut f, db, failed).await?;
+    check_outboxes(&mut f, db).await?;
+    check_effects_once(&mut f, db).await?;
+    Ok(f)
+}
 
-    // Terminal states.
+/// Every order ended and every saga is terminal, but for the FAILED sagas allowed (whose
+/// orders stay PENDING).
+async fn check_terminal_states(
+    f: &mut Findings,
+    db: Databases<'_>,
+    failed: &[Uuid],
+) -> sqlx::Result<()> {
     let (orders, approved, rejected, pending): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE status = 'APPROVED'),
                 count(*) FILTER (WHERE status = 'REJECTED'), count(*) FILTER (WHERE status = 'PENDING')
@@ -185,7 +198,16 @@ pub async fn check(
             .push(format!("{} orders are PENDING", pending - failed_pending));
     }
 
-    // Stock: per SKU, available + reserved = initial, reserved = sold (+ held by FAILED sagas).
+    Ok(())
+}
+
+/// Per SKU: available + reserved = initial, and reserved = sold (+ held by FAILED sagas).
+async fn check_stock(
+    f: &mut Findings,
+    db: Databases<'_>,
+    initial_stock: &HashMap<String, i64>,
+    failed: &[Uuid],
+) -> sqlx::Result<()> {
     let mut sold: HashMap<String, i64> = HashMap::new();
     let approved_items: Vec<serde_json::Value> =
         sqlx::query_scalar("SELECT items FROM orders WHERE status = 'APPROVED'")
@@ -229,7 +251,11 @@ pub async fn check(
         }
     }
 
-    // Money: charges − refunds = approved totals.
+    Ok(())
+}
+
+/// Charges − refunds = the approved orders' totals (orders of FAILED sagas left out).
+async fn check_money(f: &mut Findings, db: Databases<'_>, failed: &[Uuid]) -> sqlx::Result<()> {
     f.approved_total_cents = sqlx::query_scalar(
         "SELECT COALESCE(sum(total_cents), 0)::bigint FROM orders WHERE status = 'APPROVED'",
     )
@@ -254,7 +280,11 @@ pub async fn check(
         .fetch_one(db.payment)
         .await?;
 
-    // Outbox.
+    Ok(())
+}
+
+/// Every outbox row published.
+async fn check_outboxes(f: &mut Findings, db: Databases<'_>) -> sqlx::Result<()> {
     for (name, pool) in db.with_outbox() {
         let unpublished: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
@@ -267,7 +297,12 @@ pub async fn check(
         f.outbox_unpublished += unpublished;
     }
 
-    // Effects applied twice.
+    Ok(())
+}
+
+/// No effect applied twice: one idempotency key per order, one notification per terminal
+/// order, no reservation or charge without its order. Needs the terminal counts.
+async fn check_effects_once(f: &mut Findings, db: Databases<'_>) -> sqlx::Result<()> {
     let orders_without_one_key: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orders o
            LEFT JOIN (SELECT order_id, count(*) AS n FROM idempotency_keys GROUP BY order_id) k
@@ -294,7 +329,7 @@ pub async fn check(
     f.notifications = sqlx::query_scalar("SELECT count(*) FROM notifications")
         .fetch_one(db.notification)
         .await?;
-    let terminal = orders - pending;
+    let terminal = f.orders - f.pending;
     if f.notifications != terminal {
         f.violations.push(format!(
             "{} notifications for {terminal} terminal orders",
@@ -329,7 +364,7 @@ pub async fn check(
         + (f.notifications - terminal).max(0)
         + stray_reservations
         + stray_charges;
-    Ok(f)
+    Ok(())
 }
 
 /// Of the orders a client saw acknowledged: those missing from the order database, and those
