@@ -766,6 +766,89 @@ async fn an_unreachable_broker_delays_but_loses_nothing() {
     task.await.unwrap().unwrap();
 }
 
+/// `sagaflow bench relay` as a user runs it, on the harness's PostgreSQL and broker: every
+/// row of its steady phase and of its backlog is published and measured, stdout is the one
+/// JSON report with its documented keys, and its scratch database is gone at the end.
+#[tokio::test]
+async fn sagaflow_bench_relay_measures_every_row_and_drops_its_scratch_database() {
+    let _broker = broker_lock().read().await;
+    let infra = sagaflow_tests::infra();
+    let admin = PgPool::connect(&infra.postgres_admin_url).await.unwrap();
+    let scratch = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%'",
+        )
+        .fetch_all(&admin)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+    };
+    let before = scratch().await;
+    let run = tokio::process::Command::new(sagaflow_tests::sagaflow_binary())
+        .args(["bench", "relay", "--rate", "200", "--duration", "2"])
+        .args(["--drain-rows", "2000", "--json"])
+        .env("DATABASE_URL", &infra.postgres_admin_url)
+        .env("KAFKA_BROKERS", &infra.kafka_brokers)
+        .env("RUST_LOG", "warn")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("sagaflow bench relay ends within 3 minutes")
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{}\n{err}\n{out}", output.status);
+    let report: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{out}"));
+    let keys: BTreeSet<&str> = report
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            "baseline_produce_per_s",
+            "steady_rate_per_s",
+            "steady_rows",
+            "commit_to_ack_p50_ms",
+            "commit_to_ack_p99_ms",
+            "drain_rows",
+            "drain_per_s",
+            "drain_vs_baseline",
+        ]),
+        "{report:#}"
+    );
+    // 200 rows/s for 2 s: every one committed, published and timed; the whole backlog drained.
+    assert_eq!(report["steady_rows"], 400, "{report:#}");
+    assert_eq!(report["drain_rows"], 2000, "{report:#}");
+    let number = |key: &str| {
+        report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {report:#}"))
+    };
+    assert!(number("commit_to_ack_p50_ms") > 0.0, "{report:#}");
+    assert!(
+        number("commit_to_ack_p50_ms") <= number("commit_to_ack_p99_ms"),
+        "{report:#}"
+    );
+    for rate in ["baseline_produce_per_s", "drain_per_s", "drain_vs_baseline"] {
+        assert!(number(rate) > 0.0, "{rate}: {report:#}");
+    }
+    let left = scratch().await;
+    assert!(
+        left.is_subset(&before),
+        "scratch databases left behind: {:?}",
+        left.difference(&before).collect::<Vec<_>>()
+    );
+}
+
 #[path = "outbox/housekeeping.rs"]
 mod housekeeping;
 #[path = "outbox/late_commit.rs"]

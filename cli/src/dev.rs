@@ -305,6 +305,23 @@ pub(crate) async fn ensure_database(server_url: &str, name: &str) -> anyhow::Res
     Ok(name.to_string())
 }
 
+/// Drop database `name` on the server, closing whatever connections it still has (a
+/// benchmark's scratch database).
+pub(crate) async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(&database_url(server_url, "postgres"))
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {server_url}"))?;
+    let drop = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "")
+    );
+    admin
+        .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(drop)))
+        .await
+        .with_context(|| format!("dropping database {name}"))?;
+    Ok(())
+}
+
 /// Start (or reuse) a PostgreSQL cluster under `data_dir/postgres`; returns its server URL.
 ///
 /// The URL names the cluster's Unix socket (`?host=/tmp`, which sqlx and libpq both read):

@@ -328,7 +328,7 @@ impl Scratch {
     /// Best effort: a database left behind is only disk space.
     async fn drop_all(&self) {
         for name in &self.databases {
-            let _ = drop_database(&self.server, name).await;
+            let _ = crate::dev::drop_database(&self.server, name).await;
         }
     }
 }
@@ -412,20 +412,6 @@ async fn deadlocks(pools: &sagaflow_platform::Pools) -> anyhow::Result<i64> {
         .await?;
     }
     Ok(total)
-}
-
-async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
-    use sqlx::{Connection, Executor};
-    let mut admin =
-        sqlx::PgConnection::connect(&crate::dev::database_url(server, "postgres")).await?;
-    let drop = format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        name.replace('"', "")
-    );
-    admin
-        .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(drop)))
-        .await?;
-    Ok(())
 }
 
 /// What the measuring phases share: the settings, the load client, the orchestrator's
