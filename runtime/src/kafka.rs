@@ -277,11 +277,16 @@ pub async fn topic_policy(config: &KafkaConfig) -> anyhow::Result<TopicPolicy> {
         brokers,
         config.allow_unreplicated,
     )?;
+    // Once per process: `sagaflow dev` runs every component in one process and each asks,
+    // and six copies of one warning read like six problems.
+    static SINGLE_COPY_WARNED: std::sync::Once = std::sync::Once::new();
     if policy.single_copy() {
-        warn!(
-            brokers,
-            "topics are created with replication factor 1: one broker holds the only copy of every message; production needs 3 brokers (replication factor 3, min.insync.replicas 2)"
-        );
+        SINGLE_COPY_WARNED.call_once(|| {
+            warn!(
+                brokers,
+                "topics are created with replication factor 1: one broker holds the only copy of every message; production needs 3 brokers (replication factor 3, min.insync.replicas 2)"
+            )
+        });
     }
     Ok(policy)
 }
