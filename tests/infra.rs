@@ -367,3 +367,85 @@ async fn a_new_producer_sends_its_first_record_without_waiting_for_a_retry_timer
         );
     }
 }
+
+/// Against servers that outlive the tests (the fast local loop), a run removes the databases
+/// and topics that finished runs of this machine left — a full run leaves about a thousand of
+/// each — and nothing of a run still going.
+#[tokio::test]
+async fn databases_and_topics_of_finished_runs_are_removed_and_a_live_runs_are_kept() {
+    use sagaflow_tests::leftovers::{RunTag, remove_finished_runs};
+    use sqlx::{Connection, Executor, PgConnection};
+
+    let infra = infra();
+    let current = RunTag::current().expect("a Linux boot id");
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let finished = RunTag {
+        boot: current.boot.clone(),
+        pid: ended.id(),
+    };
+    ended.wait().unwrap();
+    let random = || uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+
+    // A finished run's database and topic, named as the harness names them.
+    let finished_db = format!("t_{}_order_{}", finished.render(), random());
+    let mut admin = PgConnection::connect(&infra.postgres_admin_url)
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {finished_db}"
+        ))))
+        .await
+        .unwrap();
+    let mut finished_kafka = kafka();
+    finished_kafka.topic_prefix = format!("t{}_{}.", finished.render(), random());
+    let finished_topic = finished_kafka.topic("probe");
+    // This run's, which must stay.
+    let live_db = database("order").await;
+    let live_kafka = kafka();
+    let live_topic = live_kafka.topic("probe");
+    for config in [&finished_kafka, &live_kafka] {
+        clients::ensure_topics(config, &["probe"])
+            .await
+            .expect("create topic");
+    }
+
+    let removed = remove_finished_runs(&infra.postgres_admin_url, &infra.kafka_brokers)
+        .await
+        .expect("leftovers removed");
+    assert!(removed.databases.contains(&finished_db), "{removed:?}");
+    assert!(removed.topics.contains(&finished_topic), "{removed:?}");
+
+    let databases: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database")
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        !databases.contains(&finished_db),
+        "finished run's database dropped"
+    );
+    assert!(
+        databases.contains(&live_db.name),
+        "this run's database kept"
+    );
+    // Kafka deletes topics asynchronously: the metadata stops listing one within seconds.
+    let admin_client = clients::admin(&live_kafka).unwrap();
+    let topics = sagaflow_tests::wait::until(
+        "the finished run's topic gone",
+        Duration::from_secs(30),
+        || {
+            let names: Option<Vec<String>> = admin_client
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(5))
+                .ok()
+                .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect());
+            let gone = names.filter(|names| !names.contains(&finished_topic));
+            std::future::ready(gone)
+        },
+    )
+    .await;
+    assert!(
+        topics.contains(&live_topic),
+        "this run's topic kept: {topics:?}"
+    );
+}

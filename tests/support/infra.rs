@@ -45,7 +45,8 @@ pub fn infra() -> &'static Infra {
         ) {
             (Ok(postgres_admin_url), Ok(kafka_brokers)) => Infra {
                 description: format!(
-                    "running infrastructure: {postgres_admin_url} + {kafka_brokers}"
+                    "running infrastructure: {postgres_admin_url} + {kafka_brokers}; {}",
+                    remove_data_of_finished_runs(&postgres_admin_url, &kafka_brokers)
                 ),
                 postgres_admin_url,
                 kafka_brokers,
@@ -59,6 +60,27 @@ pub fn infra() -> &'static Infra {
         let _ = writeln!(std::io::stderr(), "[sagaflow-tests] {}", infra.description);
         infra
     })
+}
+
+/// Remove what finished runs left on servers that outlive the tests
+/// ([`crate::leftovers`]), on a runtime of its own (this runs inside whichever test comes
+/// first); a failure is reported, never fatal: the leftovers only take space.
+fn remove_data_of_finished_runs(postgres_admin_url: &str, kafka_brokers: &str) -> String {
+    let (postgres, kafka) = (postgres_admin_url.to_string(), kafka_brokers.to_string());
+    let removed = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()?
+            .block_on(crate::leftovers::remove_finished_runs(&postgres, &kafka))
+    })
+    .join()
+    .expect("leftover removal thread");
+    match removed {
+        Ok(r) => format!(
+            "removed {} databases and {} topics left by finished runs",
+            r.databases.len(),
+            r.topics.len()
+        ),
+        Err(e) => format!("leftovers of finished runs not removed: {e:#}"),
+    }
 }
 
 /// Containers live on a dedicated thread and runtime for the whole test process, independent
@@ -317,9 +339,11 @@ pub fn migrator(component: &str) -> &'static Migrator {
 /// Create a fresh database and apply its component's migrations ([`migrator`]).
 pub async fn database(component: &str) -> TestDatabase {
     let infra = infra();
+    // The run's tag lets a later run against the same server remove it (crate::leftovers).
     let name = format!(
-        "t_{component}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
+        "t_{}_{component}_{}",
+        crate::leftovers::current_tag(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let mut admin = match PgConnection::connect(&infra.postgres_admin_url).await {
         Ok(admin) => admin,
@@ -382,7 +406,11 @@ pub fn database_url(name: &str) -> String {
 
 /// A Kafka configuration with a topic prefix of its own.
 pub fn kafka() -> KafkaConfig {
-    let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let prefix = format!(
+        "t{}_{}.",
+        crate::leftovers::current_tag(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let mut config = KafkaConfig::new(infra().kafka_brokers.clone(), prefix);
     config.partitions = 4;
     config.debug = std::env::var("SAGAFLOW_KAFKA_DEBUG")

@@ -12,6 +12,7 @@ pub mod groups;
 pub mod infra;
 pub mod invariants;
 pub mod kafka_probe;
+pub mod leftovers;
 pub mod load;
 pub mod pg_wire;
 pub mod platform;
