@@ -372,7 +372,7 @@ async fn a_new_producer_sends_its_first_record_without_waiting_for_a_retry_timer
 /// and topics that finished runs of this machine left — a full run leaves about a thousand of
 /// each — and nothing of a run still going.
 #[tokio::test]
-async fn databases_and_topics_of_finished_runs_are_removed_and_a_live_runs_are_kept() {
+async fn databases_and_topics_of_finished_runs_are_removed_and_those_of_live_runs_kept() {
     use sagaflow_tests::leftovers::{RunTag, remove_finished_runs};
     use sqlx::{Connection, Executor, PgConnection};
 
